@@ -1,0 +1,44 @@
+"""What every command shares: ``CONFIG [--set key=value ...]`` and clean failure.
+
+A user's mistake (bad config, missing data) ends with one line on stderr and exit
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from keras_blood.errors import KerasBloodError
+
+# TensorFlow's C++ info logs hide the messages that matter (a few start-up lines are
+# printed regardless); users can still ask for them by setting the variable themselves.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("config", help="YAML experiment config, e.g. configs/dropout03.yaml")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value with a dotted key (repeatable), e.g. --set train.epochs=3",
+    )
+    return parser
+
+
+def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    try:
+        main(argv)
+    except KerasBloodError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,37 @@
+"""Data sources: a registry of named loaders that turn a DataConfig into labelled splits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from keras_blood.config import DataConfig
+from keras_blood.data.base import DataBundle, Split
+from keras_blood.errors import ConfigError
+
+DataLoader = Callable[[DataConfig, int], DataBundle]
+DATA_SOURCES: dict[str, DataLoader] = {}
+
+
+def register(name: str) -> Callable[[DataLoader], DataLoader]:
+    def decorator(fn: DataLoader) -> DataLoader:
+        DATA_SOURCES[name] = fn
+        return fn
+
+    return decorator
+
+
+def load_data(config: DataConfig, seed: int = 0) -> DataBundle:
+    """Load the data source that ``config.name`` names (raises DataError when unusable)."""
+    try:
+        loader = DATA_SOURCES[config.name]
+    except KeyError:
+        raise ConfigError(
+            f"data.name = {config.name!r}: unknown data source; allowed: {sorted(DATA_SOURCES)}"
+        ) from None
+    return loader(config, seed)
+
+
+# Importing the modules registers their sources.
+from keras_blood.data import bloodmnist  # noqa: E402,F401
+
+__all__ = ["DATA_SOURCES", "DataBundle", "Split", "load_data", "register"]

@@ -1,0 +1,60 @@
+"""Download a file with a progress bar, check its MD5, and move it into place atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from keras_blood.errors import DataError
+
+CHUNK = 1 << 20
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> Path:
+    """Fetch ``url`` to ``dest``. Nothing appears at ``dest`` unless the MD5 matches."""
+    # Remember which folders we create, so that a failed download leaves nothing behind.
+    created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    how_to_fix = (
+        f"Download {url} by hand (MD5 {md5}) and save it as {dest}, "
+        "or point data.root (or --set data.root=DIR) at a folder that already holds it."
+    )
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        print(f"Downloading {url} -> {dest}", flush=True)
+        with urllib.request.urlopen(url, timeout=timeout) as response, os.fdopen(fd, "wb") as out:
+            from keras.utils import Progbar  # a terminal-friendly bar, no extra dependency
+
+            total = int(response.headers.get("Content-Length") or 0) or None
+            bar = Progbar(total, unit_name="byte")
+            done = 0
+            while block := response.read(CHUNK):
+                out.write(block)
+                done += len(block)
+                bar.update(done)
+        actual = md5sum(tmp)
+        if actual != md5:
+            raise DataError(f"{url}: downloaded file has MD5 {actual}, expected {md5}. {how_to_fix}")
+        os.replace(tmp, dest)
+        return dest
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise DataError(f"could not download {dest.name} from {url} ({exc}). {how_to_fix}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+        if not dest.exists():
+            for folder in created:  # deepest first
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()

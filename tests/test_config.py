@@ -1,0 +1,94 @@
+import subprocess
+import sys
+
+import pytest
+
+from keras_blood.config import GEORGETOWN_PRESETS, apply_overrides, load_config
+from keras_blood.errors import ConfigError
+from tests.conftest import REPO
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configs_are_valid_and_named_after_their_file(path):
+    config = load_config(path)
+    assert config.name == path.stem
+    assert config.model.name == path.stem
+
+
+def test_every_paper_model_has_a_config():
+    expected = {"cnn", "fnn", "vgg16", *GEORGETOWN_PRESETS}
+    assert expected <= {p.stem for p in CONFIGS}
+
+
+def test_presets_fill_their_parameters(write_config):
+    config = load_config(write_config({"model": {"name": "ridge_dropout01"}}))
+    assert (config.model.l2, config.model.dense_dropout, config.model.l1) == (1e-3, 0.1, 0.0)
+    # An explicit value wins over the preset.
+    config = load_config(write_config({"model": {"name": "dropout03", "dense_dropout": 0.2}}))
+    assert config.model.dense_dropout == 0.2
+
+
+def test_overrides_are_typed_and_dotted(write_config):
+    path = write_config({"model": {"name": "cnn"}})
+    config = load_config(
+        path,
+        ["train.epochs=3", "train.learning_rate=1e-4", "model.filters=[8, 16]", "data.root=/d", "seed=7"],
+    )
+    assert config.train.epochs == 3 and isinstance(config.train.epochs, int)
+    assert config.train.learning_rate == 1e-4
+    assert config.model.filters == (8, 16)
+    assert str(config.data.root) == "/d"
+    assert config.seed == 7
+
+
+def test_override_creates_missing_sections():
+    assert apply_overrides({}, ["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["train.epoch=3"], ["train.epoch", "unknown key", "epochs"]),
+        (["train.epochs=many"], ["train.epochs", "'many'", "integer"]),
+        (["model.dense_dropout=1.5"], ["model.dense_dropout", "1.5", "less than 1"]),
+        (["model.name=resnet"], ["model.name", "'resnet'", "'cnn'", "'dropout03'"]),
+        (["data.image_size=30"], ["data.image_size", "30", "28, 64, 128 or 224"]),
+        (["train.optimizer=adagrad"], ["train.optimizer", "'adagrad'", "'adam'"]),
+        (["model.conv_dropout=0.1", "model.dropout=0.2"], ["model.dropout", "unknown key"]),
+        (["train.epochs"], ["KEY=VALUE"]),
+    ],
+)
+def test_bad_values_name_key_value_and_what_is_allowed(write_config, overrides, expected):
+    path = write_config({"model": {"name": "dropout03"}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    for fragment in expected:
+        assert fragment in str(info.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_cli_bad_config_exits_2_with_one_line_and_writes_nothing(write_config, tmp_path):
+    path = write_config({"model": {"name": "dropout03"}, "train": {"epochs": -1}})
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_blood.train", str(path), "--set", "data.root=/nowhere"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "train.epochs = -1" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(workdir.iterdir()) == []

@@ -1,0 +1,97 @@
+import hashlib
+
+import numpy as np
+import pytest
+
+from keras_blood.config import DataConfig
+from keras_blood.data import bloodmnist, load_data
+from keras_blood.data.download import download
+from keras_blood.errors import DataError
+from tests.conftest import synthetic_npz
+
+
+def test_reads_a_medmnist_file(tmp_path):
+    arrays = synthetic_npz(tmp_path / "bloodmnist.npz")
+    data = load_data(DataConfig(root=tmp_path, download=False))
+    assert data.class_names[3] == "immature granulocyte" and data.num_classes == 8
+    assert data.image_shape == (28, 28, 3)
+    np.testing.assert_array_equal(data.splits["val"].images, arrays["val_images"])
+    np.testing.assert_array_equal(data.splits["val"].labels, arrays["val_labels"].ravel())
+    assert data.splits["train"].labels.dtype == np.int32
+
+
+def test_environment_variable_sets_the_root(tmp_path, monkeypatch):
+    synthetic_npz(tmp_path / "bloodmnist.npz")
+    monkeypatch.setenv("KERAS_BLOOD_DATA_ROOT", str(tmp_path))
+    assert len(load_data(DataConfig(download=False)).splits["test"]) == 16
+
+
+def test_max_examples_caps_every_split_with_a_seeded_sample(tmp_path):
+    synthetic_npz(tmp_path / "bloodmnist.npz", n=(64, 32, 32))
+    a = load_data(DataConfig(root=tmp_path, max_examples=20), seed=1)
+    b = load_data(DataConfig(root=tmp_path, max_examples=20), seed=1)
+    assert {k: len(v) for k, v in a.splits.items()} == {"train": 20, "val": 20, "test": 20}
+    np.testing.assert_array_equal(a.splits["train"].labels, b.splits["train"].labels)
+    assert len(set(a.splits["train"].labels)) > 1
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.pop("val_labels"), "missing array 'val_labels'"),
+        (lambda d: d.update(train_images=d["train_images"].astype(np.float32)), "expected uint8"),
+        (lambda d: d.update(test_labels=d["test_labels"] + 8), "expected 0..7"),
+        (lambda d: d.update(test_labels=d["test_labels"][:3]), "labels"),
+    ],
+)
+def test_malformed_files_are_named_with_the_problem(tmp_path, change, message):
+    arrays = synthetic_npz(tmp_path / "bloodmnist.npz")
+    change(arrays)
+    np.savez(tmp_path / "bloodmnist.npz", **arrays)
+    with pytest.raises(DataError, match=message) as info:
+        load_data(DataConfig(root=tmp_path, download=False))
+    assert "bloodmnist.npz" in str(info.value)
+
+
+def test_size_mismatch_is_reported(tmp_path):
+    synthetic_npz(tmp_path / "bloodmnist_64.npz", size=28)
+    with pytest.raises(DataError, match="data.image_size=64"):
+        load_data(DataConfig(root=tmp_path, image_size=64, download=False))
+
+
+def test_missing_file_without_download_says_where_to_get_it(tmp_path):
+    with pytest.raises(DataError) as info:
+        load_data(DataConfig(root=tmp_path / "empty", download=False))
+    assert bloodmnist.MD5[28] in str(info.value) and "zenodo.org" in str(info.value)
+    assert not (tmp_path / "empty").exists()
+
+
+def test_unreachable_download_fails_fast_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(bloodmnist, "RECORD", "http://127.0.0.1:9/files")  # nothing listens
+    root = tmp_path / "new" / "root"
+    with pytest.raises(DataError) as info:
+        load_data(DataConfig(root=root))
+    message = str(info.value)
+    for fragment in ("bloodmnist.npz", "http://127.0.0.1:9/files", bloodmnist.MD5[28], str(root)):
+        assert fragment in message
+    assert not (tmp_path / "new").exists()
+
+
+def test_download_checks_md5_and_moves_into_place(tmp_path):
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"blood" * 1000)
+    good = hashlib.md5(source.read_bytes()).hexdigest()
+    dest = tmp_path / "out" / "file.bin"
+    with pytest.raises(DataError, match="MD5"):
+        download(source.as_uri(), dest, "0" * 32)
+    assert not dest.exists() and not (tmp_path / "out").exists()
+    assert download(source.as_uri(), dest, good) == dest
+    assert dest.read_bytes() == source.read_bytes()
+    assert [p.name for p in dest.parent.iterdir()] == ["file.bin"]  # no .part left over
+
+
+def test_real_bloodmnist_matches_the_published_layout(bloodmnist_root):
+    data = load_data(DataConfig(root=bloodmnist_root))
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 11959, "val": 1712, "test": 3421}
+    counts = np.bincount(data.splits["train"].labels, minlength=8)
+    assert counts.tolist() == [852, 2181, 1085, 2026, 849, 993, 2330, 1643]

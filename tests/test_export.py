@@ -1,0 +1,77 @@
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_blood import export as export_module
+from keras_blood.config import Config
+from keras_blood.export import export_model, existing_versions, load_exported
+from keras_blood.models import build_model
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    config = Config.model_validate(
+        {
+            "name": "tiny",
+            "model": {"name": "basic", "filters": [4, 4, 4], "dense_units": 8},
+            "output": {"runs_dir": str(tmp_path / "runs"), "export_dir": str(tmp_path / "sm")},
+        }
+    )
+    keras.utils.set_random_seed(0)
+    model = build_model(config.model, (28, 28, 3), 8)
+    return config, model
+
+
+def test_versions_increase_and_never_overwrite(tiny):
+    config, model = tiny
+    first = export_model(model, config, list("abcdefgh"), {"accuracy": 0.5})
+    (first / "assets.extra" / "marker").write_text("keep me")
+    second = export_model(model, config, list("abcdefgh"), {"accuracy": 0.6})
+    assert (first.name, second.name) == ("1", "2")
+    assert (first / "assets.extra" / "marker").read_text() == "keep me"
+    assert json.loads((second / "assets.extra" / "metrics.json").read_text()) == {"accuracy": 0.6}
+    assert (second / "assets.extra" / "config.yaml").is_file()
+    assert existing_versions(second.parent) == [1, 2]
+
+
+def test_a_failed_export_leaves_no_partial_version(tiny, monkeypatch):
+    config, model = tiny
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    # Fails after the SavedModel is written, while assets.extra is being filled.
+    monkeypatch.setattr(export_module, "save_config", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_model(model, config, list("abcdefgh"), {})
+    assert list((config.output.export_dir / "tiny").iterdir()) == []
+
+
+def test_serving_signature_takes_uint8_pixels_in_another_process(tiny, tmp_path):
+    config, model = tiny
+    version = export_model(model, config, list("abcdefgh"), {})
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 3)).astype(np.uint8)
+    np.save(tmp_path / "pixels.npy", pixels)
+    script = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "m = tf.saved_model.load(sys.argv[1])\n"
+        "f = m.signatures['serving_default']\n"
+        "out = f(pixels=tf.constant(np.load(sys.argv[2])))['probabilities']\n"
+        "np.save(sys.argv[3], out.numpy())\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(version), str(tmp_path / "pixels.npy"), str(tmp_path / "out.npy")],
+        check=True,
+        cwd=tmp_path,
+    )
+    expected = keras.ops.convert_to_numpy(model(pixels.astype("float32"), training=False))
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-5, atol=1e-6)
+
+    serve, class_names = load_exported(version)
+    assert class_names == list("abcdefgh")
+    assert serve(pixels=pixels)["probabilities"].shape == (5, 8)

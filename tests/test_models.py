@@ -1,0 +1,111 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_blood.config import MODEL_CLASSES, Config
+from keras_blood.errors import ConfigError
+from keras_blood.models import BUILDERS, build_model
+
+
+def model_config(**model):
+    return Config.model_validate({"name": "t", "model": model}).model
+
+
+def test_every_config_class_has_a_builder():
+    assert set(BUILDERS) == set(MODEL_CLASSES)
+
+
+@pytest.mark.parametrize(
+    "name", ["cnn", "fnn", "basic", "dropout01", "dropout03", "dropout01x3", "lasso", "ridge", "ridge_dropout01"]
+)
+@pytest.mark.parametrize("shape, classes", [((28, 28, 3), 8), ((64, 48, 3), 4)])
+def test_builders_map_pixels_to_probabilities(name, shape, classes):
+    model = build_model(model_config(name=name), shape, classes)
+    x = np.random.default_rng(0).integers(0, 256, (3, *shape)).astype("float32")
+    probs = keras.ops.convert_to_numpy(model(x, training=False))
+    assert probs.shape == (3, classes)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def _expected_georgetown_params(filters=(16, 32, 32), dense=40, classes=8, size=28):
+    total, channels = 0, 3
+    for f in filters:
+        total += 9 * channels * f + f
+        channels, size = f, size // 2
+    flat = size * size * channels
+    return total + flat * dense + dense + dense * classes + classes
+
+
+def test_georgetown_basic_has_about_27k_parameters():
+    model = build_model(model_config(name="basic"), (28, 28, 3), 8)
+    assert model.count_params() == _expected_georgetown_params() == 26_224
+
+
+def test_paper_cnn_is_two_conv_layers_and_fnn_one_hidden_layer():
+    cnn = build_model(model_config(name="cnn"), (28, 28, 3), 8)
+    fnn = build_model(model_config(name="fnn", hidden_units=64), (28, 28, 3), 8)
+    assert sum(isinstance(l, keras.layers.Conv2D) for l in cnn.layers) == 2
+    assert sum(isinstance(l, keras.layers.Dropout) for l in cnn.layers) == 3
+    assert fnn.count_params() == 28 * 28 * 3 * 64 + 64 + 64 * 8 + 8
+
+
+@pytest.mark.parametrize(
+    "name, dropout_rates, l1, l2",
+    [
+        ("basic", [], 0, 0),
+        ("dropout01", [0.1], 0, 0),
+        ("dropout03", [0.3], 0, 0),
+        ("dropout01x3", [0.1, 0.1, 0.1], 0, 0),
+        ("lasso", [], 1e-4, 0),
+        ("ridge", [], 0, 1e-3),
+        ("ridge_dropout01", [0.1], 0, 1e-3),
+    ],
+)
+def test_georgetown_presets_differ_only_in_regularisation(name, dropout_rates, l1, l2):
+    model = build_model(model_config(name=name), (28, 28, 3), 8)
+    assert [l.rate for l in model.layers if isinstance(l, keras.layers.Dropout)] == dropout_rates
+    regularised = [l for l in model.layers if getattr(l, "kernel_regularizer", None) is not None]
+    if l1 or l2:
+        assert len(regularised) == 4  # 3 conv + the hidden dense
+        cfg = regularised[0].kernel_regularizer.get_config()
+        assert cfg["l1"] == pytest.approx(l1) and cfg["l2"] == pytest.approx(l2)
+        assert model.losses  # the penalty reaches the training loss
+    else:
+        assert not regularised
+    assert model.count_params() == 26_224
+
+
+def test_vgg16_resizes_small_inputs_and_freezes_its_base():
+    model = build_model(model_config(name="vgg16", weights="none", dense_units=16), (28, 28, 3), 8)
+    base = model.get_layer("vgg16")
+    assert base.input_shape[1:3] == (32, 32) and not base.trainable
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == 512 * 16 + 16 + 16 * 8 + 8
+    probs = model(np.full((2, 28, 28, 3), 128, "float32"))
+    assert probs.shape == (2, 8)
+
+
+def test_vgg16_preprocessing_matches_keras_applications():
+    from keras_blood.models import VGG16Preprocess
+
+    x = np.random.default_rng(1).uniform(0, 255, (2, 5, 5, 3)).astype("float32")
+    expected = keras.applications.vgg16.preprocess_input(x.copy())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(VGG16Preprocess()(x)), expected, rtol=1e-5)
+
+
+def test_vgg16_fine_tune_from_a_named_block():
+    model = build_model(
+        model_config(name="vgg16", weights="none", fine_tune_from="block5_conv1"), (32, 32, 3), 4
+    )
+    base = model.get_layer("vgg16")
+    trainable = [l.name for l in base.layers if l.trainable and l.weights]
+    assert trainable == ["block5_conv1", "block5_conv2", "block5_conv3"]
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [({"fine_tune_from": "block9"}, "block5_conv1"), ({"weights": "/no/such.h5"}, "no such file")],
+)
+def test_vgg16_bad_parameters_are_config_errors(params, message):
+    with pytest.raises(ConfigError, match=message):
+        build_model(model_config(name="vgg16", **{"weights": "none", **params}), (32, 32, 3), 4)
