@@ -136,7 +136,23 @@ class VGG16Config(_Strict):
     dense_dropout: Rate = 0.5
 
 
-MODEL_CLASSES = (CNNConfig, FNNConfig, GeorgetownConfig, VGG16Config)
+class ResNetConfig(_Strict):
+    """A compact residual (or plain VGG-style) network with batch norm for small inputs.
+
+    A 3x3 stem, then one stage per entry of ``widths`` at full, 1/2, 1/4 ... resolution
+    (max pooling between stages, none before the first: 28x28 has no pixels to spare),
+    ``blocks_per_stage`` blocks of two 3x3 conv + BN each, global average pooling,
+    dropout and a softmax layer.
+    """
+
+    name: Literal["resnet"]
+    widths: tuple[Positive, ...] = (32, 64, 128)
+    blocks_per_stage: Positive = 1
+    residual: bool = True
+    dropout: Rate = 0.2
+
+
+MODEL_CLASSES = (CNNConfig, FNNConfig, GeorgetownConfig, VGG16Config, ResNetConfig)
 ModelConfig = Annotated[
     Union[MODEL_CLASSES],  # type: ignore[valid-type]
     Field(discriminator="name"),
@@ -145,12 +161,46 @@ ModelConfig = Annotated[
 # ----------------------------------------------------------------------------- training
 
 
+class AugmentConfig(_Strict):
+    """Training-time augmentation, applied per batch in tf.data (vectorised).
+
+    Blood cells have no orientation, so flips and 90-degree rotations are label-preserving;
+    mild brightness / contrast / saturation jitter mimics stain and lighting variation.
+    All off by default, so the paper models train as published.
+    """
+
+    flip: bool = False
+    rot90: bool = Field(default=False, description="0/90/180/270 (0/180 for non-square inputs)")
+    brightness: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.0, description="max shift as a fraction of 255"
+    )
+    contrast: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(default=0.0, description="max factor change")
+    saturation: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(default=0.0, description="max factor change")
+    mixup_alpha: Annotated[float, Field(ge=0.0)] = Field(default=0.0, description="0 disables MixUp")
+
+    @property
+    def enabled(self) -> bool:
+        return any(
+            (self.flip, self.rot90, self.brightness, self.contrast, self.saturation, self.mixup_alpha)
+        )
+
+
+class EvalConfig(_Strict):
+    tta: Literal["none", "flip", "d4"] = Field(
+        default="none",
+        description="test-time augmentation averaged inside the evaluated and exported model: "
+        "flip (identity + horizontal flip) or d4 (the 8 flips/rotations of a square image)",
+    )
+
+
 class TrainConfig(_Strict):
     epochs: Positive = 30
     batch_size: Positive = 128
     learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     early_stopping_patience: Annotated[int, Field(ge=0)] = Field(
         default=8, description="Epochs without val_loss improvement before stopping; 0 disables."
@@ -162,6 +212,9 @@ class TrainConfig(_Strict):
         "else the default strategy.",
     )
     deterministic: bool = Field(default=False, description="TF op determinism (slower).")
+    mixed_precision: bool = Field(
+        default=False, description="mixed_bfloat16 compute (fast on GPUs and CPUs with bf16 units)"
+    )
 
 
 class OutputConfig(_Strict):
@@ -174,7 +227,9 @@ class Config(_Strict):
     seed: int = 42
     data: DataConfig = DataConfig()
     model: ModelConfig
+    augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
 
     def to_dict(self) -> dict[str, Any]:

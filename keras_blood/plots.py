@@ -30,7 +30,8 @@ def plot_confusion_matrix(matrix, class_names: list[str], path: Path, title: str
 
 
 def plot_learning_curves(history: dict[str, list[float]], path: Path, title: str = "") -> Path:
-    metrics = [k for k in history if not k.startswith("val_") and k != "learning_rate"]
+    skip = {"learning_rate", "elapsed_minutes"}
+    metrics = [k for k in history if not k.startswith("val_") and k not in skip]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
     for ax, name in zip(axes[0], metrics):
         epochs = np.arange(1, len(history[name]) + 1)

@@ -48,11 +48,29 @@ def new_run_dir(config: Config) -> Path:
     raise KerasBloodError(f"could not create a new run folder under {base}")
 
 
-def make_optimizer(config: Config):
+def make_learning_rate(config: Config, steps_per_epoch: int):
+    """A float, or a schedule of the optimizer step."""
     import keras
 
     t = config.train
-    kwargs = {"learning_rate": t.learning_rate}
+    learning_rate = t.learning_rate
+    if t.schedule == "cosine":
+        # Linear warm-up to the peak rate, then cosine decay to zero at the last step.
+        warmup = t.warmup_epochs * steps_per_epoch
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else t.learning_rate,
+            decay_steps=max(1, t.epochs * steps_per_epoch - warmup),
+            warmup_target=t.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    return learning_rate
+
+
+def make_optimizer(config: Config, steps_per_epoch: int):
+    import keras
+
+    t = config.train
+    kwargs = {"learning_rate": make_learning_rate(config, steps_per_epoch)}
     if t.weight_decay:
         kwargs["weight_decay"] = t.weight_decay
     if t.optimizer == "sgd":
@@ -71,10 +89,11 @@ def train(config: Config) -> TrainResult:
     import tensorflow as tf
 
     from keras_blood.data import load_data
+    from keras_blood.data.augment import make_augment
     from keras_blood.data.pipeline import make_dataset
     from keras_blood.export import export_model
     from keras_blood.metrics import classification_metrics, summary_line
-    from keras_blood.models import build_model
+    from keras_blood.models import build_model, with_tta
     from keras_blood.plots import plot_confusion_matrix, plot_learning_curves
     from keras_blood.runtime import describe_devices, seed_everything, select_strategy
 
@@ -90,10 +109,19 @@ def train(config: Config) -> TrainResult:
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
     print(f"Data: {data.name} {data.image_shape}, {data.num_classes} classes; {sizes}", flush=True)
 
+    steps_per_epoch = math.ceil(len(data.splits["train"]) / config.train.batch_size)
+    # The policy is global in Keras: set it for this model only, and put it back after.
+    previous_policy = keras.mixed_precision.global_policy()
+    if config.train.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        with strategy.scope():
+            model = build_model(config.model, data.image_shape, data.num_classes)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
     with strategy.scope():
-        model = build_model(config.model, data.image_shape, data.num_classes)
         model.compile(
-            optimizer=make_optimizer(config),
+            optimizer=make_optimizer(config, steps_per_epoch),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
             metrics=["accuracy"],
             jit_compile=config.train.jit_compile,
@@ -112,11 +140,24 @@ def train(config: Config) -> TrainResult:
             training=training,
             seed=config.seed,
             shuffle_buffer=config.data.shuffle_buffer,
+            augment=make_augment(config.augment) if training else None,
         )
 
     checkpoint = run_dir / "checkpoints" / "best.weights.h5"
     checkpoint.parent.mkdir()
+    class ElapsedTime(keras.callbacks.Callback):
+        """Adds wall-clock minutes since the start of training to each epoch's logs, so
+        history.csv and TensorBoard give accuracy against training time."""
+
+        def on_train_begin(self, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs["elapsed_minutes"] = (time.perf_counter() - self.start) / 60
+
+    # ElapsedTime first: the callbacks after it see the key it adds.
     callbacks = [
+        ElapsedTime(),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
         keras.callbacks.ModelCheckpoint(
             str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=True
@@ -157,10 +198,16 @@ def train(config: Config) -> TrainResult:
     # The exported model is the best one on validation, whichever callback stopped training.
     model.load_weights(str(checkpoint))
 
-    print("Evaluating on the test split ...", flush=True)
+    # Test-time augmentation (if any) is part of the evaluated and the exported model alike.
+    model_for_test = with_tta(model, config.eval.tta)
+    tta = "" if config.eval.tta == "none" else f" with {config.eval.tta} test-time augmentation"
+    print(f"Evaluating on the test split{tta} ...", flush=True)
     test = data.splits["test"]
-    probs = model.predict(pipeline("test"), verbose=0)
+    probs = model_for_test.predict(pipeline("test"), verbose=0)
     metrics = classification_metrics(test.labels, probs, data.class_names)
+    if model_for_test is not model:  # what test-time augmentation adds, measured
+        plain = classification_metrics(test.labels, model.predict(pipeline("test"), verbose=0), data.class_names)
+        metrics["without_tta"] = {k: plain[k] for k in ("accuracy", "f1_macro", "auc")}
     metrics.update(
         split="test",
         epochs_run=len(history["loss"]),
@@ -189,9 +236,9 @@ def train(config: Config) -> TrainResult:
         )
     print(f"Trained {metrics['epochs_run']} epochs in {train_seconds:.0f} s; run folder {run_dir}")
 
-    export_dir = export_model(model, config, data.class_names, metrics, data.preparation)
+    export_dir = export_model(model_for_test, config, data.class_names, metrics, data.preparation)
     (run_dir / "export_path.txt").write_text(f"{export_dir}\n")
-    return TrainResult(model, metrics, run_dir, export_dir)
+    return TrainResult(model_for_test, metrics, run_dir, export_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

@@ -109,3 +109,45 @@ def test_vgg16_fine_tune_from_a_named_block():
 def test_vgg16_bad_parameters_are_config_errors(params, message):
     with pytest.raises(ConfigError, match=message):
         build_model(model_config(name="vgg16", **{"weights": "none", **params}), (32, 32, 3), 4)
+
+
+@pytest.mark.parametrize("residual, blocks", [(True, 1), (False, 1), (True, 2)])
+def test_resnet_keeps_full_resolution_in_its_first_stage(residual, blocks):
+    model = build_model(
+        model_config(name="resnet", widths=[8, 16], blocks_per_stage=blocks, residual=residual), (28, 28, 3), 8
+    )
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D) and l.kernel_size == (3, 3)]
+    assert len(convs) == 1 + 2 * 2 * blocks
+    assert convs[1].output.shape[1:3] == (28, 28)
+    assert any(isinstance(l, keras.layers.Add) for l in model.layers) == residual
+    assert model(np.zeros((2, 28, 28, 3), "float32")).shape == (2, 8)
+
+
+@pytest.mark.parametrize("mode, views", [("flip", 2), ("d4", 8)])
+def test_tta_averages_over_views_and_is_invariant_to_them(mode, views):
+    from keras_blood.models import with_tta
+
+    keras.utils.set_random_seed(0)
+    base = build_model(model_config(name="resnet", widths=[4], dropout=0.0), (8, 8, 3), 3)
+    tta = with_tta(base, mode)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    expected = np.mean([keras.ops.convert_to_numpy(base(v)) for v in _views(x, mode)], axis=0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(tta(x)), expected, rtol=1e-5, atol=1e-6)
+    flipped = np.flip(x, axis=2).copy()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(tta(flipped)), expected, rtol=1e-5, atol=1e-6)
+    assert with_tta(base, "none") is base
+
+
+def _views(x, mode):
+    if mode == "flip":
+        return [x, np.flip(x, axis=2).copy()]
+    rotations = [np.rot90(x, k, axes=(1, 2)).copy() for k in range(4)]
+    return rotations + [np.flip(r, axis=2).copy() for r in rotations]
+
+
+def test_d4_tta_needs_square_inputs():
+    from keras_blood.models import with_tta
+
+    base = build_model(model_config(name="resnet", widths=[4]), (8, 6, 3), 3)
+    with pytest.raises(ConfigError, match="square"):
+        with_tta(base, "d4")

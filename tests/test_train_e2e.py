@@ -27,20 +27,30 @@ def quick_overrides(bloodmnist_root, tmp_path):
     ]
 
 
-def test_train_evaluate_export_and_serve(quick_overrides, tmp_path, capsys):
-    config = load_config(REPO / "configs" / "dropout03.yaml", quick_overrides)
+@pytest.mark.parametrize(
+    "config_name, extra",
+    [
+        ("dropout03", []),
+        # The best-model recipe, shrunk: augmentation, cosine schedule, D4 TTA in the export.
+        ("best", ["model.widths=[8, 16]", "train.warmup_epochs=0"]),
+    ],
+)
+def test_train_evaluate_export_and_serve(quick_overrides, tmp_path, config_name, extra):
+    config = load_config(REPO / "configs" / f"{config_name}.yaml", quick_overrides + extra)
     result = train_module.train(config)
 
     run_dir, version = result.run_dir, result.export_dir
-    assert version == tmp_path / "saved_models" / "dropout03" / "1"
+    assert version == tmp_path / "saved_models" / config_name / "1"
     for name in ("metrics.json", "history.csv", "config.yaml", "confusion_matrix.png", "learning_curves.png"):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "logs" / "train").glob("events.out.tfevents.*"))
     assert list((run_dir / "logs" / "test").glob("events.out.tfevents.*"))
+    assert "elapsed_minutes" in (run_dir / "history.csv").read_text().splitlines()[0]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["num_examples"] == 512 and 0.0 <= metrics["accuracy"] <= 1.0
     assert metrics == json.loads((version / "assets.extra" / "metrics.json").read_text())
-    assert yaml.safe_load((version / "assets.extra" / "config.yaml").read_text())["name"] == "dropout03"
+    assert yaml.safe_load((version / "assets.extra" / "config.yaml").read_text())["name"] == config_name
+    assert ("without_tta" in metrics) == (config.eval.tta != "none")
     assert json.loads((version / "assets.extra" / "class_names.json").read_text())[7] == "platelet"
 
     # A fresh process serves the SavedModel: same predictions as the in-process model.

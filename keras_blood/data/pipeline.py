@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from collections.abc import Callable
+
 from keras_blood.data.base import Split
 
 
@@ -19,6 +21,7 @@ def make_dataset(
     training: bool,
     seed: int,
     shuffle_buffer: int = 20_000,
+    augment: Callable | None = None,
 ) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels)).cache()
     if training:
@@ -30,4 +33,7 @@ def make_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
+    if training and augment is not None:
+        # After batching: one vectorised call per batch instead of one per image.
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,79 @@
+"""Training-time augmentation as a batched tf.data map: every op is vectorised over the batch.
+
+Images arrive as float32 pixels in [0, 255] and leave in the same range, so the model's
+own scaling is unchanged; labels are one-hot (MixUp blends them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from keras_blood.config import AugmentConfig
+
+Batch = tuple[tf.Tensor, tf.Tensor]
+
+
+def _per_sample(batch: tf.Tensor, shape=(), low=0.0, high=1.0) -> tf.Tensor:
+    return tf.random.uniform(tf.concat([tf.shape(batch)[:1], shape], 0), low, high)
+
+
+def random_flips(images: tf.Tensor) -> tf.Tensor:
+    flip_lr = _per_sample(images, [1, 1, 1]) < 0.5
+    images = tf.where(flip_lr, tf.reverse(images, axis=[2]), images)
+    flip_ud = _per_sample(images, [1, 1, 1]) < 0.5
+    return tf.where(flip_ud, tf.reverse(images, axis=[1]), images)
+
+
+def random_rot90(images: tf.Tensor) -> tf.Tensor:
+    """A random multiple of 90 degrees per image (only 0/180 when height != width)."""
+    square = images.shape[1] == images.shape[2]
+    turns = [0, 1, 2, 3] if square else [0, 2]
+    views = tf.stack([tf.image.rot90(images, k) for k in turns])  # [V, B, H, W, C]
+    choice = tf.random.uniform(tf.shape(images)[:1], 0, len(turns), dtype=tf.int32)
+    return tf.gather_nd(views, tf.stack([choice, tf.range(tf.shape(images)[0])], axis=1))
+
+
+def color_jitter(images: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
+    if cfg.saturation:
+        grey = tf.reduce_mean(images, axis=-1, keepdims=True)
+        factor = _per_sample(images, [1, 1, 1], 1 - cfg.saturation, 1 + cfg.saturation)
+        images = grey + factor * (images - grey)
+    if cfg.contrast:
+        mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+        factor = _per_sample(images, [1, 1, 1], 1 - cfg.contrast, 1 + cfg.contrast)
+        images = mean + factor * (images - mean)
+    if cfg.brightness:
+        images += 255.0 * _per_sample(images, [1, 1, 1], -cfg.brightness, cfg.brightness)
+    return tf.clip_by_value(images, 0.0, 255.0)
+
+
+def mixup(images: tf.Tensor, labels: tf.Tensor, alpha: float) -> Batch:
+    """MixUp (Zhang et al. 2018): blend each example with a random partner, labels too."""
+    gamma_1 = tf.random.gamma(tf.shape(images)[:1], alpha)
+    gamma_2 = tf.random.gamma(tf.shape(images)[:1], alpha)
+    lam = gamma_1 / (gamma_1 + gamma_2)  # Beta(alpha, alpha)
+    partner = tf.random.shuffle(tf.range(tf.shape(images)[0]))
+    lam_images = tf.reshape(lam, [-1, 1, 1, 1])
+    images = lam_images * images + (1 - lam_images) * tf.gather(images, partner)
+    labels = lam[:, None] * labels + (1 - lam[:, None]) * tf.gather(labels, partner)
+    return images, labels
+
+
+def make_augment(cfg: AugmentConfig) -> Callable[[tf.Tensor, tf.Tensor], Batch] | None:
+    """The batch map function for ``cfg``, or None when every technique is off."""
+    if not cfg.enabled:
+        return None
+
+    def augment(images: tf.Tensor, labels: tf.Tensor) -> Batch:
+        if cfg.flip:
+            images = random_flips(images)
+        if cfg.rot90:
+            images = random_rot90(images)
+        images = color_jitter(images, cfg)
+        if cfg.mixup_alpha:
+            images, labels = mixup(images, labels, cfg.mixup_alpha)
+        return images, labels
+
+    return augment

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_blood.config import AugmentConfig
+from keras_blood.data.augment import color_jitter, make_augment, mixup, random_flips, random_rot90
+
+
+def _batch(n=64, h=6, w=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return tf.constant(rng.uniform(0, 255, (n, h, w, 3)).astype("float32"))
+
+
+def _d4(image):
+    rotations = [np.rot90(image, k) for k in range(4)]
+    return rotations + [np.fliplr(r) for r in rotations]
+
+
+def test_nothing_enabled_means_no_map():
+    assert make_augment(AugmentConfig()) is None
+
+
+@pytest.mark.parametrize("fn", [random_flips, random_rot90])
+def test_geometric_augmentations_only_reorient_each_image(fn):
+    tf.random.set_seed(0)
+    images = _batch()
+    out = fn(images).numpy()
+    changed = 0
+    for before, after in zip(images.numpy(), out):
+        assert any(np.array_equal(after, view) for view in _d4(before))
+        changed += not np.array_equal(before, after)
+    assert 20 < changed < 64  # random per image, not all or nothing
+
+
+def test_rot90_on_non_square_images_keeps_the_shape():
+    tf.random.set_seed(1)
+    images = _batch(h=4, w=6)
+    out = random_rot90(images).numpy()
+    for before, after in zip(images.numpy(), out):
+        assert np.array_equal(after, before) or np.array_equal(after, np.rot90(before, 2))
+
+
+def test_color_jitter_stays_in_range_and_is_mild():
+    tf.random.set_seed(2)
+    images = _batch()
+    out = color_jitter(images, AugmentConfig(brightness=0.05, contrast=0.1, saturation=0.1)).numpy()
+    assert out.min() >= 0 and out.max() <= 255
+    assert 0 < np.abs(out - images.numpy()).mean() < 30
+
+
+def test_mixup_blends_images_and_labels_alike():
+    tf.random.set_seed(3)
+    images = tf.constant(np.repeat(np.arange(8, dtype="float32")[:, None, None, None], 2, axis=1) * np.ones((8, 2, 2, 3), "float32"))
+    labels = tf.one_hot(tf.range(8), 8)
+    mixed, soft = mixup(images, labels, alpha=0.4)
+    soft = soft.numpy()
+    np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-6)
+    # Each image is the same blend of its two sources as its label.
+    np.testing.assert_allclose(mixed.numpy()[:, 0, 0, 0], soft @ np.arange(8), rtol=1e-5)
