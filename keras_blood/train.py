@@ -22,6 +22,7 @@ from typing import Any
 from keras_blood.cli import config_parser, run_main
 from keras_blood.config import Config, load_config, save_config
 from keras_blood.errors import DataError, KerasBloodError
+from keras_blood.folders import new_folder
 
 REQUIRED_SPLITS = ("train", "val", "test")
 
@@ -36,16 +37,7 @@ class TrainResult:
 
 def new_run_dir(config: Config) -> Path:
     """A fresh folder per run; an existing run is never written into."""
-    base = config.output.runs_dir / config.name
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for suffix in ["", *(f"-{i}" for i in range(1, 100))]:
-        run_dir = base / f"{stamp}{suffix}"
-        try:
-            run_dir.mkdir(parents=True, exist_ok=False)
-            return run_dir
-        except FileExistsError:
-            continue
-    raise KerasBloodError(f"could not create a new run folder under {base}")
+    return new_folder(config.output.runs_dir / config.name)
 
 
 def make_optimizer(config: Config):
@@ -73,7 +65,7 @@ def train(config: Config) -> TrainResult:
     from keras_blood.data import load_data
     from keras_blood.data.pipeline import make_dataset
     from keras_blood.export import export_model
-    from keras_blood.metrics import classification_metrics, summary_line
+    from keras_blood.metrics import classification_metrics, per_class_table, summary_line
     from keras_blood.models import build_model
     from keras_blood.plots import plot_confusion_matrix, plot_learning_curves
     from keras_blood.runtime import describe_devices, seed_everything, select_strategy
@@ -179,14 +171,8 @@ def train(config: Config) -> TrainResult:
     )
     plot_learning_curves(history, run_dir / "learning_curves.png", config.name)
 
-    width = max(len(n) for n in data.class_names)
     print(f"\nTest ({config.name}): {summary_line(metrics)}")
-    print(f"{'class':<{width}}  precision  recall     F1  support")
-    for name, row in metrics["per_class"].items():
-        print(
-            f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
-            f"{row['f1-score']:5.3f}  {int(row['support']):7d}"
-        )
+    print(per_class_table(metrics))
     print(f"Trained {metrics['epochs_run']} epochs in {train_seconds:.0f} s; run folder {run_dir}")
 
     export_dir = export_model(model, config, data.class_names, metrics, data.preparation)
