@@ -62,6 +62,7 @@ def train(config: Config) -> TrainResult:
     import numpy as np
     import tensorflow as tf
 
+    from keras_blood.callbacks import ValidationTensorBoard
     from keras_blood.data import load_data
     from keras_blood.data.pipeline import make_dataset
     from keras_blood.export import export_model
@@ -109,7 +110,8 @@ def train(config: Config) -> TrainResult:
     checkpoint = run_dir / "checkpoints" / "best.weights.h5"
     checkpoint.parent.mkdir()
     callbacks = [
-        keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
+        # Keras's TensorBoard callback plus validation confusion matrix and PR curves.
+        ValidationTensorBoard(run_dir / "logs", pipeline("val"), data.splits["val"].labels, data.class_names),
         keras.callbacks.ModelCheckpoint(
             str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=True
         ),
