@@ -1,7 +1,8 @@
 """What every command shares: ``CONFIG [--set key=value ...]`` and clean failure.
 
 A user's mistake (bad config, missing data) ends with one line on stderr and exit
-status 2, never a traceback.
+status 2, never a traceback. A command whose inputs partly failed (predict on a folder
+with a corrupt file) returns exit status 1 itself.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("config", help="YAML experiment config, e.g. configs/dropout03.yaml")
+    return add_overrides(parser)
+
+
+def add_overrides(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -33,12 +38,13 @@ def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """Run ``main``; an ``int`` it returns is the exit status, anything else means success."""
     try:
-        main(argv)
+        result = main(argv)
     except KerasBloodError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return result if type(result) is int else 0

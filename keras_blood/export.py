@@ -3,7 +3,9 @@
 ``<export_dir>/<config name>/<version>/`` with integer versions that only increase. Each
 version is written to a hidden temporary folder beside the others and renamed into place,
 so a crash leaves no partial version and an earlier version is never overwritten. The
-``serving_default`` signature takes raw uint8 pixels; everything else happens in-graph.
+``serving_default`` signature takes uint8 pixels at the model's input size; the
+``serving_bytes`` signature takes encoded image files of any size and applies the
+version's recorded preparation (:mod:`keras_blood.preparation`) in-graph first.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,10 @@ import tensorflow as tf
 
 from keras_blood.config import Config, save_config
 from keras_blood.errors import ExportError
+from keras_blood.preparation import Preparation, decode, prepare
 
 SIGNATURE = "serving_default"
+BYTES_SIGNATURE = "serving_bytes"
 OUTPUT_KEY = "probabilities"
 
 
@@ -40,6 +45,10 @@ def export_model(
 ) -> Path:
     """Write a new version of ``config.name`` and return its folder."""
     height, width, channels = model.input_shape[1:]
+    recipe = {"input_size": [height, width], **(preparation or {})}
+    prep = Preparation.from_json(recipe)
+    if prep.size != (height, width):
+        raise ExportError(f"preparation resizes to {list(prep.size)} but the model takes {height}x{width}")
     base = config.output.export_dir / config.name
     base.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=base))
@@ -51,10 +60,23 @@ def export_model(
             probabilities = model(tf.cast(pixels, tf.float32), training=False)
             return {OUTPUT_KEY: probabilities}
 
+        def serve_bytes(images):
+            pixels = tf.map_fn(
+                lambda data: prepare(decode(data), prep),
+                images,
+                fn_output_signature=tf.TensorSpec([height, width, channels], tf.uint8),
+            )
+            return serve(pixels)
+
         archive.add_endpoint(
             SIGNATURE,
             serve,
             input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="pixels")],
+        )
+        archive.add_endpoint(
+            BYTES_SIGNATURE,
+            serve_bytes,
+            input_signature=[tf.TensorSpec([None], tf.string, name="images")],
         )
         archive.write_out(str(staging), verbose=False)
 
@@ -63,9 +85,7 @@ def export_model(
         save_config(config, extra / "config.yaml")
         (extra / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (extra / "class_names.json").write_text(json.dumps(class_names, indent=2))
-        (extra / "preparation.json").write_text(
-            json.dumps({"input_size": [height, width], **(preparation or {})}, indent=2)
-        )
+        (extra / "preparation.json").write_text(json.dumps(recipe, indent=2))
         return _publish(staging, base)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -86,11 +106,47 @@ def _publish(staging: Path, base: Path) -> Path:
     raise ExportError(f"could not publish a new version under {base}")
 
 
-def load_exported(path: str | Path):
-    """Load an exported version: ``(serving function, class names)``."""
+@dataclass(frozen=True)
+class ExportedVersion:
+    """A loaded version: its signatures and the files in ``assets.extra``."""
+
+    path: Path
+    loaded: Any  # keeps the SavedModel's variables alive as long as its signatures
+    class_names: list[str]
+    preparation: Preparation
+
+    @property
+    def serve(self):
+        return self.loaded.signatures[SIGNATURE]
+
+    @property
+    def name(self) -> str:
+        """The config name: ``saved_models/<name>/<number>``."""
+        return self.path.resolve().parent.name
+
+    @property
+    def number(self) -> str:
+        return self.path.resolve().name
+
+    @property
+    def extra(self) -> Path:
+        return self.path / "assets.extra"
+
+
+def load_version(path: str | Path) -> ExportedVersion:
     path = Path(path)
     if not (path / "saved_model.pb").is_file():
         raise ExportError(f"{path} is not an exported model version (no saved_model.pb)")
-    loaded = tf.saved_model.load(str(path))
-    class_names = json.loads((path / "assets.extra" / "class_names.json").read_text())
-    return loaded.signatures[SIGNATURE], class_names
+    extra = path / "assets.extra"
+    try:
+        class_names = json.loads((extra / "class_names.json").read_text())
+        recipe = json.loads((extra / "preparation.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path}: unreadable assets.extra ({exc})") from None
+    return ExportedVersion(path, tf.saved_model.load(str(path)), class_names, Preparation.from_json(recipe))
+
+
+def load_exported(path: str | Path):
+    """Load an exported version: ``(serving function, class names)``."""
+    version = load_version(path)
+    return version.serve, version.class_names

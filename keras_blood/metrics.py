@@ -14,17 +14,22 @@ from sklearn.metrics import (
 )
 
 
+def one_vs_rest_aucs(labels: np.ndarray, probs: np.ndarray) -> list[float]:
+    """ROC AUC of each class against the rest; NaN for a class without positives or negatives."""
+    labels = np.asarray(labels).reshape(-1)
+    defined = [0 < np.sum(labels == k) < len(labels) for k in range(probs.shape[1])]
+    return [
+        float(roc_auc_score(labels == k, probs[:, k])) if ok else float("nan") for k, ok in enumerate(defined)
+    ]
+
+
 def medmnist_auc(labels: np.ndarray, probs: np.ndarray) -> float:
     """Mean one-vs-rest ROC AUC over classes, as ``medmnist.evaluator.getAUC`` computes it.
 
     A class with no positive (or no negative) example has no AUC; it is left out of the
     mean rather than failing, which only happens on small slices of the data.
     """
-    aucs = [
-        roc_auc_score(labels == k, probs[:, k])
-        for k in range(probs.shape[1])
-        if 0 < np.sum(labels == k) < len(labels)
-    ]
+    aucs = [auc for auc in one_vs_rest_aucs(labels, probs) if not np.isnan(auc)]
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
@@ -65,3 +70,15 @@ def summary_line(metrics: dict[str, Any]) -> str:
         f"recall {metrics['recall_macro']:.4f}  F1 {metrics['f1_macro']:.4f}  "
         f"AUC {metrics['auc']:.4f}  (n={metrics['num_examples']})"
     )
+
+
+def per_class_table(metrics: dict[str, Any]) -> str:
+    """The per-class report as an aligned text table, one class a line."""
+    width = max(len("class"), *(len(n) for n in metrics["per_class"]))
+    lines = [f"{'class':<{width}}  precision  recall     F1  support"]
+    for name, row in metrics["per_class"].items():
+        lines.append(
+            f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
+            f"{row['f1-score']:5.3f}  {int(row['support']):7d}"
+        )
+    return "\n".join(lines)

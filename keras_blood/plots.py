@@ -1,8 +1,11 @@
-"""Figures people would rather look at than read: confusion matrix and learning curves."""
+"""Figures people would rather look at than read: confusion matrix, learning curves, ROC
+curves and grids of images. Each takes a path or a binary file object (TensorBoard
+summaries render into memory)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import matplotlib
 
@@ -10,10 +13,14 @@ matplotlib.use("Agg")  # files only; no display on servers or in CI
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, roc_curve  # noqa: E402
+
+from keras_blood.metrics import one_vs_rest_aucs  # noqa: E402
+
+Target = Path | BinaryIO
 
 
-def plot_confusion_matrix(matrix, class_names: list[str], path: Path, title: str = "") -> Path:
+def plot_confusion_matrix(matrix, class_names: list[str], path: Target, title: str = "") -> Target:
     matrix = np.asarray(matrix)
     fig, axes = plt.subplots(1, 2, figsize=(15, 6.5))
     rows = matrix.sum(axis=1, keepdims=True)
@@ -29,7 +36,7 @@ def plot_confusion_matrix(matrix, class_names: list[str], path: Path, title: str
     return path
 
 
-def plot_learning_curves(history: dict[str, list[float]], path: Path, title: str = "") -> Path:
+def plot_learning_curves(history: dict[str, list[float]], path: Target, title: str = "") -> Target:
     skip = {"learning_rate", "elapsed_minutes"}
     metrics = [k for k in history if not k.startswith("val_") and k not in skip]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
@@ -45,6 +52,45 @@ def plot_learning_curves(history: dict[str, list[float]], path: Path, title: str
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_roc_curves(labels, probs, class_names: list[str], path: Target, title: str = "") -> Target:
+    """One-vs-rest ROC curve per class; a class without positives or negatives has none."""
+    labels = np.asarray(labels).reshape(-1)
+    fig, ax = plt.subplots(figsize=(7, 6.5))
+    for k, (name, auc) in enumerate(zip(class_names, one_vs_rest_aucs(labels, probs))):
+        if not np.isnan(auc):
+            fpr, tpr, _ = roc_curve(labels == k, probs[:, k])
+            ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"{title} (one-vs-rest ROC)" if title else "one-vs-rest ROC")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_image_grid(images, captions: list[str], path: Target, title: str = "", columns: int = 5) -> Target:
+    """uint8 ``[N, H, W, 3]`` images in a grid, each with its caption; "nothing to show" if N = 0."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(caption, fontsize=8)
+    if not len(images):
+        axes[0, 0].text(0, 0.5, "nothing to show", fontsize=12)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()) if title else None)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

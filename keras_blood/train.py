@@ -22,6 +22,7 @@ from typing import Any
 from keras_blood.cli import config_parser, run_main
 from keras_blood.config import Config, load_config, save_config
 from keras_blood.errors import DataError, KerasBloodError
+from keras_blood.folders import new_folder
 
 REQUIRED_SPLITS = ("train", "val", "test")
 
@@ -36,16 +37,7 @@ class TrainResult:
 
 def new_run_dir(config: Config) -> Path:
     """A fresh folder per run; an existing run is never written into."""
-    base = config.output.runs_dir / config.name
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for suffix in ["", *(f"-{i}" for i in range(1, 100))]:
-        run_dir = base / f"{stamp}{suffix}"
-        try:
-            run_dir.mkdir(parents=True, exist_ok=False)
-            return run_dir
-        except FileExistsError:
-            continue
-    raise KerasBloodError(f"could not create a new run folder under {base}")
+    return new_folder(config.output.runs_dir / config.name)
 
 
 def make_learning_rate(config: Config, steps_per_epoch: int):
@@ -88,11 +80,12 @@ def train(config: Config) -> TrainResult:
     import numpy as np
     import tensorflow as tf
 
+    from keras_blood.callbacks import ElapsedTime, ValidationTensorBoard
     from keras_blood.data import load_data
     from keras_blood.data.augment import make_augment
     from keras_blood.data.pipeline import make_dataset
     from keras_blood.export import export_model
-    from keras_blood.metrics import classification_metrics, summary_line
+    from keras_blood.metrics import classification_metrics, per_class_table, summary_line
     from keras_blood.models import build_model, with_tta
     from keras_blood.plots import plot_confusion_matrix, plot_learning_curves
     from keras_blood.runtime import describe_devices, seed_everything, select_strategy
@@ -145,20 +138,10 @@ def train(config: Config) -> TrainResult:
 
     checkpoint = run_dir / "checkpoints" / "best.weights.h5"
     checkpoint.parent.mkdir()
-    class ElapsedTime(keras.callbacks.Callback):
-        """Adds wall-clock minutes since the start of training to each epoch's logs, so
-        history.csv and TensorBoard give accuracy against training time."""
-
-        def on_train_begin(self, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs["elapsed_minutes"] = (time.perf_counter() - self.start) / 60
-
-    # ElapsedTime first: the callbacks after it see the key it adds.
     callbacks = [
-        ElapsedTime(),
-        keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
+        ElapsedTime(),  # first: the callbacks after it see the key it adds
+        # Keras's TensorBoard callback plus validation confusion matrix and PR curves.
+        ValidationTensorBoard(run_dir / "logs", pipeline("val"), data.splits["val"].labels, data.class_names),
         keras.callbacks.ModelCheckpoint(
             str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=True
         ),
@@ -226,14 +209,8 @@ def train(config: Config) -> TrainResult:
     )
     plot_learning_curves(history, run_dir / "learning_curves.png", config.name)
 
-    width = max(len(n) for n in data.class_names)
     print(f"\nTest ({config.name}): {summary_line(metrics)}")
-    print(f"{'class':<{width}}  precision  recall     F1  support")
-    for name, row in metrics["per_class"].items():
-        print(
-            f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
-            f"{row['f1-score']:5.3f}  {int(row['support']):7d}"
-        )
+    print(per_class_table(metrics))
     print(f"Trained {metrics['epochs_run']} epochs in {train_seconds:.0f} s; run folder {run_dir}")
 
     export_dir = export_model(model_for_test, config, data.class_names, metrics, data.preparation)

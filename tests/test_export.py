@@ -5,12 +5,15 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_blood import export as export_module
 from keras_blood.config import Config
-from keras_blood.export import export_model, existing_versions, load_exported
+from keras_blood.errors import ExportError
+from keras_blood.export import export_model, existing_versions, load_exported, load_version
 from keras_blood.models import build_model
-from tests.conftest import REPO
+from keras_blood.preparation import Preparation, decode_file, preparer
+from tests.conftest import REPO, encode
 
 
 @pytest.fixture
@@ -75,3 +78,50 @@ def test_serving_signature_takes_uint8_pixels_in_another_process(tiny, tmp_path)
     serve, class_names = load_exported(version)
     assert class_names == list("abcdefgh")
     assert serve(pixels=pixels)["probabilities"].shape == (5, 8)
+
+
+BLOODMNIST_RECIPE = {"center_crop_fraction": 200 / 360, "resize": [28, 28], "method": "bicubic"}
+
+
+def test_bytes_signature_prepares_any_image_like_predict(tiny):
+    config, model = tiny
+    version = export_model(model, config, list("abcdefgh"), {}, BLOODMNIST_RECIPE)
+    assert json.loads((version / "assets.extra" / "preparation.json").read_text()) == {
+        "input_size": [28, 28],
+        **BLOODMNIST_RECIPE,
+    }
+    loaded = load_version(version)
+    assert loaded.preparation == Preparation((28, 28), 200 / 360, "bicubic")
+    assert (loaded.name, loaded.number) == ("tiny", "1")
+    rng = np.random.default_rng(0)
+    images = [
+        encode(rng.integers(0, 256, (360, 363, 3)).astype(np.uint8), "PNG"),
+        encode(rng.integers(0, 256, (240, 320, 3)).astype(np.uint8), "JPEG"),
+        encode(rng.integers(0, 256, (31, 17)).astype(np.uint8), "BMP"),  # greyscale
+        encode(rng.integers(0, 256, (50, 50, 4)).astype(np.uint8), "PNG"),  # RGBA
+    ]
+    served = loaded.loaded.signatures["serving_bytes"](images=tf.constant(images))["probabilities"].numpy()
+    prepare = preparer(loaded.preparation)
+    pixels = np.stack([prepare(decode_file(data)).numpy() for data in images])
+    expected = loaded.serve(pixels=tf.constant(pixels))["probabilities"].numpy()
+    np.testing.assert_array_equal(served, expected)
+    # ... and the recipe matters: a plain resize of the whole image gives other inputs.
+    plain = np.stack([preparer(Preparation((28, 28)))(decode_file(data)).numpy() for data in images])
+    assert not np.array_equal(plain, pixels)
+
+
+def test_bytes_signature_of_a_model_input_sized_png_equals_the_pixel_signature(tiny):
+    config, model = tiny
+    version = export_model(model, config, list("abcdefgh"), {})
+    signatures = tf.saved_model.load(str(version)).signatures
+    pixels = np.random.default_rng(1).integers(0, 256, (3, 28, 28, 3)).astype(np.uint8)
+    served = signatures["serving_bytes"](images=tf.constant([encode(p, "PNG") for p in pixels]))
+    expected = signatures["serving_default"](pixels=tf.constant(pixels))
+    np.testing.assert_array_equal(served["probabilities"].numpy(), expected["probabilities"].numpy())
+
+
+def test_a_recipe_that_does_not_fit_the_model_is_refused(tiny):
+    config, model = tiny
+    with pytest.raises(ExportError, match="resizes to \\[64, 64\\]"):
+        export_model(model, config, list("abcdefgh"), {}, {"resize": [64, 64]})
+    assert not list((config.output.export_dir / "tiny").glob("[0-9]*"))

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from keras_blood import train as train_module
 from keras_blood.config import load_config
@@ -46,6 +47,10 @@ def test_train_evaluate_export_and_serve(quick_overrides, tmp_path, config_name,
     assert list((run_dir / "logs" / "train").glob("events.out.tfevents.*"))
     assert list((run_dir / "logs" / "test").glob("events.out.tfevents.*"))
     assert "elapsed_minutes" in (run_dir / "history.csv").read_text().splitlines()[0]
+    validation = EventAccumulator(str(run_dir / "logs" / "validation"))
+    validation.Reload()
+    assert "confusion_matrix" in validation.PluginTagToContent("images")
+    assert len(validation.PluginTagToContent("pr_curves")) == 8
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["num_examples"] == 512 and 0.0 <= metrics["accuracy"] <= 1.0
     assert metrics == json.loads((version / "assets.extra" / "metrics.json").read_text())

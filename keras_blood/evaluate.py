@@ -1,0 +1,196 @@
+"""Evaluate an exported model version again, on a split of the data its config names.
+
+    python -m keras_blood.evaluate saved_models/dropout03/1 [--split test] [--set data.root=DIR ...]
+
+The version's recorded config (``assets.extra/config.yaml``, ``--set`` overrides applied)
+says which data to load, with the same seed and ``data.max_examples`` slice as the
+training run; the exported ``serving_default`` signature, exactly what a server runs,
+makes the predictions. The report goes to a new folder,
+``<output-dir>/<name>-v<version>-<split>-<timestamp>/``:
+
+    metrics.json        accuracy, macro precision / recall / F1, MedMNIST AUC, per class
+    per_class.csv       class, precision, recall, f1, support, auc (one-vs-rest)
+    confusion_matrix.png  counts and row-normalised
+    roc_curves.png      one-vs-rest ROC curve per class
+    mistakes.png        the most confident mistakes: image, true and predicted class, probability
+
+The last line printed is the report folder's path.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from keras_blood.cli import add_overrides, run_main
+from keras_blood.config import load_config
+from keras_blood.errors import ConfigError, DataError, ExportError
+from keras_blood.folders import new_folder
+
+MISTAKES_SHOWN = 25
+# Training reports metrics to 4 decimals; a re-evaluation that differs by more is a real difference.
+TOLERANCE = 5e-4
+COMPARED = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "auc")
+
+
+@dataclass
+class EvaluateResult:
+    report_dir: Path
+    metrics: dict[str, Any]
+    labels: Any  # int [N], in the split's order
+    probs: Any  # float [N, classes]
+
+
+def evaluate(
+    version_dir: str | Path,
+    overrides: Sequence[str] = (),
+    split: str = "test",
+    output_dir: Path = Path("reports"),
+) -> EvaluateResult:
+    version_dir = Path(version_dir)
+    recorded_config = version_dir / "assets.extra" / "config.yaml"
+    if not (version_dir / "saved_model.pb").is_file() or not recorded_config.is_file():
+        raise ExportError(
+            f"{version_dir} is not an exported model version (expected saved_model.pb and "
+            "assets.extra/config.yaml, e.g. saved_models/dropout03/1)"
+        )
+    config = load_config(recorded_config, list(overrides))
+
+    from keras_blood.data import load_data
+
+    data = load_data(config.data, config.seed)
+    if split not in data.splits or len(data.splits[split]) == 0:
+        raise DataError(f"--split {split!r}: data source {data.name!r} has splits {sorted(data.splits)}")
+
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_blood.export import load_version
+    from keras_blood.metrics import classification_metrics, one_vs_rest_aucs, per_class_table, summary_line
+    from keras_blood.plots import plot_confusion_matrix, plot_image_grid, plot_roc_curves
+
+    version = load_version(version_dir)
+    if data.class_names != version.class_names:
+        raise DataError(
+            f"{version_dir} predicts {version.class_names} but the data has classes {data.class_names}"
+        )
+    expected = tuple(version.serve.structured_input_signature[1]["pixels"].shape[1:])
+    if data.image_shape != expected:
+        raise ConfigError(
+            f"the data gives {data.image_shape} images but {version_dir} takes {expected}; "
+            "check data.image_size"
+        )
+
+    images, labels = data.splits[split].images, data.splits[split].labels
+    batch = config.train.batch_size
+    print(f"Evaluating {version_dir} on {data.name} {split} ({len(labels)} images) ...", flush=True)
+    probs = np.concatenate(
+        [
+            version.serve(pixels=tf.constant(images[i : i + batch]))["probabilities"].numpy()
+            for i in range(0, len(labels), batch)
+        ]
+    )
+    metrics = classification_metrics(labels, probs, data.class_names)
+    metrics.update(split=split, model_version=str(version_dir))
+
+    title = f"{version.name} v{version.number} {split}"
+    report_dir = new_folder(output_dir, f"{version.name}-v{version.number}-{split}-")
+    (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_per_class_csv(metrics, one_vs_rest_aucs(labels, probs), report_dir / "per_class.csv")
+    names = data.class_names
+    plot_confusion_matrix(metrics["confusion_matrix"], names, report_dir / "confusion_matrix.png", title)
+    plot_roc_curves(labels, probs, names, report_dir / "roc_curves.png", title)
+    shown = most_confident_mistakes(labels, probs, MISTAKES_SHOWN)
+    predictions = probs.argmax(1)
+    captions = [
+        f"#{i} true {names[labels[i]]}\npred {names[predictions[i]]} ({probs[i].max():.2f})"
+        for i in shown
+    ]
+    plot_image_grid(images[shown], captions, report_dir / "mistakes.png", f"{title}: most confident mistakes")
+
+    print(f"\n{title}: {summary_line(metrics)}")
+    print(per_class_table(metrics))
+    print(compare_with_training(metrics, version.extra / "metrics.json"))
+    return EvaluateResult(report_dir, metrics, labels, probs)
+
+
+def most_confident_mistakes(labels, probs, count: int):
+    """Indices of wrong predictions, the most confident first."""
+    import numpy as np
+
+    predictions = probs.argmax(1)
+    wrong = np.flatnonzero(predictions != labels)
+    return wrong[np.argsort(-probs[wrong, predictions[wrong]], kind="stable")][:count]
+
+
+def write_per_class_csv(metrics: dict[str, Any], aucs: list[float], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "precision", "recall", "f1", "support", "auc"])
+        for (name, row), auc in zip(metrics["per_class"].items(), aucs):
+            writer.writerow(
+                [
+                    name,
+                    f"{row['precision']:.6f}",
+                    f"{row['recall']:.6f}",
+                    f"{row['f1-score']:.6f}",
+                    int(row["support"]),
+                    "" if math.isnan(auc) else f"{auc:.6f}",
+                ]
+            )
+
+
+def compare_with_training(metrics: dict[str, Any], recorded_path: Path) -> str:
+    """One line: do these figures equal those the training run recorded for this split?"""
+    try:
+        recorded = json.loads(recorded_path.read_text())
+    except (OSError, ValueError):
+        return "The training run's metrics are not recorded with this version; nothing to compare."
+    if (recorded.get("split"), recorded.get("num_examples")) != (metrics["split"], metrics["num_examples"]):
+        return (
+            f"Training recorded metrics for {recorded.get('split')} (n={recorded.get('num_examples')}), "
+            f"not this {metrics['split']} set (n={metrics['num_examples']}); nothing to compare."
+        )
+    gaps = {key: _gap(metrics[key], recorded[key]) for key in COMPARED if key in recorded}
+    worst = max(gaps, key=gaps.__getitem__)
+    verdict = "match" if all(gap <= TOLERANCE for gap in gaps.values()) else "DIFFER from"
+    return f"These figures {verdict} the training run's (largest gap: {worst} {gaps[worst]:.6f})."
+
+
+def _gap(a: float, b: float) -> float:
+    # AUC is NaN on both sides when a tiny slice lacks a class: that is agreement.
+    if math.isnan(a) or math.isnan(b):
+        return 0.0 if math.isnan(a) and math.isnan(b) else math.inf
+    return abs(a - b)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_blood.evaluate",
+        description="Evaluate an exported model version and write a report folder.",
+    )
+    parser.add_argument("version", help="exported version folder, e.g. saved_models/dropout03/1")
+    parser.add_argument("--split", default="test", help="data split to evaluate on (default: test)")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("reports"),
+        help="folder under which a new report folder is created (default: reports)",
+    )
+    add_overrides(parser)
+    args = parser.parse_args(argv)
+    result = evaluate(args.version, args.overrides, args.split, args.output_dir)
+    print(result.report_dir)
+    return result.report_dir
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,199 @@
+"""Classify image files with an exported model version.
+
+    python -m keras_blood.predict saved_models/dropout03/1 cell.jpg scans/ "more/**/*.png" [--output out.csv]
+
+PATHs are files, folders (searched recursively for .jpg/.jpeg/.png/.tif/.tiff/.bmp/.gif)
+and glob patterns. Each image, of any size, is prepared as the model's training data was
+made, by the recipe recorded at export time (:mod:`keras_blood.preparation`, the same
+function the ``serving_bytes`` signature runs), then classified by ``serving_default``.
+
+Files stream through in batches, so memory stays bounded however many there are. Each
+file gets a table row on screen and a CSV row (``path,label,probability,<one column per
+class>,error``); a file that cannot be read gets its error and the others go on. Exit
+status: 0 all files classified, 1 some failed, 2 a usage error (nothing was classified).
+The last line printed is the CSV's path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from keras_blood.cli import run_main
+from keras_blood.errors import ExportError, KerasBloodError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif"}
+# One file is read whole before decoding; this bounds what one bad input can take.
+MAX_FILE_BYTES = 1 << 30
+PATH_WIDTH = 60  # screen table only; the CSV has full paths
+
+
+def find_images(folder: Path) -> Iterator[Path]:
+    """Image files under ``folder``, sorted, skipping hidden files and folders (.DS_Store, ._x.jpg)."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield Path(root) / name
+
+
+def expand_inputs(args: Sequence[str]) -> list[tuple[str, str]]:
+    """``(path, error)`` per input file, in order, each once; ``error`` is "" when it exists.
+
+    A named file is taken whatever its suffix (and fails later if it is no image); a
+    folder contributes its image files only.
+    """
+    entries: dict[str, str] = {}
+    for arg in args:
+        if Path(arg).exists():
+            matches = [arg]
+        elif glob.has_magic(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+        else:
+            matches = []
+        if not matches:
+            missing = "no file matches this pattern" if glob.has_magic(arg) else "no such file or folder"
+            entries.setdefault(arg, missing)
+        for match in matches:
+            found = find_images(Path(match)) if Path(match).is_dir() else [Path(match)]
+            for path in found:
+                entries.setdefault(str(path), "")
+    return list(entries.items())
+
+
+class Progress:
+    """A progress bar on stderr: redrawn in place on a terminal, a line per 10% in logs."""
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr):
+        self.total, self.stream = total, stream
+        self.live = stream.isatty()
+        self.last_tenth = -1
+
+    def update(self, done: int, failed: int) -> None:
+        width = 30
+        filled = width * done // max(self.total, 1)
+        text = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} files, {failed} failed"
+        if self.live:
+            self.stream.write(f"\r{text}")
+        elif 10 * done // max(self.total, 1) > self.last_tenth:
+            self.last_tenth = 10 * done // max(self.total, 1)
+            self.stream.write(f"{text}\n")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        if self.live:  # so that table rows on stdout do not land on the bar's line
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def short(path: str, width: int = PATH_WIDTH) -> str:
+    return path if len(path) <= width else "..." + path[-(width - 3) :]
+
+
+def predict(
+    version_dir: str | Path,
+    inputs: Sequence[str],
+    output: Path | None = None,
+    batch_size: int = 64,
+    out: TextIO = sys.stdout,
+) -> tuple[Path, int]:
+    """Classify ``inputs``; returns the CSV's path and how many files failed."""
+    entries = expand_inputs(inputs)
+    if not entries:
+        raise KerasBloodError(f"no image files found in {' '.join(inputs)}")
+    if not (Path(version_dir) / "saved_model.pb").is_file():
+        raise ExportError(f"{version_dir} is not an exported model version (no saved_model.pb)")
+
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_blood.export import load_version
+    from keras_blood.folders import new_file
+    from keras_blood.preparation import decode_file, preparer
+
+    version = load_version(version_dir)
+    classes = version.class_names
+    prepare = preparer(version.preparation)
+
+    def load(path: str):
+        """The prepared image, or the reason there is none (never an exception)."""
+        try:
+            if not Path(path).is_file():
+                return None, "not a regular file"
+            if Path(path).stat().st_size > MAX_FILE_BYTES:
+                return None, f"larger than {MAX_FILE_BYTES >> 20} MiB"
+            return prepare(decode_file(Path(path).read_bytes())), ""
+        except OSError as exc:
+            return None, exc.strerror or str(exc)
+        except (ValueError, tf.errors.OpError) as exc:
+            return None, str(exc)
+
+    try:
+        if output is None:
+            output = new_file(Path("predictions"), f"{version.name}-v{version.number}-", ".csv")
+        else:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        csv_file = output.open("w", newline="")
+    except OSError as exc:
+        raise KerasBloodError(f"cannot write the CSV {output}: {exc.strerror or exc}") from None
+    width = min(PATH_WIDTH, max(len(path) for path, _ in entries))
+    label_width = max(len("label"), *(len(name) for name in classes))
+    progress = Progress(len(entries))
+    failed = 0
+    print(f"{'path':<{width}}  {'label':<{label_width}}  probability", file=out)
+    with csv_file as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "probability", *classes, "error"])
+        for start in range(0, len(entries), batch_size):
+            chunk = entries[start : start + batch_size]
+            loaded = [load(path) if not error else (None, error) for path, error in chunk]
+            good = [image for image, _ in loaded if image is not None]
+            probs = iter(version.serve(pixels=tf.stack(good))["probabilities"].numpy() if good else [])
+            progress.clear()
+            for (path, _), (image, error) in zip(chunk, loaded):
+                if image is None:
+                    failed += 1
+                    writer.writerow([path, "", "", *([""] * len(classes)), error])
+                    print(f"{short(path, width):<{width}}  {'-':<{label_width}}  error: {error}", file=out)
+                    continue
+                p = next(probs)
+                k = int(np.argmax(p))
+                writer.writerow([path, classes[k], f"{p[k]:.6f}", *(f"{v:.6f}" for v in p), ""])
+                print(f"{short(path, width):<{width}}  {classes[k]:<{label_width}}  {p[k]:11.4f}", file=out)
+            out.flush()
+            f.flush()
+            progress.update(start + len(chunk), failed)
+    progress.clear()
+    print(f"{len(entries) - failed} of {len(entries)} files classified, {failed} failed", file=out)
+    return output, failed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_blood.predict",
+        description="Classify image files (JPEG, PNG, TIFF, BMP, GIF; any size) with an exported model.",
+    )
+    parser.add_argument("version", help="exported version folder, e.g. saved_models/dropout03/1")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="CSV to write (default: a new predictions/<name>-v<version>-<timestamp>.csv)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    output, failed = predict(args.version, args.paths, args.output, args.batch_size)
+    print(output)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
