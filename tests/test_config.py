@@ -78,21 +78,33 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(bad)
 
 
-def test_cli_bad_config_exits_2_with_one_line_and_writes_nothing(write_config, tmp_path):
-    path = write_config({"model": {"name": "dropout03"}, "train": {"epochs": -1}})
+@pytest.mark.parametrize(
+    "content, overrides, expected",
+    [
+        ({"train": {"epochs": -1}}, [], "train.epochs = -1"),
+        # Valid config, but no data and no download: fails before a run folder exists.
+        ({}, ["data.download=false"], "bloodmnist.npz does not exist"),
+    ],
+)
+def test_cli_errors_exit_2_with_one_line_and_write_nothing(write_config, tmp_path, content, overrides, expected):
+    path = write_config({"model": {"name": "dropout03"}, **content})
     workdir = tmp_path / "work"
     workdir.mkdir()
+    command = [sys.executable, "-m", "keras_blood.train", str(path), "--set", f"data.root={tmp_path / 'no_data'}"]
+    for item in overrides:
+        command += ["--set", item]
     proc = subprocess.run(
-        [sys.executable, "-m", "keras_blood.train", str(path), "--set", "data.root=/nowhere"],
+        command,
         cwd=workdir,
         capture_output=True,
         text=True,
         env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert "train.epochs = -1" in proc.stderr and "Traceback" not in proc.stderr
-    assert list(workdir.iterdir()) == []
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(workdir.iterdir()) == [] and not (tmp_path / "no_data").exists()
 
 
 def test_cosine_schedule_warms_up_then_decays(write_config):
