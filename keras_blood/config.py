@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from keras_blood.errors import ConfigError
 
@@ -30,19 +38,133 @@ class _Strict(BaseModel):
 # ----------------------------------------------------------------------------- data
 
 
+# Each source's sizes: BloodMNIST comes in four square files; the Kaggle images (320x240)
+# are resized in tf.data, to any size. 24x32 keeps their 4:3 aspect and makes the
+# Georgetown basic model 29,900 parameters for 4 classes (its final 3x4x32 feature map
+# feeds a 40-unit dense layer), the ~27k model the paper describes; larger inputs grow
+# that dense layer (60x80: 104k).
+BLOODMNIST_SIZES = (28, 64, 128, 224)
+DEFAULT_IMAGE_SIZE: dict[str, Any] = {"bloodmnist": 28, "blood_cell_images": (24, 32)}
+
+HueValue = Annotated[int, Field(ge=0, le=179)]
+Byte = Annotated[int, Field(ge=0, le=255)]
+KernelSize = Annotated[int, Field(ge=0, le=31)]
+Side = Annotated[int, Field(gt=0)]
+
+
+class ColorConfig(_Strict):
+    """Colour extraction (keras_blood/color.py): HSV thresholds on OpenCV's 8-bit scale.
+
+    The defaults keep the purple nucleus and red/purple granules of the Kaggle images'
+    white cell (hue 110-165, saturation >= 60) and drop the pale pink red cells (saturation
+    mostly below 60) and the black corners of rotated images (value < 40). Kernel sizes
+    are in pixels of the model's input; 0 or 1 turns a step off.
+    """
+
+    hue: tuple[HueValue, HueValue] = Field(
+        default=(110, 165), description="[low, high], 0-179; low > high wraps through red."
+    )
+    saturation: tuple[Byte, Byte] = (60, 255)
+    value: tuple[Byte, Byte] = (40, 255)
+    open_size: KernelSize = Field(default=0, description="Opening (drops specks smaller than it).")
+    dilate_size: KernelSize = Field(default=3, description="Grows the mask over the cytoplasm.")
+    blur_size: KernelSize = Field(default=3, description="Gaussian blur of the result (odd).")
+    blur_sigma: Annotated[float, Field(gt=0.0)] = 1.0
+    background: Byte = Field(default=0, description="Value of the suppressed pixels.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ColorConfig":
+        for key in ("saturation", "value"):
+            low, high = getattr(self, key)
+            if low > high:
+                raise ValueError(f"{key} = [{low}, {high}]: low must not exceed high")
+        for key in ("open_size", "dilate_size", "blur_size"):
+            size = getattr(self, key)
+            if size > 1 and size % 2 == 0:  # an even kernel has no centre pixel
+                raise ValueError(f"{key} = {size}: must be odd (or 0 to turn the step off)")
+        return self
+
+
 class DataConfig(_Strict):
-    name: Literal["bloodmnist"] = "bloodmnist"
+    name: Literal["bloodmnist", "blood_cell_images"] = "bloodmnist"
     root: Path | None = Field(
         default=None,
         description=f"Data folder. Default: ${DATA_ROOT_ENV}, else the data source's own "
         "default (~/.medmnist for BloodMNIST, the cache medmnist itself uses).",
     )
-    image_size: Literal[28, 64, 128, 224] = 28
+    image_size: Side | tuple[Side, Side] = Field(
+        default=None,  # filled per source in _source_defaults
+        description="Side of a square input, or [height, width]. BloodMNIST: 28, 64, 128 "
+        "or 224. Default: 28 for BloodMNIST, [24, 32] for blood_cell_images.",
+        validate_default=False,
+    )
+    classes: Annotated[list[str], Field(min_length=2)] | None = Field(
+        default=None,
+        description="Keep only these classes (any source), relabelled 0..k-1 in this order; "
+        "names match the source's class names case-insensitively.",
+    )
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        default=0.2,
+        description="For sources without a validation split (blood_cell_images): the "
+        "fraction of each class's source cells whose images are held out of TRAIN.",
+    )
+    skip_unreadable: bool = Field(
+        default=False,
+        description="Skip files that are not readable images (with a counted warning) "
+        "instead of stopping with an error naming the first one.",
+    )
+    color_extraction: bool = Field(
+        default=False,
+        description="Georgetown colour extraction (settings in data.color), applied in "
+        "tf.data and in the exported serving graph.",
+    )
+    color: ColorConfig = ColorConfig()
     max_examples: Annotated[int, Field(gt=0)] | None = Field(
         default=None, description="Cap on examples per split, for quick smoke runs."
     )
     download: bool = Field(default=True, description="Download missing files.")
     shuffle_buffer: Annotated[int, Field(gt=0)] = 20_000
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_defaults(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("image_size") is None:
+            name = values.get("name", "bloodmnist")
+            if name in DEFAULT_IMAGE_SIZE:  # an unknown name is reported by its own field
+                return {**values, "image_size": DEFAULT_IMAGE_SIZE[name]}
+        return values
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size_shape(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and len(value) != 2:
+            raise ValueError("expected one side (a square) or [height, width]")
+        return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _size_for_source(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.data.get("name") == "bloodmnist" and value not in BLOODMNIST_SIZES:
+            raise ValueError(
+                "BloodMNIST comes in square sizes 28, 64, 128 or 224 "
+                "(one file each); other sizes are for data.name blood_cell_images"
+            )
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            folded = [name.casefold() for name in value]
+            repeated = sorted({n for n in value if folded.count(n.casefold()) > 1})
+            if repeated:
+                raise ValueError(f"classes named more than once: {repeated}")
+        return value
+
+    @property
+    def height_width(self) -> tuple[int, int]:
+        size = self.image_size
+        return (size, size) if isinstance(size, int) else tuple(size)  # type: ignore[return-value]
 
     def resolved_root(self, default: Path) -> Path:
         if self.root is not None:
@@ -242,7 +364,7 @@ def _format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
         return f"{key}: unknown key (value {err['input']!r}){allowed}"
     if err["type"] == "missing":
         return f"{key}: required key is missing"
-    return f"{key} = {err['input']!r}: {err['msg']}"
+    return f"{key} = {err['input']!r}: {err['msg'].removeprefix('Value error, ')}"
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -46,3 +46,34 @@ def synthetic_npz(path: Path, n: tuple[int, int, int] = (40, 16, 16), size: int 
         arrays[f"{split}_labels"] = labels.reshape(-1, 1).astype(np.uint8)
     np.savez(path, **arrays)
     return arrays
+
+
+KAGGLE_ROOT = SHARED_DATA / "blood-cell-images" / "dataset2-master" / "images"
+
+
+@pytest.fixture
+def kaggle_root() -> Path:
+    if not (KAGGLE_ROOT / "TRAIN").is_dir() or not (KAGGLE_ROOT / "TEST").is_dir():
+        pytest.skip(f"real Kaggle blood-cell images not found at {KAGGLE_ROOT}")
+    return KAGGLE_ROOT
+
+
+def image_folder(root: Path, layout: dict[str, dict[str, int]], size=(30, 40), per_source: int = 3) -> Path:
+    """A tiny Kaggle-style tree: ``layout[split][class] = number of source cells``, each
+    with ``per_source`` JPEGs named ``_<source>_<rand>.jpeg``. Classes differ in colour."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    serial = iter(range(10**6))  # unique names, like Kaggle's random suffixes
+    classes = sorted({name for split in layout.values() for name in split})
+    for split, counts in layout.items():
+        for name, sources in counts.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            base = np.array([40 + 60 * classes.index(name), 120, 200 - 50 * classes.index(name)])
+            for source in range(sources):
+                for _ in range(per_source):
+                    noise = rng.integers(0, 20, (*size, 3))
+                    bgr = np.clip(base + noise, 0, 255).astype(np.uint8)
+                    cv2.imwrite(str(folder / f"_{source}_{next(serial)}.jpeg"), bgr)
+    return root

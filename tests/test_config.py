@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from keras_blood.config import GEORGETOWN_PRESETS, apply_overrides, load_config
+from keras_blood.config import GEORGETOWN_PRESETS, DataConfig, apply_overrides, load_config
 from keras_blood.errors import ConfigError
 from tests.conftest import REPO
 
@@ -55,6 +55,13 @@ def test_override_creates_missing_sections():
         (["model.dense_dropout=1.5"], ["model.dense_dropout", "1.5", "less than 1"]),
         (["model.name=resnet"], ["model.name", "'resnet'", "'cnn'", "'dropout03'"]),
         (["data.image_size=30"], ["data.image_size", "30", "28, 64, 128 or 224"]),
+        (["data.image_size=[60, 80]"], ["data.image_size", "[60, 80]", "28, 64, 128 or 224", "blood_cell_images"]),
+        (["data.name=blood_cell_images", "data.image_size=[6, 8, 3]"], ["data.image_size", "[height, width]"]),
+        (["data.name=kaggle"], ["data.name", "'kaggle'", "'blood_cell_images'"]),
+        (["data.classes=[a, b, A]"], ["data.classes", "more than once: ['A', 'a']"]),
+        (["data.color.blur_size=4"], ["data.color", "blur_size = 4", "odd"]),
+        (["data.color.hue=[0, 200]"], ["data.color.hue.1", "200", "179"]),
+        (["data.color.blur=3"], ["data.color.blur", "unknown key", "blur_size"]),
         (["train.optimizer=adagrad"], ["train.optimizer", "'adagrad'", "'adam'"]),
         (["model.conv_dropout=0.1", "model.dropout=0.2"], ["model.dropout", "unknown key"]),
         (["train.epochs"], ["KEY=VALUE"]),
@@ -92,3 +99,11 @@ def test_cli_bad_config_exits_2_with_one_line_and_writes_nothing(write_config, t
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "train.epochs = -1" in proc.stderr and "Traceback" not in proc.stderr
     assert list(workdir.iterdir()) == []
+
+
+def test_image_size_defaults_per_source():
+    assert DataConfig().height_width == (28, 28)
+    assert DataConfig(name="blood_cell_images").height_width == (24, 32)
+    assert DataConfig(name="blood_cell_images", image_size=[60, 80]).height_width == (60, 80)
+    assert DataConfig(name="blood_cell_images", image_size=48).height_width == (48, 48)
+
