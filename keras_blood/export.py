@@ -3,7 +3,8 @@
 ``<export_dir>/<config name>/<version>/`` with integer versions that only increase. Each
 version is written to a hidden temporary folder beside the others and renamed into place,
 so a crash leaves no partial version and an earlier version is never overwritten. The
-``serving_default`` signature takes raw uint8 pixels; everything else happens in-graph.
+``serving_default`` signature takes raw uint8 pixels; everything else happens in-graph,
+colour extraction included when the config turns it on.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from keras_blood.color import make_preprocess
 from keras_blood.config import Config, save_config
 from keras_blood.errors import ExportError
 
@@ -47,7 +49,13 @@ def export_model(
         archive = keras.export.ExportArchive()
         archive.track(model)
 
+        preprocess = make_preprocess(config.data)
+        if preprocess is not None:
+            preparation = {**(preparation or {}), "color_extraction": config.data.color.model_dump(mode="json")}
+
         def serve(pixels):
+            if preprocess is not None:  # the same uint8 -> uint8 step as in training
+                pixels = preprocess(pixels)
             probabilities = model(tf.cast(pixels, tf.float32), training=False)
             return {OUTPUT_KEY: probabilities}
 

@@ -70,6 +70,7 @@ def train(config: Config) -> TrainResult:
     import numpy as np
     import tensorflow as tf
 
+    from keras_blood.color import log_color_extraction, make_preprocess
     from keras_blood.data import load_data
     from keras_blood.data.pipeline import make_dataset
     from keras_blood.export import export_model
@@ -103,6 +104,9 @@ def train(config: Config) -> TrainResult:
     run_dir = new_run_dir(config)
     save_config(config, run_dir / "config.yaml")
     print(f"Run folder: {run_dir}  (tensorboard --logdir {run_dir.parent})", flush=True)
+    if config.data.color_extraction:
+        log_color_extraction(data.splits["train"], data.class_names, config.data.color, run_dir, config.seed)
+    preprocess = make_preprocess(config.data)
 
     def pipeline(split: str, training: bool = False):
         return make_dataset(
@@ -112,6 +116,7 @@ def train(config: Config) -> TrainResult:
             training=training,
             seed=config.seed,
             shuffle_buffer=config.data.shuffle_buffer,
+            preprocess=preprocess,
         )
 
     checkpoint = run_dir / "checkpoints" / "best.weights.h5"
