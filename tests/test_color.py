@@ -18,7 +18,7 @@ from keras_blood.config import ColorConfig, DataConfig
 from keras_blood.data import load_data
 from keras_blood.data.base import Split
 from keras_blood.data.pipeline import make_dataset
-from tests.conftest import image_folder
+from tests.conftest import REPO, image_folder
 
 # The defaults, a wrapping hue range with every morphology step, and no blur at all.
 SETTINGS = {
@@ -28,13 +28,12 @@ SETTINGS = {
 }
 
 
-def test_hsv_is_opencvs_bit_for_bit():
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (1, 512, 512, 3)).astype(np.uint8)
-    pixels[0, 0, :6] = [[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 0, 1]]
-    ours = rgb_to_hsv_opencv(pixels).numpy()
-    np.testing.assert_array_equal(ours[0], cv2.cvtColor(pixels[0], cv2.COLOR_RGB2HSV))
-    assert ours[..., 0].max() <= 179
+def test_hsv_is_opencvs_bit_for_bit_on_every_colour():
+    codes = np.arange(1 << 24, dtype=np.uint32)
+    cube = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], -1).astype(np.uint8)
+    for part in cube.reshape(4, 1, 2048, 2048, 3):  # all 2^24 RGB colours, in four batches
+        ours = rgb_to_hsv_opencv(part).numpy()[0]
+        np.testing.assert_array_equal(ours, cv2.cvtColor(part[0], cv2.COLOR_RGB2HSV))
 
 
 def purple_cell_on_pink(size=(40, 60)) -> np.ndarray:
@@ -100,6 +99,9 @@ def test_figure_command_and_tensorboard_images(tmp_path, write_config):
     root = image_folder(tmp_path / "data", {"TRAIN": {"A": 3, "B": 3}, "TEST": {"A": 1, "B": 1}})
     path = write_config({"model": {"name": "basic"}, "data": {"name": "blood_cell_images", "root": str(root)}})
     out = color_main([str(path), "--out", str(tmp_path / "fig" / "ce.png"), "--per-class", "2"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sweep_file = str(REPO / "configs" / "georgetown.yaml")  # a sweep file serves as well
+    out = color_main([sweep_file, "--set", f"data.root={root}", "--out", str(tmp_path / "sweep.png")])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     data = load_data(DataConfig(name="blood_cell_images", root=root))
