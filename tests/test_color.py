@@ -56,8 +56,10 @@ def test_keeps_the_stained_cell_and_suppresses_the_rest():
 
 
 def sample_files(root, per_class=4):
-    return [f for c in ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL")
-            for f in sorted(glob.glob(str(root / "TRAIN" / c / "*.jpeg")))[::300][:per_class]]  # fmt: skip
+    files = []
+    for name in ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"):
+        files += sorted(glob.glob(str(root / "TRAIN" / name / "*.jpeg")))[::300][:per_class]
+    return files
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=str)
