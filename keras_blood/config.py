@@ -91,7 +91,8 @@ class DataConfig(_Strict):
     root: Path | None = Field(
         default=None,
         description=f"Data folder. Default: ${DATA_ROOT_ENV}, else the data source's own "
-        "default (~/.medmnist for BloodMNIST, the cache medmnist itself uses).",
+        "default (~/.medmnist for BloodMNIST, the cache medmnist itself uses; "
+        "~/blood-cell-images/dataset2-master/images for blood_cell_images).",
     )
     image_size: Side | tuple[Side, Side] = Field(
         default=None,  # filled per source in _source_defaults
