@@ -10,12 +10,21 @@ before anything heavy is loaded or written.
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from keras_blood.errors import ConfigError
 
@@ -30,19 +39,134 @@ class _Strict(BaseModel):
 # ----------------------------------------------------------------------------- data
 
 
+# Each source's sizes: BloodMNIST comes in four square files; the Kaggle images (320x240)
+# are resized in tf.data, to any size. 24x32 keeps their 4:3 aspect and makes the
+# Georgetown basic model 29,900 parameters for 4 classes (its final 3x4x32 feature map
+# feeds a 40-unit dense layer), the ~27k model the paper describes; larger inputs grow
+# that dense layer (60x80: 104k).
+BLOODMNIST_SIZES = (28, 64, 128, 224)
+DEFAULT_IMAGE_SIZE: dict[str, Any] = {"bloodmnist": 28, "blood_cell_images": (24, 32)}
+
+HueValue = Annotated[int, Field(ge=0, le=179)]
+Byte = Annotated[int, Field(ge=0, le=255)]
+KernelSize = Annotated[int, Field(ge=0, le=31)]
+Side = Annotated[int, Field(gt=0)]
+
+
+class ColorConfig(_Strict):
+    """Colour extraction (keras_blood/color.py): HSV thresholds on OpenCV's 8-bit scale.
+
+    The defaults keep the purple nucleus and red/purple granules of the Kaggle images'
+    white cell (hue 110-165, saturation >= 60) and drop the pale pink red cells (saturation
+    mostly below 60) and the black corners of rotated images (value < 40). Kernel sizes
+    are in pixels of the model's input; 0 or 1 turns a step off.
+    """
+
+    hue: tuple[HueValue, HueValue] = Field(
+        default=(110, 165), description="[low, high], 0-179; low > high wraps through red."
+    )
+    saturation: tuple[Byte, Byte] = (60, 255)
+    value: tuple[Byte, Byte] = (40, 255)
+    open_size: KernelSize = Field(default=0, description="Opening (drops specks smaller than it).")
+    dilate_size: KernelSize = Field(default=3, description="Grows the mask over the cytoplasm.")
+    blur_size: KernelSize = Field(default=3, description="Gaussian blur of the result (odd).")
+    blur_sigma: Annotated[float, Field(gt=0.0)] = 1.0
+    background: Byte = Field(default=0, description="Value of the suppressed pixels.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ColorConfig":
+        for key in ("saturation", "value"):
+            low, high = getattr(self, key)
+            if low > high:
+                raise ValueError(f"{key} = [{low}, {high}]: low must not exceed high")
+        for key in ("open_size", "dilate_size", "blur_size"):
+            size = getattr(self, key)
+            if size > 1 and size % 2 == 0:  # an even kernel has no centre pixel
+                raise ValueError(f"{key} = {size}: must be odd (or 0 to turn the step off)")
+        return self
+
+
 class DataConfig(_Strict):
-    name: Literal["bloodmnist"] = "bloodmnist"
+    name: Literal["bloodmnist", "blood_cell_images"] = "bloodmnist"
     root: Path | None = Field(
         default=None,
         description=f"Data folder. Default: ${DATA_ROOT_ENV}, else the data source's own "
-        "default (~/.medmnist for BloodMNIST, the cache medmnist itself uses).",
+        "default (~/.medmnist for BloodMNIST, the cache medmnist itself uses; "
+        "~/blood-cell-images/dataset2-master/images for blood_cell_images).",
     )
-    image_size: Literal[28, 64, 128, 224] = 28
+    image_size: Side | tuple[Side, Side] = Field(
+        default=None,  # filled per source in _source_defaults
+        description="Side of a square input, or [height, width]. BloodMNIST: 28, 64, 128 "
+        "or 224. Default: 28 for BloodMNIST, [24, 32] for blood_cell_images.",
+        validate_default=False,
+    )
+    classes: Annotated[list[str], Field(min_length=2)] | None = Field(
+        default=None,
+        description="Keep only these classes (any source), relabelled 0..k-1 in this order; "
+        "names match the source's class names case-insensitively.",
+    )
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        default=0.2,
+        description="For sources without a validation split (blood_cell_images): the "
+        "fraction of each class's source cells whose images are held out of TRAIN.",
+    )
+    skip_unreadable: bool = Field(
+        default=False,
+        description="Skip files that are not readable images (with a counted warning) "
+        "instead of stopping with an error naming the first one.",
+    )
+    color_extraction: bool = Field(
+        default=False,
+        description="Georgetown colour extraction (settings in data.color), applied in "
+        "tf.data and in the exported serving graph.",
+    )
+    color: ColorConfig = ColorConfig()
     max_examples: Annotated[int, Field(gt=0)] | None = Field(
         default=None, description="Cap on examples per split, for quick smoke runs."
     )
     download: bool = Field(default=True, description="Download missing files.")
     shuffle_buffer: Annotated[int, Field(gt=0)] = 20_000
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_defaults(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("image_size") is None:
+            name = values.get("name", "bloodmnist")
+            if name in DEFAULT_IMAGE_SIZE:  # an unknown name is reported by its own field
+                return {**values, "image_size": DEFAULT_IMAGE_SIZE[name]}
+        return values
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size_shape(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and len(value) != 2:
+            raise ValueError("expected one side (a square) or [height, width]")
+        return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _size_for_source(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.data.get("name") == "bloodmnist" and value not in BLOODMNIST_SIZES:
+            raise ValueError(
+                "BloodMNIST comes in square sizes 28, 64, 128 or 224 "
+                "(one file each); other sizes are for data.name blood_cell_images"
+            )
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            folded = [name.casefold() for name in value]
+            repeated = sorted({n for n in value if folded.count(n.casefold()) > 1})
+            if repeated:
+                raise ValueError(f"classes named more than once: {repeated}")
+        return value
+
+    @property
+    def height_width(self) -> tuple[int, int]:
+        size = self.image_size
+        return (size, size) if isinstance(size, int) else tuple(size)  # type: ignore[return-value]
 
     def resolved_root(self, default: Path) -> Path:
         if self.root is not None:
@@ -297,14 +421,11 @@ def _format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
         return f"{key}: unknown key (value {err['input']!r}){allowed}"
     if err["type"] == "missing":
         return f"{key}: required key is missing"
-    return f"{key} = {err['input']!r}: {err['msg']}"
+    return f"{key} = {err['input']!r}: {err['msg'].removeprefix('Value error, ')}"
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply ``--set`` overrides and validate it.
-
-    Raises :class:`ConfigError` with one message naming every bad key and value.
-    """
+def read_raw(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A YAML config file as a dict, ``name`` defaulted to the file's stem, overrides applied."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist (see configs/ for examples)")
@@ -315,13 +436,134 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     raw.setdefault("name", path.stem)
-    raw = apply_overrides(raw, list(overrides or []))
+    return apply_overrides(raw, list(overrides or []))
+
+
+def validate_config(raw: dict[str, Any], where: str) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(_format_error(e, raw) for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from None
+        raise ConfigError(f"{where}: {problems}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``--set`` overrides and validate it.
+
+    Raises :class:`ConfigError` with one message naming every bad key and value.
+    """
+    return validate_config(read_raw(path, overrides), str(path))
 
 
 def save_config(config: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- sweeps
+#
+# A sweep file is an experiment config without `model`, plus a `sweep` section: the
+# models and inputs to cross. Every cell is a full Config, validated before anything runs.
+
+SWEEP_INPUTS = ("original", "color_extraction")
+Label = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]+$")]
+
+
+class SweepSpec(_Strict):
+    models: Annotated[dict[Label, ModelConfig], Field(min_length=1)] = Field(
+        description="label -> model parameters; `name` defaults to the label, so "
+        "`dropout03: {}` is the preset. A list of names is accepted too."
+    )
+    inputs: Annotated[list[Literal[SWEEP_INPUTS]], Field(min_length=1)] = list(  # type: ignore[valid-type]
+        SWEEP_INPUTS
+    )
+    results_dir: Path | None = Field(
+        default=None, description="Default: <output.runs_dir>/<name>. Cells' runs go in its runs/."
+    )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _name_defaults_to_label(cls, value: Any) -> Any:
+        if isinstance(value, list):  # [basic, {name: vgg16, weights: none}, ...]
+            entries = [{"name": v} if isinstance(v, str) else v for v in value]
+            value = {str(e.get("name") if isinstance(e, dict) else e): e for e in entries}
+        if isinstance(value, dict):
+            value = {
+                label: {"name": label, **(params or {})} if isinstance(params, dict | None) else params
+                for label, params in value.items()
+            }
+        return value
+
+    @field_validator("inputs")
+    @classmethod
+    def _distinct_inputs(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("an input is named more than once")
+        return value
+
+
+class SweepCell(BaseModel):
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    label: str  # the model's label in sweep.models
+    input: str  # one of SWEEP_INPUTS
+    config: Config
+
+    @property
+    def key(self) -> str:
+        return f"{self.label}-{self.input}"
+
+
+class Sweep(BaseModel):
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    name: str
+    spec: SweepSpec
+    results_dir: Path
+    cells: list[SweepCell]
+
+
+def _format_sweep_error(err: dict[str, Any], raw_sweep: dict[str, Any]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    models = raw_sweep.get("models")
+    in_a_model = len(loc) >= 2 and loc[0] == "models" and isinstance(models, dict)
+    if in_a_model and isinstance(models.get(loc[1]), dict | None):
+        # Reuse the experiment formatter as if this were the `model` section.
+        label = loc[1]
+        model_raw = {"model": {"name": label, **(models.get(label) or {})}}
+        message = _format_error({**err, "loc": ("model", *err["loc"][2:])}, model_raw)
+        return f"sweep.models.{label}{message.removeprefix('model')}"
+    key = "sweep." + ".".join(loc) if loc else "sweep"
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key; allowed keys here: {', '.join(SweepSpec.model_fields)}"
+    if err["type"] == "missing":
+        return f"{key}: required key is missing"
+    return f"{key} = {err['input']!r}: {err['msg'].removeprefix('Value error, ')}"
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    """Read a sweep file (``--set`` overrides apply to every cell) and validate every cell."""
+    raw = read_raw(path, overrides)
+    raw_sweep = raw.pop("sweep", None)
+    if not isinstance(raw_sweep, dict):
+        raise ConfigError(f"{path}: a sweep file needs a `sweep:` section with models and inputs")
+    if "model" in raw:
+        raise ConfigError(f"{path}: model: a sweep sets the model per cell; list models in sweep.models")
+    try:
+        spec = SweepSpec.model_validate(raw_sweep)
+    except ValidationError as exc:
+        problems = "; ".join(_format_sweep_error(e, raw_sweep) for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from None
+    base = validate_config({**raw, "model": next(iter(spec.models.values())).model_dump()}, str(path))
+    results_dir = spec.results_dir or base.output.runs_dir / base.name
+    cells = []
+    for label, model in spec.models.items():
+        for input_name in spec.inputs:
+            cell_raw = copy.deepcopy(raw)
+            cell_raw["name"] = f"{base.name}-{label}-{input_name}"
+            cell_raw["model"] = model.model_dump(mode="json")
+            cell_raw.setdefault("data", {})["color_extraction"] = input_name == "color_extraction"
+            # The cells' run folders live in the results folder: one TensorBoard shows all.
+            cell_raw.setdefault("output", {})["runs_dir"] = str(results_dir / "runs")
+            config = validate_config(cell_raw, f"{path} (cell {label}/{input_name})")
+            cells.append(SweepCell(label=label, input=input_name, config=config))
+    return Sweep(name=base.name, spec=spec, results_dir=results_dir, cells=cells)

@@ -3,9 +3,11 @@
 ``<export_dir>/<config name>/<version>/`` with integer versions that only increase. Each
 version is written to a hidden temporary folder beside the others and renamed into place,
 so a crash leaves no partial version and an earlier version is never overwritten. The
-``serving_default`` signature takes uint8 pixels at the model's input size; the
+``serving_default`` signature takes raw uint8 pixels at the model's input size; the
 ``serving_bytes`` signature takes encoded image files of any size and applies the
 version's recorded preparation (:mod:`keras_blood.preparation`) in-graph first.
+Everything else happens in-graph too, colour extraction included when the config
+turns it on.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from keras_blood.color import make_preprocess
 from keras_blood.config import Config, save_config
 from keras_blood.errors import ExportError
 from keras_blood.preparation import Preparation, decode, prepare
@@ -56,7 +59,13 @@ def export_model(
         archive = keras.export.ExportArchive()
         archive.track(model)
 
+        preprocess = make_preprocess(config.data)
+        if preprocess is not None:  # recorded so that a reader of the version knows
+            recipe["color_extraction"] = config.data.color.model_dump(mode="json")
+
         def serve(pixels):
+            if preprocess is not None:  # the same uint8 -> uint8 step as in training
+                pixels = preprocess(pixels)
             probabilities = model(tf.cast(pixels, tf.float32), training=False)
             return {OUTPUT_KEY: probabilities}
 

@@ -113,9 +113,16 @@ def build_vgg16(cfg: VGG16Config, input_shape, num_classes) -> keras.Model:
         )
     height, width, channels = input_shape
     size = (max(height, cfg.min_input_size), max(width, cfg.min_input_size))
-    base = keras.applications.VGG16(
-        include_top=False, weights=weights, input_shape=(*size, channels)
-    )
+    try:
+        base = keras.applications.VGG16(include_top=False, weights=weights, input_shape=(*size, channels))
+    except Exception as exc:  # Keras raises a bare Exception when the weights download fails
+        if weights != "imagenet":
+            raise
+        raise ConfigError(
+            f"model.weights = 'imagenet': could not get the ImageNet weights ({exc}); "
+            "go online once (Keras caches them in ~/.keras/models), or use "
+            "--set model.weights=none or a path to a weights file"
+        ) from None
     if cfg.fine_tune_from is None:
         base.trainable = False
     else:

@@ -81,6 +81,7 @@ def train(config: Config) -> TrainResult:
     import tensorflow as tf
 
     from keras_blood.callbacks import ElapsedTime, ValidationTensorBoard
+    from keras_blood.color import log_color_extraction, make_preprocess
     from keras_blood.data import load_data
     from keras_blood.data.augment import make_augment
     from keras_blood.data.pipeline import make_dataset
@@ -124,6 +125,9 @@ def train(config: Config) -> TrainResult:
     run_dir = new_run_dir(config)
     save_config(config, run_dir / "config.yaml")
     print(f"Run folder: {run_dir}  (tensorboard --logdir {run_dir.parent})", flush=True)
+    if config.data.color_extraction:
+        log_color_extraction(data.splits["train"], data.class_names, config.data.color, run_dir, config.seed)
+    preprocess = make_preprocess(config.data)
 
     def pipeline(split: str, training: bool = False):
         return make_dataset(
@@ -134,14 +138,16 @@ def train(config: Config) -> TrainResult:
             seed=config.seed,
             shuffle_buffer=config.data.shuffle_buffer,
             augment=make_augment(config.augment) if training else None,
+            preprocess=preprocess,
         )
 
     checkpoint = run_dir / "checkpoints" / "best.weights.h5"
     checkpoint.parent.mkdir()
+    validation = pipeline("val")  # one cached pipeline for fit and for the TensorBoard views
     callbacks = [
         ElapsedTime(),  # first: the callbacks after it see the key it adds
         # Keras's TensorBoard callback plus validation confusion matrix and PR curves.
-        ValidationTensorBoard(run_dir / "logs", pipeline("val"), data.splits["val"].labels, data.class_names),
+        ValidationTensorBoard(run_dir / "logs", validation, data.splits["val"].labels, data.class_names),
         keras.callbacks.ModelCheckpoint(
             str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=True
         ),
@@ -161,7 +167,7 @@ def train(config: Config) -> TrainResult:
     try:
         history = model.fit(
             pipeline("train", training=True),
-            validation_data=pipeline("val"),
+            validation_data=validation,
             epochs=config.train.epochs,
             callbacks=callbacks,
             shuffle=False,  # the tf.data pipeline already shuffles, seeded

@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 BLOODMNIST_ROOT = SHARED_DATA / "bloodmnist"
-KAGGLE_IMAGES = SHARED_DATA / "blood-cell-images" / "dataset2-master" / "images"
+KAGGLE_ROOT = SHARED_DATA / "blood-cell-images" / "dataset2-master" / "images"
 
 
 @pytest.fixture(scope="session")
@@ -24,11 +24,11 @@ def bloodmnist_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def kaggle_images() -> Path:
-    """The Kaggle "Blood Cell Images" JPEGs (320x240 captures), for any-size input tests."""
-    if not (KAGGLE_IMAGES / "TEST_SIMPLE").is_dir():
-        pytest.skip(f"Kaggle blood-cell JPEGs not found at {KAGGLE_IMAGES}")
-    return KAGGLE_IMAGES
+def kaggle_root() -> Path:
+    """The Kaggle "Blood Cell Images" folder (TRAIN/ TEST/ TEST_SIMPLE/ of 320x240 JPEGs)."""
+    if not all((KAGGLE_ROOT / split).is_dir() for split in ("TRAIN", "TEST", "TEST_SIMPLE")):
+        pytest.skip(f"real Kaggle blood-cell images not found at {KAGGLE_ROOT}")
+    return KAGGLE_ROOT
 
 
 @pytest.fixture
@@ -83,3 +83,24 @@ def capture_from(small: np.ndarray, seed: int = 0, shape=(360, 363)) -> np.ndarr
         Image.fromarray(small).resize((side, side), Image.BICUBIC)
     )
     return capture
+
+
+def image_folder(root: Path, layout: dict[str, dict[str, int]], size=(30, 40), per_source: int = 3) -> Path:
+    """A tiny Kaggle-style tree: ``layout[split][class] = number of source cells``, each
+    with ``per_source`` JPEGs named ``_<source>_<rand>.jpeg``. Classes differ in colour."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    serial = iter(range(10**6))  # unique names, like Kaggle's random suffixes
+    classes = sorted({name for split in layout.values() for name in split})
+    for split, counts in layout.items():
+        for name, sources in counts.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            base = np.array([40 + 60 * classes.index(name), 120, 200 - 50 * classes.index(name)])
+            for source in range(sources):
+                for _ in range(per_source):
+                    noise = rng.integers(0, 20, (*size, 3))
+                    bgr = np.clip(base + noise, 0, 255).astype(np.uint8)
+                    cv2.imwrite(str(folder / f"_{source}_{next(serial)}.jpeg"), bgr)
+    return root

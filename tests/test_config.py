@@ -2,12 +2,15 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
-from keras_blood.config import GEORGETOWN_PRESETS, apply_overrides, load_config
+from keras_blood.config import GEORGETOWN_PRESETS, DataConfig, apply_overrides, load_config, load_sweep
 from keras_blood.errors import ConfigError
 from tests.conftest import REPO
 
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+ALL_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+SWEEPS = [p for p in ALL_CONFIGS if "sweep" in yaml.safe_load(p.read_text())]
+CONFIGS = [p for p in ALL_CONFIGS if p not in SWEEPS]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -56,6 +59,13 @@ def test_override_creates_missing_sections():
         (["model.dense_dropout=1.5"], ["model.dense_dropout", "1.5", "less than 1"]),
         (["model.name=resnet50"], ["model.name", "'resnet50'", "'cnn'", "'dropout03'"]),
         (["data.image_size=30"], ["data.image_size", "30", "28, 64, 128 or 224"]),
+        (["data.image_size=[60, 80]"], ["data.image_size", "[60, 80]", "28, 64, 128 or 224", "blood_cell_images"]),
+        (["data.name=blood_cell_images", "data.image_size=[6, 8, 3]"], ["data.image_size", "[height, width]"]),
+        (["data.name=kaggle"], ["data.name", "'kaggle'", "'blood_cell_images'"]),
+        (["data.classes=[a, b, A]"], ["data.classes", "more than once: ['A', 'a']"]),
+        (["data.color.blur_size=4"], ["data.color", "blur_size = 4", "odd"]),
+        (["data.color.hue=[0, 200]"], ["data.color.hue.1", "200", "179"]),
+        (["data.color.blur=3"], ["data.color.blur", "unknown key", "blur_size"]),
         (["train.optimizer=adagrad"], ["train.optimizer", "'adagrad'", "'adam'"]),
         (["model.conv_dropout=0.1", "model.dropout=0.2"], ["model.dropout", "unknown key"]),
         (["train.epochs"], ["KEY=VALUE"]),
@@ -118,3 +128,57 @@ def test_cosine_schedule_warms_up_then_decays(write_config):
     lr = [float(schedule(step)) for step in (0, 5, 10, 30, 50)]
     assert lr[0] == 0.0 and lr[1] == pytest.approx(0.005) and lr[2] == pytest.approx(0.01)
     assert lr[2] > lr[3] > lr[4] and lr[4] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_image_size_defaults_per_source():
+    assert DataConfig().height_width == (28, 28)
+    assert DataConfig(name="blood_cell_images").height_width == (24, 32)
+    assert DataConfig(name="blood_cell_images", image_size=[60, 80]).height_width == (60, 80)
+    assert DataConfig(name="blood_cell_images", image_size=48).height_width == (48, 48)
+
+
+def test_the_georgetown_sweep_is_16_validated_cells():
+    (path,) = [p for p in SWEEPS if p.stem == "georgetown"]
+    sweep = load_sweep(path, ["train.epochs=2", "output.runs_dir=/tmp/r", "sweep.models.vgg16.weights=none"])
+    assert sweep.name == "georgetown" and sweep.results_dir.as_posix() == "/tmp/r/georgetown"
+    assert [c.key for c in sweep.cells[:3]] == ["basic-original", "basic-color_extraction", "dropout01-original"]
+    assert len(sweep.cells) == 16
+    assert set(sweep.spec.models) == {*GEORGETOWN_PRESETS, "vgg16"}
+    for cell in sweep.cells:
+        config = cell.config
+        assert config.name == f"georgetown-{cell.label}-{cell.input}"
+        assert config.model.name == cell.label
+        assert config.data.color_extraction == (cell.input == "color_extraction")
+        assert config.train.epochs == 2  # --set reaches every cell
+        assert config.output.runs_dir.as_posix() == "/tmp/r/georgetown/runs"
+        assert config.data.name == "blood_cell_images" and config.data.height_width == (24, 32)
+    assert sweep.cells[-1].config.model.weights == "none"
+
+
+def test_sweep_models_as_a_list_and_one_input(write_config):
+    path = write_config({"sweep": {"models": ["dropout03", {"name": "cnn", "filters": [4, 8]}]}})
+    sweep = load_sweep(path, ["sweep.inputs=[color_extraction]"])
+    assert [c.key for c in sweep.cells] == ["dropout03-color_extraction", "cnn-color_extraction"]
+    assert sweep.cells[1].config.model.filters == (4, 8)
+
+
+@pytest.mark.parametrize(
+    "content, overrides, expected",
+    [
+        ({"sweep": {"models": {"dropout03": {}}}}, ["sweep.models.dropout03.dense_dropout=2"],
+         ["sweep.models.dropout03.dense_dropout = 2", "less than 1"]),
+        ({"sweep": {"models": {"dropout03": {}}}}, ["sweep.models.dropout03.dropout=0.1"],
+         ["sweep.models.dropout03.dropout", "unknown key", "dense_dropout"]),
+        ({"sweep": {"models": {"resnet9": {}}}}, [], ["sweep.models.resnet9.name = 'resnet9'", "unknown model"]),
+        ({"sweep": {"models": ["basic"]}}, ["sweep.inputs=[grey]"], ["sweep.inputs.0 = 'grey'", "'original'"]),
+        ({"sweep": {"models": ["basic"], "repeat": 2}}, [], ["sweep.repeat", "unknown key", "inputs"]),
+        ({"sweep": {"models": ["basic"]}}, ["train.epochs=0"], ["train.epochs = 0"]),
+        ({"model": {"name": "basic"}, "sweep": {"models": ["basic"]}}, [], ["model:", "sweep.models"]),
+        ({"model": {"name": "basic"}}, [], ["needs a `sweep:` section"]),
+    ],
+)
+def test_bad_sweep_files_name_the_key(write_config, content, overrides, expected):
+    with pytest.raises(ConfigError) as info:
+        load_sweep(write_config(content), overrides)
+    for fragment in expected:
+        assert fragment in str(info.value)

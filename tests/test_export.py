@@ -125,3 +125,32 @@ def test_a_recipe_that_does_not_fit_the_model_is_refused(tiny):
     with pytest.raises(ExportError, match="resizes to \\[64, 64\\]"):
         export_model(model, config, list("abcdefgh"), {}, {"resize": [64, 64]})
     assert not list((config.output.export_dir / "tiny").glob("[0-9]*"))
+def test_serving_applies_color_extraction_to_raw_pixels(tiny, tmp_path):
+    from keras_blood.color import extract_colors
+
+    config, model = tiny
+    config = config.model_copy(update={"data": config.data.model_copy(update={"color_extraction": True})})
+    version = export_model(model, config, list("abcdefgh"), {})
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (6, 28, 28, 3)).astype(np.uint8)
+    pixels[:, 8:20, 8:20] = (110, 60, 200)  # a purple "cell" for the mask to keep
+    np.save(tmp_path / "pixels.npy", pixels)
+    # A process that knows nothing of keras_blood: the extraction is in the graph.
+    script = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "f = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
+        "np.save(sys.argv[3], f(pixels=tf.constant(np.load(sys.argv[2])))['probabilities'].numpy())\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(version), str(tmp_path / "pixels.npy"), str(tmp_path / "out.npy")],
+        check=True,
+        cwd=tmp_path,
+    )
+    served = np.load(tmp_path / "out.npy")
+    extracted = extract_colors(pixels, config.data.color).numpy().astype("float32")
+    expected = keras.ops.convert_to_numpy(model(extracted, training=False))
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+    raw = keras.ops.convert_to_numpy(model(pixels.astype("float32"), training=False))
+    assert np.abs(served - raw).max() > 1e-3  # it did change what the model sees
+    preparation = json.loads((version / "assets.extra" / "preparation.json").read_text())
+    assert preparation["color_extraction"]["hue"] == [110, 165]

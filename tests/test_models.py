@@ -151,3 +151,12 @@ def test_d4_tta_needs_square_inputs():
     base = build_model(model_config(name="resnet", widths=[4]), (8, 6, 3), 3)
     with pytest.raises(ConfigError, match="square"):
         with_tta(base, "d4")
+
+
+def test_vgg16_imagenet_download_failure_is_a_clear_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: no route")
+
+    monkeypatch.setattr(keras.applications, "VGG16", offline)
+    with pytest.raises(ConfigError, match="model.weights=none"):
+        build_model(model_config(name="vgg16"), (32, 32, 3), 4)

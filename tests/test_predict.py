@@ -146,8 +146,8 @@ def test_progress_bar_in_logs_prints_a_line_per_tenth():
     assert lines[-1] == f"[{'#' * 30}] 100/100 files, 2 failed"
 
 
-def test_real_kaggle_jpegs_of_another_size(version, kaggle_images, tmp_path):
-    pattern = str(kaggle_images / "TEST_SIMPLE" / "*" / "_1*.jpeg")
+def test_real_kaggle_jpegs_of_another_size(version, kaggle_root, tmp_path):
+    pattern = str(kaggle_root / "TEST_SIMPLE" / "*" / "_1*.jpeg")
     csv_path, failed = predict(version, [pattern], tmp_path / "k.csv", out=io.StringIO())
     _, rows = read_csv(csv_path)
     assert failed == 0 and len(rows) >= 4

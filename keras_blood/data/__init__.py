@@ -21,17 +21,22 @@ def register(name: str) -> Callable[[DataLoader], DataLoader]:
 
 
 def load_data(config: DataConfig, seed: int = 0) -> DataBundle:
-    """Load the data source that ``config.name`` names (raises DataError when unusable)."""
+    """Load the data source that ``config.name`` names (raises DataError when unusable).
+
+    ``data.classes`` and ``data.max_examples`` are applied here for every source, in that
+    order; a source may apply them itself first (blood_cell_images does, to decode only
+    the files it keeps), which leaves nothing to do here.
+    """
     try:
         loader = DATA_SOURCES[config.name]
     except KeyError:
         raise ConfigError(
             f"data.name = {config.name!r}: unknown data source; allowed: {sorted(DATA_SOURCES)}"
         ) from None
-    return loader(config, seed)
+    return loader(config, seed).with_classes(config.classes).capped(config.max_examples, seed)
 
 
 # Importing the modules registers their sources.
-from keras_blood.data import bloodmnist  # noqa: E402,F401
+from keras_blood.data import blood_cell_images, bloodmnist  # noqa: E402,F401
 
 __all__ = ["DATA_SOURCES", "DataBundle", "Split", "load_data", "register"]

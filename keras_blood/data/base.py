@@ -7,19 +7,24 @@ from typing import Any
 
 import numpy as np
 
+from keras_blood.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Split:
-    """One split held in memory: ``images`` uint8 ``[N, H, W, 3]``, ``labels`` int ``[N]``."""
+    """One split held in memory: ``images`` uint8 ``[N, H, W, 3]``, ``labels`` int ``[N]``,
+    and, for sources read from files, the file each image came from."""
 
     images: np.ndarray
     labels: np.ndarray
+    files: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def take(self, indices: np.ndarray) -> "Split":
-        return Split(self.images[indices], self.labels[indices])
+        files = None if self.files is None else self.files[indices]
+        return Split(self.images[indices], self.labels[indices], files)
 
 
 @dataclass(frozen=True)
@@ -50,3 +55,31 @@ class DataBundle:
             for name, split in self.splits.items()
         }
         return DataBundle(self.name, self.class_names, splits, self.preparation)
+
+    def with_classes(self, names: list[str] | None) -> "DataBundle":
+        """Only the classes ``names`` (``data.classes``), relabelled 0..k-1 in that order."""
+        if names is None:
+            return self
+        kept = match_classes(self.class_names, names)
+        if kept == self.class_names:
+            return self
+        new_label = np.full(len(self.class_names), -1, np.int32)
+        for label, name in enumerate(kept):
+            new_label[self.class_names.index(name)] = label
+        splits = {}
+        for split_name, split in self.splits.items():
+            relabelled = new_label[split.labels]
+            rows = np.flatnonzero(relabelled >= 0)
+            taken = split.take(rows)
+            splits[split_name] = Split(taken.images, relabelled[rows], taken.files)
+        return DataBundle(self.name, kept, splits, self.preparation)
+
+
+def match_classes(available: list[str], wanted: list[str]) -> list[str]:
+    """The source's spelling of each name in ``wanted`` (matched case-insensitively), in
+    ``wanted``'s order; a ConfigError names the unknown ones and lists the allowed ones."""
+    by_folded = {name.casefold(): name for name in available}
+    unknown = [name for name in wanted if name.casefold() not in by_folded]
+    if unknown:
+        raise ConfigError(f"data.classes: unknown class(es) {unknown}; allowed: {available}")
+    return [by_folded[name.casefold()] for name in wanted]

@@ -93,11 +93,10 @@ def load_bloodmnist(config: DataConfig, seed: int = 0) -> DataBundle:
                 f"(MD5 {MD5[size]}) or set data.root to the folder that holds {file_name(size)}."
             )
         download(url(size), path, MD5[size])
-    bundle = DataBundle(
+    return DataBundle(
         name="bloodmnist",
         class_names=list(CLASS_NAMES),
         splits=read_npz(path, size),
         # MedMNIST's recipe: centre crop of the 360x363 capture to 200x200, then resize.
         preparation={"center_crop_fraction": 200 / 360, "resize": [size, size], "method": "bicubic"},
     )
-    return bundle.capped(config.max_examples, seed)

@@ -1,4 +1,4 @@
-"""tf.data input pipelines: cache, seeded shuffle, batch, one-hot labels, prefetch.
+"""tf.data input pipelines: [preprocess,] cache, seeded shuffle, batch, one-hot labels, prefetch.
 
 Images stay uint8 until the model: the cache holds a quarter of the bytes that float32
 would, and the model's own first layers do the scaling, exactly as in the exported graph.
@@ -6,9 +6,9 @@ would, and the model's own first layers do the scaling, exactly as in the export
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 from collections.abc import Callable
+
+import tensorflow as tf
 
 from keras_blood.data.base import Split
 
@@ -22,8 +22,19 @@ def make_dataset(
     seed: int,
     shuffle_buffer: int = 20_000,
     augment: Callable | None = None,
+    preprocess: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    preprocess_batch: int = 256,
 ) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels)).cache()
+    """``preprocess``: a deterministic, batch-wise uint8 -> uint8 function (colour
+    extraction). It runs before the cache, so its cost is paid once, not every epoch."""
+    ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
+    if preprocess is not None:
+        ds = ds.batch(preprocess_batch).map(
+            lambda images, labels: (preprocess(images), labels),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        ).unbatch()
+    ds = ds.cache()
     if training:
         # Seeded, reshuffled each epoch: runs with one seed see batches in one order.
         ds = ds.shuffle(min(shuffle_buffer, len(split)), seed=seed, reshuffle_each_iteration=True)

@@ -1,0 +1,115 @@
+"""Colour extraction: pure TF vs the OpenCV reference, in the pipeline, as pictures."""
+
+import glob
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_blood.color import (
+    extract_colors,
+    extract_colors_cv2,
+    log_color_extraction,
+    main as color_main,
+    rgb_to_hsv_opencv,
+)
+from keras_blood.config import ColorConfig, DataConfig
+from keras_blood.data import load_data
+from keras_blood.data.base import Split
+from keras_blood.data.pipeline import make_dataset
+from tests.conftest import REPO, image_folder
+
+# The defaults, a wrapping hue range with every morphology step, and no blur at all.
+SETTINGS = {
+    "default": ColorConfig(),
+    "wrapping": ColorConfig(hue=[150, 20], saturation=[40, 255], open_size=3, dilate_size=5, blur_size=5, blur_sigma=1.5),
+    "mask_only": ColorConfig(dilate_size=0, blur_size=0),
+}
+
+
+def test_hsv_is_opencvs_bit_for_bit_on_every_colour():
+    codes = np.arange(1 << 24, dtype=np.uint32)
+    cube = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], -1).astype(np.uint8)
+    for part in cube.reshape(4, 1, 2048, 2048, 3):  # all 2^24 RGB colours, in four batches
+        ours = rgb_to_hsv_opencv(part).numpy()[0]
+        np.testing.assert_array_equal(ours, cv2.cvtColor(part[0], cv2.COLOR_RGB2HSV))
+
+
+def purple_cell_on_pink(size=(40, 60)) -> np.ndarray:
+    image = np.empty((*size, 3), np.uint8)
+    image[:] = (225, 180, 185)  # pale pink background (saturation ~ 50)
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    image[(yy - 20) ** 2 + (xx - 15) ** 2 < 36] = (110, 60, 200)  # purple nucleus
+    return image
+
+
+def test_keeps_the_stained_cell_and_suppresses_the_rest():
+    image = purple_cell_on_pink()
+    batch = np.stack([image, image[:, ::-1]])
+    out, mask = extract_colors(batch, ColorConfig(), return_mask=True)
+    assert out.dtype == tf.uint8 and out.shape == batch.shape and mask.shape == batch.shape[:3]
+    mask = mask.numpy()
+    assert mask[0, 20, 15] and not mask[0, 20, 50] and mask[1, 20, 44]  # per image
+    assert out.numpy()[0, 20, 15, 2] > 150  # the nucleus stays purple
+    assert out.numpy()[0, :, 30:].max() == 0  # far from the cell: background
+
+
+def sample_files(root, per_class=4):
+    files = []
+    for name in ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"):
+        files += sorted(glob.glob(str(root / "TRAIN" / name / "*.jpeg")))[::300][:per_class]
+    return files
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=str)
+@pytest.mark.parametrize("size", [None, (24, 32), (60, 80)], ids=["full", "24x32", "60x80"])
+def test_tf_and_opencv_agree_on_real_images(kaggle_root, setting, size):
+    cfg = SETTINGS[setting]
+    images = np.stack([cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB) for f in sample_files(kaggle_root)])
+    if size is not None:
+        images = np.stack([cv2.resize(im, size[::-1], interpolation=cv2.INTER_AREA) for im in images])
+    ours, ours_mask = (t.numpy() for t in extract_colors(images, cfg, return_mask=True))
+    reference = [extract_colors_cv2(im, cfg, return_mask=True) for im in images]
+    ref, ref_mask = np.stack([r[0] for r in reference]), np.stack([r[1] for r in reference])
+    assert ref_mask.mean() > 0.02  # the real cells are found at all
+    assert (ours_mask == ref_mask).mean() >= 0.99
+    # The blur: OpenCV rounds in 8-bit fixed point, we in float.
+    diff = np.abs(ours.astype(int) - ref.astype(int))
+    assert diff.mean() < 0.5 and diff.max() <= 2
+
+
+def test_pipeline_extracts_once_before_the_cache():
+    calls = tf.Variable(0)
+
+    def counted(images):
+        calls.assign_add(tf.shape(images)[0])
+        return extract_colors(images, ColorConfig())
+
+    images = np.stack([purple_cell_on_pink()] * 10)
+    split = Split(images, np.arange(10, dtype=np.int32) % 2)
+    ds = make_dataset(split, 2, 4, training=True, seed=0, preprocess=counted, preprocess_batch=3)
+    epochs = [np.concatenate([x.numpy() for x, _ in ds]) for _ in range(3)]
+    assert int(calls.numpy()) == 10  # once per image, not once per epoch
+    expected = extract_colors(images[:1], ColorConfig()).numpy()[0].astype(np.float32)
+    for batch in epochs:
+        assert batch.shape == (10, 40, 60, 3)
+        np.testing.assert_array_equal(batch, np.broadcast_to(expected, batch.shape))
+
+
+def test_figure_command_and_tensorboard_images(tmp_path, write_config):
+    root = image_folder(tmp_path / "data", {"TRAIN": {"A": 3, "B": 3}, "TEST": {"A": 1, "B": 1}})
+    path = write_config({"model": {"name": "basic"}, "data": {"name": "blood_cell_images", "root": str(root)}})
+    out = color_main([str(path), "--out", str(tmp_path / "fig" / "ce.png"), "--per-class", "2"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sweep_file = str(REPO / "configs" / "georgetown.yaml")  # a sweep file serves as well
+    out = color_main([sweep_file, "--set", f"data.root={root}", "--out", str(tmp_path / "sweep.png")])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    data = load_data(DataConfig(name="blood_cell_images", root=root))
+    (tmp_path / "run").mkdir()  # train() makes the run folder first
+    log_color_extraction(data.splits["train"], data.class_names, ColorConfig(), tmp_path / "run")
+    assert (tmp_path / "run" / "color_extraction.png").is_file()
+    events = list((tmp_path / "run" / "logs" / "color_extraction").glob("events.out.tfevents.*"))
+    tags = {v.tag for e in tf.compat.v1.train.summary_iterator(str(events[0])) for v in e.summary.value}
+    assert tags == {f"color_extraction/{n}" for n in ("original", "mask", "extracted")}

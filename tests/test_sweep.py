@@ -1,0 +1,118 @@
+"""The study command: every cell trained once, resumable, results laid out like Table 1."""
+
+import csv
+import json
+
+import pytest
+import tensorflow as tf
+
+from keras_blood import sweep as sweep_module
+from keras_blood.config import load_sweep
+from tests.conftest import KAGGLE_ROOT, REPO, image_folder
+
+pytestmark = pytest.mark.e2e
+GEORGETOWN = REPO / "configs" / "georgetown.yaml"
+
+
+@pytest.fixture
+def overrides(tmp_path):
+    # Real Kaggle images where they are here; a tiny look-alike folder elsewhere.
+    if (KAGGLE_ROOT / "TRAIN").is_dir():
+        root = KAGGLE_ROOT
+    else:
+        root = image_folder(tmp_path / "data", {s: dict.fromkeys("ABCD", 3) for s in ("TRAIN", "TEST")})
+    return [
+        f"data.root={root}",
+        "data.max_examples=48",
+        "train.epochs=1",
+        "train.batch_size=32",
+        "sweep.models=[basic, dropout03]",
+        f"output.runs_dir={tmp_path / 'runs'}",
+        f"output.export_dir={tmp_path / 'saved_models'}",
+    ]
+
+
+def _args(overrides):
+    return [str(GEORGETOWN), *[arg for item in overrides for arg in ("--set", item)]]
+
+
+def test_sweep_resumes_and_writes_the_table(overrides, tmp_path, monkeypatch, capsys):
+    results = tmp_path / "runs" / "georgetown"
+    trained = []
+    run_cell = sweep_module.run_cell
+
+    def interrupted_at_third(cell):
+        if len(trained) == 2:
+            raise KeyboardInterrupt
+        trained.append(cell.key)
+        return run_cell(cell)
+
+    monkeypatch.setattr(sweep_module, "run_cell", interrupted_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        sweep_module.main(_args(overrides))
+    assert sorted(p.stem for p in (results / "cells").glob("*.json")) == ["basic-color_extraction", "basic-original"]
+
+    def counted(cell):
+        trained.append(cell.key)
+        return run_cell(cell)
+
+    monkeypatch.setattr(sweep_module, "run_cell", counted)
+    capsys.readouterr()
+    assert sweep_module.main(_args(overrides)) == results
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(results)
+    assert trained == ["basic-original", "basic-color_extraction", "dropout03-original", "dropout03-color_extraction"]
+
+    with open(results / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["input"]) for r in rows] == [tuple(k.split("-")) for k in trained]
+    for row in rows:
+        assert 0 <= float(row["val_acc"]) <= 1 and 0 <= float(row["test_acc"]) <= 1
+        assert float(row["val_loss"]) > 0 and float(row["seconds"]) > 0 and int(row["params"]) == 29_900
+    markdown = (results / "results.md").read_text()
+    assert "| Dropout(0.3) | 0.818 / " in markdown and "0.842 / " in markdown and "—" not in markdown
+    assert (results / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+    # One HParams session per cell, beside its curves; the colour cells log their pictures.
+    for row in rows:
+        sessions = []
+        for event_file in (tmp_path / row["run_dir"] / "logs").glob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+                sessions += [v for v in event.summary.value if v.metadata.plugin_data.plugin_name == "hparams"]
+        assert sessions, row["run_dir"]
+        colour = (tmp_path / row["run_dir"] / "color_extraction.png").is_file()
+        assert colour == (row["input"] == "color_extraction")
+
+    # Repeating the command trains nothing and changes nothing.
+    before = sorted(p.name for p in (results / "runs").iterdir())
+    trained.clear()
+    capsys.readouterr()
+    sweep_module.main(_args(overrides))
+    assert trained == []
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(results)
+    assert sorted(p.name for p in (results / "runs").iterdir()) == before
+    with open(results / "results.csv") as f:
+        assert list(csv.DictReader(f)) == rows
+
+
+def test_a_cell_recorded_with_other_settings_runs_again(overrides, tmp_path):
+    sweep = load_sweep(GEORGETOWN, overrides)
+    cell = sweep.cells[0]
+    path = sweep_module.record_path(sweep.results_dir, cell)
+    path.parent.mkdir(parents=True)
+    row = {"val_acc": 0.5}
+    path.write_text(json.dumps({"fingerprint": sweep_module.fingerprint(cell.config), "row": row}))
+    assert sweep_module.finished_row(sweep.results_dir, cell) == row
+    # Where runs are written does not matter; what is trained does.
+    moved = load_sweep(GEORGETOWN, [*overrides, "output.export_dir=/elsewhere"]).cells[0]
+    assert sweep_module.finished_row(sweep.results_dir, moved) == row
+    changed = load_sweep(GEORGETOWN, [*overrides, "train.learning_rate=0.01"]).cells[0]
+    assert sweep_module.finished_row(sweep.results_dir, changed) is None
+
+
+def test_table_shows_missing_cells_and_models_outside_the_paper(overrides):
+    sweep = load_sweep(GEORGETOWN, [*overrides, "sweep.models={dropout03: {}, wide: {name: basic, dense_units: 80}}"])
+    rows = [{"model": "wide", "input": "original", "val_loss": 0.5, "val_acc": 0.81234, "test_acc": 0.7}]
+    markdown = sweep_module.results_markdown(sweep, rows, "python -m keras_blood.sweep x.yaml")
+    assert "| Dropout(0.3) | 0.818 / — | 0.842 / — | — | 0.696 / — | 0.813 / — | — |" in markdown
+    assert "| wide (not in the paper) | — / 0.500 | — / 0.812 | 0.700 | — / — | — / — | — |" in markdown
+    assert "3 cell(s) not run yet" in markdown and "`python -m keras_blood.sweep x.yaml`" in markdown
