@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import re
 import time
-from pathlib import Path
 
 import keras
 import numpy as np

@@ -104,3 +104,20 @@ def image_folder(root: Path, layout: dict[str, dict[str, int]], size=(30, 40), p
                     bgr = np.clip(base + noise, 0, 255).astype(np.uint8)
                     cv2.imwrite(str(folder / f"_{source}_{next(serial)}.jpeg"), bgr)
     return root
+
+
+def serve_in_fresh_process(version: Path, pixels: np.ndarray, workdir: Path) -> np.ndarray:
+    """Probabilities from ``serving_default`` in a new Python process that imports only
+    TensorFlow, as a model server would."""
+    import subprocess
+    import sys
+
+    np.save(workdir / "pixels.npy", pixels)
+    script = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
+        "np.save(sys.argv[3], serve(pixels=tf.constant(np.load(sys.argv[2])))['probabilities'].numpy())\n"
+    )
+    out = workdir / "served.npy"
+    subprocess.run([sys.executable, "-c", script, str(version), str(workdir / "pixels.npy"), str(out)], check=True, cwd=workdir)
+    return np.load(out)

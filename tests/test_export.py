@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -13,7 +11,7 @@ from keras_blood.errors import ExportError
 from keras_blood.export import export_model, existing_versions, load_exported, load_version
 from keras_blood.models import build_model
 from keras_blood.preparation import Preparation, decode_file, preparer
-from tests.conftest import REPO, encode
+from tests.conftest import encode, serve_in_fresh_process
 
 
 @pytest.fixture
@@ -59,21 +57,9 @@ def test_serving_signature_takes_uint8_pixels_in_another_process(tiny, tmp_path)
     config, model = tiny
     version = export_model(model, config, list("abcdefgh"), {})
     pixels = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 3)).astype(np.uint8)
-    np.save(tmp_path / "pixels.npy", pixels)
-    script = (
-        "import sys, numpy as np, tensorflow as tf\n"
-        "m = tf.saved_model.load(sys.argv[1])\n"
-        "f = m.signatures['serving_default']\n"
-        "out = f(pixels=tf.constant(np.load(sys.argv[2])))['probabilities']\n"
-        "np.save(sys.argv[3], out.numpy())\n"
-    )
-    subprocess.run(
-        [sys.executable, "-c", script, str(version), str(tmp_path / "pixels.npy"), str(tmp_path / "out.npy")],
-        check=True,
-        cwd=tmp_path,
-    )
+    served = serve_in_fresh_process(version, pixels, tmp_path)
     expected = keras.ops.convert_to_numpy(model(pixels.astype("float32"), training=False))
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
 
     serve, class_names = load_exported(version)
     assert class_names == list("abcdefgh")
@@ -134,19 +120,8 @@ def test_serving_applies_color_extraction_to_raw_pixels(tiny, tmp_path):
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 256, (6, 28, 28, 3)).astype(np.uint8)
     pixels[:, 8:20, 8:20] = (110, 60, 200)  # a purple "cell" for the mask to keep
-    np.save(tmp_path / "pixels.npy", pixels)
     # A process that knows nothing of keras_blood: the extraction is in the graph.
-    script = (
-        "import sys, numpy as np, tensorflow as tf\n"
-        "f = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
-        "np.save(sys.argv[3], f(pixels=tf.constant(np.load(sys.argv[2])))['probabilities'].numpy())\n"
-    )
-    subprocess.run(
-        [sys.executable, "-c", script, str(version), str(tmp_path / "pixels.npy"), str(tmp_path / "out.npy")],
-        check=True,
-        cwd=tmp_path,
-    )
-    served = np.load(tmp_path / "out.npy")
+    served = serve_in_fresh_process(version, pixels, tmp_path)
     extracted = extract_colors(pixels, config.data.color).numpy().astype("float32")
     expected = keras.ops.convert_to_numpy(model(extracted, training=False))
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)

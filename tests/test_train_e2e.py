@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from keras_blood import train as train_module
 from keras_blood.config import load_config
-from tests.conftest import REPO
+from tests.conftest import REPO, serve_in_fresh_process
 
 pytestmark = pytest.mark.e2e
 
@@ -60,17 +60,7 @@ def test_train_evaluate_export_and_serve(quick_overrides, tmp_path, config_name,
 
     # A fresh process serves the SavedModel: same predictions as the in-process model.
     pixels = np.load(config.data.root / "bloodmnist.npz")["test_images"][:32]
-    np.save(tmp_path / "pixels.npy", pixels)
-    script = (
-        "import sys, numpy as np, tensorflow as tf\n"
-        "serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
-        "np.save(sys.argv[3], serve(pixels=tf.constant(np.load(sys.argv[2])))['probabilities'].numpy())\n"
-    )
-    subprocess.run(
-        [sys.executable, "-c", script, str(version), str(tmp_path / "pixels.npy"), str(tmp_path / "out.npy")],
-        check=True,
-    )
-    served = np.load(tmp_path / "out.npy")
+    served = serve_in_fresh_process(version, pixels, tmp_path)
     in_process = result.model.predict(pixels.astype("float32"), verbose=0)
     np.testing.assert_allclose(served, in_process, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(served.argmax(1), in_process.argmax(1))
