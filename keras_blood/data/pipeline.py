@@ -34,6 +34,8 @@ def make_dataset(
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         ).unbatch()
+        # unbatch() forgets the length; Keras warns "ran out of data" each epoch without it.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(len(split)))
     ds = ds.cache()
     if training:
         # Seeded, reshuffled each epoch: runs with one seed see batches in one order.
