@@ -5,8 +5,9 @@
 Trains ``configs/best.yaml`` once per seed (each a full ``keras_blood.train`` run that
 reads the test split once, at the end), then prints test ACC / AUC, ACC without
 test-time augmentation and training minutes per seed with their mean and standard
-deviation, and writes ``accuracy_vs_minutes.png`` (validation accuracy against
-wall-clock training minutes). ``--ablation`` adds one run (first seed) per technique
+deviation, and writes them to ``results-<timestamp>.csv`` and the curves to
+``accuracy_vs_minutes-<timestamp>.png`` (validation accuracy against wall-clock training
+minutes), both new on every call. ``--ablation`` adds one run (first seed) per technique
 switched off, or MixUp switched on; a shorter ablation: ``--seeds 0 --ablation --set
 train.epochs=15``. Not part of the test suite: on a 2-core CPU each run takes minutes.
 """
@@ -67,9 +68,12 @@ def main() -> None:
     if args.ablation:
         plan.update({name: [f"seed={args.seeds[0]}", *changes] for name, changes in ABLATIONS.items()})
     rows = {}
-    # Each finished run is appended to results.csv at once, so an interrupted benchmark
-    # keeps what it measured.
-    with open(args.out / "results.csv", "w", newline="") as f:
+    # Each finished run is appended at once, so an interrupted benchmark keeps what it
+    # measured; a new results-<timestamp>.csv per call, so a repeat never overwrites one.
+    from keras_blood.folders import new_file
+
+    results = new_file(args.out, "results-", ".csv")
+    with open(results, "w", newline="") as f:
         fields = ["run", "acc", "auc", "acc_no_tta", "train_min", "total_min", "params", "export"]
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
@@ -102,8 +106,10 @@ def main() -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(args.out / "accuracy_vs_minutes.png", dpi=110)
-    print(args.out / "accuracy_vs_minutes.png")
+    curve = results.with_name(results.name.replace("results-", "accuracy_vs_minutes-")).with_suffix(".png")
+    fig.savefig(curve, dpi=110)
+    print(results)
+    print(curve)
 
 
 if __name__ == "__main__":
