@@ -1,13 +1,14 @@
 """Throughput of the Georgetown input pipeline, in images/second (not part of the tests).
 
-    python benchmarks/georgetown_pipeline.py [--root DIR] [--images 2000] [--size 24x32]
+    python benchmarks/georgetown_pipeline.py [--root DIR] [--images 2000] [--size 120x160] [--no-crop]
 
 1. Colour extraction through tf.data: pure TensorFlow (keras_blood.color.extract_colors)
    vs the OpenCV reference through tf.numpy_function, at the model's input size and at
-   the JPEGs' full 240x320.
+   the JPEGs' full 240x320; and the cell crop (keras_blood.color.crop_to_cell), pure TF.
 2. JPEG decode + resize through tf.data: the first (cold) pass vs a pass from .cache().
-3. Training throughput of dropout03 with and without colour extraction: the first epoch
-   (which pays the one-off extraction before the cache) and the later epochs.
+3. Training throughput of dropout03 with and without colour extraction (both on cell
+   crops unless --no-crop): the first epoch (which pays the one-off preprocessing before
+   the cache) and the later epochs.
 
 The goal it checks: colour extraction costs training no more than 10% of its throughput.
 """
@@ -27,12 +28,13 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_blood.color import extract_colors, extract_colors_cv2  # noqa: E402
+from keras_blood.color import crop_to_cell, extract_colors, extract_colors_cv2  # noqa: E402
 from keras_blood.config import Config  # noqa: E402
 from keras_blood.data import load_data  # noqa: E402
 from keras_blood.data.blood_cell_images import RESIZE_METHOD, scan  # noqa: E402
 from keras_blood.data.pipeline import make_dataset  # noqa: E402
 from keras_blood.models import build_model  # noqa: E402
+from keras_blood.train import model_input_shape  # noqa: E402
 
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "blood-cell-images" / "dataset2-master" / "images"
 
@@ -67,6 +69,14 @@ def bench_color(images: np.ndarray, cfg, batch: int) -> tuple[float, float]:
     return times[0], times[1]
 
 
+def bench_crop(images: np.ndarray, config: Config, batch: int) -> float:
+    """Seconds per pass of the pure-TF cell crop, after a warm-up pass."""
+    ds = tf.data.Dataset.from_tensor_slices(images).batch(batch)
+    ds = ds.map(lambda x: crop_to_cell(x, config.data.color, config.data.cell_crop), num_parallel_calls=tf.data.AUTOTUNE)
+    drain(ds)
+    return min(drain(ds) for _ in range(2))
+
+
 def bench_decode(paths: list[str], size: tuple[int, int]) -> tuple[float, float]:
     def load(path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
@@ -99,7 +109,7 @@ def bench_training(config: Config, data, epochs: int, color: bool) -> list[float
     from keras_blood.color import make_preprocess
 
     keras.utils.set_random_seed(0)
-    model = build_model(config.model, data.image_shape, data.num_classes)
+    model = build_model(config.model, model_input_shape(config, data.image_shape), data.num_classes)
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
     preprocess = make_preprocess(config.data.model_copy(update={"color_extraction": color}))
     train = data.splits["train"]
@@ -113,7 +123,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="Kaggle dataset2-master/images")
     parser.add_argument("--images", type=int, default=2000, help="images per measurement")
-    parser.add_argument("--size", default="24x32", help="model input HxW")
+    parser.add_argument("--size", default="120x160", help="decoded image HxW (data.image_size)")
+    parser.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True, help="data.cell_crop on")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3, help="training epochs per variant (>= 2)")
     args = parser.parse_args()
@@ -122,6 +133,8 @@ def main() -> None:
         sys.exit(f"error: {args.root} has no TRAIN/ folder; pass --root DIR")
 
     data_section = {"name": "blood_cell_images", "root": str(args.root), "image_size": [height, width]}
+    if not args.crop:
+        data_section["cell_crop"] = None
     config = Config.model_validate(
         {
             "name": "bench",
@@ -130,7 +143,11 @@ def main() -> None:
             "train": {"batch_size": args.batch},
         }
     )
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores; {args.images} images, input {height}x{width}")
+    model_h, model_w = config.data.model_size
+    print(
+        f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores; {args.images} images, "
+        f"decoded {height}x{width}, model input {model_h}x{model_w}"
+    )
 
     classes = sorted(p.name for p in (args.root / "TRAIN").iterdir() if p.is_dir())
     files = scan(args.root / "TRAIN", classes).paths
@@ -145,8 +162,14 @@ def main() -> None:
     images = data.splits["train"].images
     full_size = config.data.model_copy(update={"image_size": (240, 320), "max_examples": 200})
     full = load_data(full_size).splits["train"].images
+    if config.data.cell_crop is not None:
+        print(f"\nCell crop {height}x{width} -> {model_h}x{model_w} through tf.data (batches of 64):")
+        print(f"  pure TF            {rate(len(images), bench_crop(images, config, 64))}")
+        crops = crop_to_cell(images, config.data.color, config.data.cell_crop).numpy()
+    else:
+        crops = images
     print("\nColour extraction through tf.data (batches of 64):")
-    for label, batch_images in ((f"{height}x{width}", images), ("240x320", full)):
+    for label, batch_images in ((f"{model_h}x{model_w}", crops), ("240x320", full)):
         tf_s, cv_s = bench_color(batch_images, config.data.color, 64)
         n = len(batch_images)
         print(f"  {label:8s} pure TF {rate(n, tf_s)}   OpenCV (numpy_function) {rate(n, cv_s)}")

@@ -2,7 +2,8 @@
 
     python -m keras_blood.color CONFIG [--set key=value ...] [--out FILE.png]
 
-writes a figure of real samples from the config's data: original / mask / extracted.
+writes a figure of real samples from the config's data: original / mask / cell crop (when
+data.cell_crop is on) / extracted.
 
 The white cell's nucleus and granules are stained purple/red and strongly saturated; red
 cells are a pale pink and the background is near white. So an HSV threshold finds the
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from keras_blood.cli import config_parser, run_main
-from keras_blood.config import ColorConfig, DataConfig, load_config, load_sweep, read_raw
+from keras_blood.config import CellCropConfig, ColorConfig, DataConfig, load_config, load_sweep, read_raw
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -95,6 +96,7 @@ def color_mask(images: "tf.Tensor", cfg: ColorConfig) -> "tf.Tensor":
     """The white-cell mask: bool ``[N, H, W]`` for uint8 RGB ``[N, H, W, 3]``."""
     import tensorflow as tf
 
+    images = tf.convert_to_tensor(images, tf.uint8)
     hue, sat, val = _hsv_planes(images)
     (h_lo, h_hi), (s_lo, s_hi), (v_lo, v_hi) = cfg.hue, cfg.saturation, cfg.value
     if h_lo <= h_hi:
@@ -178,16 +180,85 @@ def extract_colors_cv2(image: np.ndarray, cfg: ColorConfig, return_mask: bool = 
     return (kept, mask > 0) if return_mask else kept
 
 
+def cell_centres(images: "tf.Tensor", cfg: ColorConfig, window: int) -> "tf.Tensor":
+    """int32 ``[N, 2]`` (row, column) of the white cell in uint8 RGB ``[N, H, W, 3]``.
+
+    The peak of the colour mask smoothed by a Gaussian (sigma an eighth of ``window``):
+    a smooth density has one clear peak in the middle of the largest stained blob (a box
+    sum would have a flat top and an arbitrary corner of it), and small specks (platelets,
+    stained debris) weigh little. An image with no stained pixel gives its centre.
+    """
+    import tensorflow as tf
+
+    density = tf.cast(color_mask(images, cfg), tf.float32)[..., None]
+    kernel = gaussian_kernel(2 * (window // 4) + 1, max(window / 8, 1.0))
+    # Separable, zero-padded ("SAME"): the world past the edge holds no cell.
+    density = tf.nn.conv2d(density, kernel.reshape(-1, 1, 1, 1), 1, "SAME")
+    density = tf.nn.conv2d(density, kernel.reshape(1, -1, 1, 1), 1, "SAME")
+    height, width = images.shape[1], images.shape[2]
+    flat = tf.reshape(density, [-1, height * width])
+    peak = tf.argmax(flat, axis=1, output_type=tf.int32)
+    centre = tf.stack([peak // width, peak % width], axis=1)
+    found = tf.reduce_max(flat, axis=1) > 0
+    return tf.where(found[:, None], centre, tf.constant([[height // 2, width // 2]]))
+
+
+def crop_to_cell(images: "tf.Tensor", color: ColorConfig, crop: CellCropConfig) -> "tf.Tensor":
+    """uint8 RGB ``[N, H, W, 3]`` -> uint8 ``[N, crop.size, crop.size, 3]``: the window
+    around each image's white cell (:func:`cell_centres`), resized if its side is not
+    ``crop.size``."""
+    import tensorflow as tf
+
+    images = tf.convert_to_tensor(images, tf.uint8)
+    height, width = images.shape[1], images.shape[2]
+    side = crop.window_side(height, width)
+    top_left = tf.cast(cell_centres(images, color, side) - side // 2, tf.float32)
+    # A box of exactly side x side pixel centres, in crop_and_resize's normalised
+    # coordinates: sampled at that size, every sample falls on a pixel, so the cut is exact.
+    top, left = top_left[:, 0], top_left[:, 1]
+    boxes = tf.stack(
+        [
+            top / max(height - 1, 1),
+            left / max(width - 1, 1),
+            (top + side - 1) / max(height - 1, 1),
+            (left + side - 1) / max(width - 1, 1),
+        ],
+        axis=1,
+    )
+    windows = tf.image.crop_and_resize(
+        tf.cast(images, tf.float32),
+        boxes,
+        tf.range(tf.shape(images)[0]),
+        (side, side),
+        extrapolation_value=float(color.background),
+    )
+    if side != crop.size:
+        windows = tf.image.resize(windows, (crop.size, crop.size), method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(windows), 0, 255), tf.uint8)
+
+
 def make_preprocess(data: DataConfig) -> Callable | None:
     """The batch-wise uint8 -> uint8 preprocessing ``data`` asks for, or None.
 
-    Used by the tf.data pipelines and by the exported serving graph alike, so training
-    and serving see the same pixels.
+    The cell crop first (it finds the cell on the whole image), then colour extraction on
+    what the model will see, so kernel sizes are in the model's pixels. Used by the
+    tf.data pipelines and by the exported serving graph alike, so training and serving
+    see the same pixels.
     """
-    if not data.color_extraction:
+    steps: list[Callable] = []
+    if data.cell_crop is not None:
+        steps.append(lambda images: crop_to_cell(images, data.color, data.cell_crop))
+    if data.color_extraction:
+        steps.append(lambda images: extract_colors(images, data.color))
+    if not steps:
         return None
-    cfg = data.color
-    return lambda images: extract_colors(images, cfg)
+
+    def preprocess(images):
+        for step in steps:
+            images = step(images)
+        return images
+
+    return preprocess
 
 
 # ----------------------------------------------------------------------------- pictures
@@ -203,23 +274,29 @@ def sample_images(images: np.ndarray, labels: np.ndarray, per_class: int, seed: 
     return np.asarray(picks, dtype=np.int64)
 
 
-def color_panels(images: np.ndarray, cfg: ColorConfig) -> np.ndarray:
-    """uint8 ``[N, 3, H, W, 3]``: original, mask (white on black), extracted."""
-    extracted, mask = extract_colors(images, cfg, return_mask=True)
-    mask_rgb = np.repeat(mask.numpy()[..., None].astype(np.uint8) * 255, 3, axis=-1)
-    return np.stack([images, mask_rgb, extracted.numpy()], axis=1)
+def color_panels(images: np.ndarray, data: DataConfig, extract: bool = True) -> dict[str, np.ndarray]:
+    """Columns of uint8 pictures, by title: original, mask (white on black), the cell crop
+    (when data.cell_crop is on) and, with ``extract``, the colour-extraction image."""
+    mask = color_mask(images, data.color).numpy()
+    panels = {"original": images, "mask": np.repeat(mask[..., None].astype(np.uint8) * 255, 3, axis=-1)}
+    seen = images
+    if data.cell_crop is not None:
+        seen = panels["cell crop"] = crop_to_cell(images, data.color, data.cell_crop).numpy()
+    if extract:
+        panels["extracted"] = extract_colors(seen, data.color).numpy()
+    return panels
 
 
 def plot_color_extraction(
-    images: np.ndarray, labels: np.ndarray, class_names: list[str], cfg: ColorConfig, path: Path
+    images: np.ndarray, labels: np.ndarray, class_names: list[str], data: DataConfig, path: Path, extract: bool = True
 ) -> Path:
-    """A PNG with one row per sample: original / mask / extracted."""
+    """A PNG with one row per sample and one column per :func:`color_panels` picture."""
     from keras_blood.plots import plt
 
-    panels = color_panels(images, cfg)
-    fig, axes = plt.subplots(len(panels), 3, figsize=(7.5, 1.9 * len(panels)), squeeze=False)
-    for row, (triple, label) in enumerate(zip(panels, labels)):
-        for col, (panel, title) in enumerate(zip(triple, ("original", "mask", "extracted"))):
+    panels = color_panels(images, data, extract)
+    fig, axes = plt.subplots(len(images), len(panels), figsize=(2.5 * len(panels), 1.9 * len(images)), squeeze=False)
+    for col, (title, column) in enumerate(panels.items()):
+        for row, (panel, label) in enumerate(zip(column, labels)):
             ax = axes[row, col]
             ax.imshow(panel, interpolation="nearest")
             ax.set_xticks([])
@@ -234,25 +311,26 @@ def plot_color_extraction(
     return path
 
 
-def log_color_extraction(split, class_names: list[str], cfg: ColorConfig, run_dir: Path, seed: int = 0) -> None:
-    """What colour extraction does to real training images, for a run folder: a PNG
-    (``color_extraction.png``) and the same panels as TensorBoard images
+def log_color_extraction(split, class_names: list[str], data: DataConfig, run_dir: Path, seed: int = 0) -> None:
+    """What the cell crop and colour extraction do to real training images, for a run
+    folder: a PNG (``color_extraction.png``) and the same pictures as TensorBoard images
     (``logs/color_extraction``)."""
     import tensorflow as tf
 
     picks = sample_images(split.images, split.labels, per_class=2, seed=seed)
     images, labels = split.images[picks], split.labels[picks]
-    plot_color_extraction(images, labels, class_names, cfg, run_dir / "color_extraction.png")
-    panels = color_panels(images, cfg)
+    extract = data.color_extraction
+    plot_color_extraction(images, labels, class_names, data, run_dir / "color_extraction.png", extract)
     with tf.summary.create_file_writer(str(run_dir / "logs" / "color_extraction")).as_default():
-        for col, name in enumerate(("original", "mask", "extracted")):
-            tf.summary.image(f"color_extraction/{name}", panels[:, col], step=0, max_outputs=len(panels))
+        for title, column in color_panels(images, data, extract).items():
+            tag = f"color_extraction/{title.replace(' ', '_')}"
+            tf.summary.image(tag, column, step=0, max_outputs=len(column))
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = config_parser(
         "python -m keras_blood.color",
-        "Write a PNG of real samples from the config's data: original / mask / extracted.",
+        "Write a PNG of real samples from the config's data: original / mask / [cell crop /] extracted.",
     )
     parser.add_argument("--out", type=Path, default=Path("color_extraction.png"), help="PNG to write")
     parser.add_argument("--per-class", type=int, default=3, help="samples per class")
@@ -269,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     split = data.splits["train"]
     picks = sample_images(split.images, split.labels, args.per_class, config.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    plot_color_extraction(split.images[picks], split.labels[picks], data.class_names, config.data.color, args.out)
+    plot_color_extraction(split.images[picks], split.labels[picks], data.class_names, config.data, args.out)
     print(args.out)
     return args.out
 

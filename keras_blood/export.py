@@ -47,7 +47,9 @@ def export_model(
     preparation: dict[str, Any] | None = None,
 ) -> Path:
     """Write a new version of ``config.name`` and return its folder."""
-    height, width, channels = model.input_shape[1:]
+    # A server sends whole images at the data's size; a cell crop (if any) happens in-graph.
+    height, width = config.data.height_width
+    channels = model.input_shape[-1]
     recipe = {"input_size": [height, width], **(preparation or {})}
     prep = Preparation.from_json(recipe)
     if prep.size != (height, width):
@@ -60,11 +62,14 @@ def export_model(
         archive.track(model)
 
         preprocess = make_preprocess(config.data)
-        if preprocess is not None:  # recorded so that a reader of the version knows
+        # Recorded so that a reader of the version knows what happens in-graph.
+        if config.data.cell_crop is not None:
+            recipe["cell_crop"] = config.data.cell_crop.model_dump(mode="json")
+        if config.data.color_extraction:
             recipe["color_extraction"] = config.data.color.model_dump(mode="json")
 
         def serve(pixels):
-            if preprocess is not None:  # the same uint8 -> uint8 step as in training
+            if preprocess is not None:  # the same uint8 -> uint8 steps as in training
                 pixels = preprocess(pixels)
             probabilities = model(tf.cast(pixels, tf.float32), training=False)
             return {OUTPUT_KEY: probabilities}

@@ -172,10 +172,12 @@ def results_markdown(sweep: Sweep, rows: list[dict[str, Any]], command: str | No
     inputs = list(sweep.spec.inputs)
     config = sweep.cells[0].config
     height, width = config.data.height_width
+    crop = config.data.cell_crop
+    inputs_seen = f" cut to {crop.size}x{crop.size} cell crops" if crop is not None else ""
     lines = [
         f"# {sweep.name}: keras-blood beside the Georgetown paper's Table 1",
         "",
-        f"Data: `{config.data.name}` at {height}x{width}; validation: "
+        f"Data: `{config.data.name}` at {height}x{width}{inputs_seen}; validation: "
         f"{config.data.val_fraction:.0%} of each class's TRAIN source cells; test: the TEST split. "
         "Each cell shows **paper / ours**. Ours: val_loss and val_acc at the best validation "
         "epoch, and the test accuracy of those weights (the exported model). The paper "

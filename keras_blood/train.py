@@ -40,6 +40,13 @@ def new_run_dir(config: Config) -> Path:
     return new_folder(config.output.runs_dir / config.name)
 
 
+def model_input_shape(config: Config, image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """What the model takes: the data's images, or their cell crops (data.cell_crop)."""
+    if config.data.cell_crop is None:
+        return tuple(image_shape)
+    return (config.data.cell_crop.size, config.data.cell_crop.size, image_shape[-1])
+
+
 def make_learning_rate(config: Config, steps_per_epoch: int):
     """A float, or a schedule of the optimizer step."""
     import keras
@@ -110,7 +117,7 @@ def train(config: Config) -> TrainResult:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         with strategy.scope():
-            model = build_model(config.model, data.image_shape, data.num_classes)
+            model = build_model(config.model, model_input_shape(config, data.image_shape), data.num_classes)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     with strategy.scope():
@@ -125,8 +132,8 @@ def train(config: Config) -> TrainResult:
     run_dir = new_run_dir(config)
     save_config(config, run_dir / "config.yaml")
     print(f"Run folder: {run_dir}  (tensorboard --logdir {run_dir.parent})", flush=True)
-    if config.data.color_extraction:
-        log_color_extraction(data.splits["train"], data.class_names, config.data.color, run_dir, config.seed)
+    if config.data.color_extraction or config.data.cell_crop is not None:
+        log_color_extraction(data.splits["train"], data.class_names, config.data, run_dir, config.seed)
     preprocess = make_preprocess(config.data)
 
     def pipeline(split: str, training: bool = False):

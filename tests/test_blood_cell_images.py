@@ -49,8 +49,8 @@ def test_reads_the_folder_layout_at_a_non_square_size(folder):
     assert blue == sorted(blue) and red == sorted(red, reverse=True)
 
 
-def test_default_size_is_24x32(folder):
-    assert load_data(config(folder)).image_shape == (24, 32, 3)
+def test_default_size_is_120x160(folder):
+    assert load_data(config(folder)).image_shape == (120, 160, 3)
 
 
 @pytest.mark.parametrize("fraction", [0.2, 0.5])

@@ -8,13 +8,16 @@ import pytest
 import tensorflow as tf
 
 from keras_blood.color import (
+    cell_centres,
+    crop_to_cell,
     extract_colors,
     extract_colors_cv2,
     log_color_extraction,
     main as color_main,
+    make_preprocess,
     rgb_to_hsv_opencv,
 )
-from keras_blood.config import ColorConfig, DataConfig
+from keras_blood.config import CellCropConfig, ColorConfig, DataConfig
 from keras_blood.data import load_data
 from keras_blood.data.base import Split
 from keras_blood.data.pipeline import make_dataset
@@ -53,6 +56,50 @@ def test_keeps_the_stained_cell_and_suppresses_the_rest():
     assert mask[0, 20, 15] and not mask[0, 20, 50] and mask[1, 20, 44]  # per image
     assert out.numpy()[0, 20, 15, 2] > 150  # the nucleus stays purple
     assert out.numpy()[0, :, 30:].max() == 0  # far from the cell: background
+
+
+def cell_at(centre, radius=6, size=(40, 60), specks=()) -> np.ndarray:
+    """A purple disc (a white cell) on pale pink, plus one-pixel purple specks."""
+    image = np.empty((*size, 3), np.uint8)
+    image[:] = (225, 180, 185)
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    image[(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2] = (110, 60, 200)
+    for y, x in specks:
+        image[y, x] = (110, 60, 200)
+    return image
+
+
+def test_the_cell_is_found_where_the_stain_is_densest():
+    specks = [(2, 2), (2, 57), (37, 30), (5, 40)]  # platelets and debris: more pixels in all
+    images = np.stack([cell_at((20, 15), specks=specks), cell_at((33, 50)), cell_at((0, 0), radius=0)])
+    images[2] = (225, 180, 185)  # no stain at all
+    centres = cell_centres(images, ColorConfig(), window=24).numpy()
+    np.testing.assert_array_equal(centres, [[20, 15], [33, 50], [20, 30]])  # the last: image centre
+
+
+def test_cell_crop_cuts_the_window_around_the_cell_exactly():
+    crop = CellCropConfig(window=0.5, size=20)  # 20 = half of 40: no resize, an exact cut
+    images = np.stack([cell_at((20, 15)), cell_at((34, 53), radius=5)])
+    out = crop_to_cell(images, ColorConfig(), crop).numpy()
+    assert out.dtype == np.uint8 and out.shape == (2, 20, 20, 3)
+    np.testing.assert_array_equal(out[0], images[0, 10:30, 5:25])
+    # Near the corner: the image's part is kept, the rest is background (0).
+    np.testing.assert_array_equal(out[1, :16, :17], images[1, 24:40, 43:60])
+    assert out[1, 16:].max() == 0 and out[1, :, 17:].max() == 0
+    # Resized to the model's size, the cell stays in the middle.
+    small = crop_to_cell(images, ColorConfig(), CellCropConfig(window=0.5, size=8)).numpy()
+    assert small.shape == (2, 8, 8, 3) and tuple(small[0, 4, 4]) == (110, 60, 200)
+
+
+def test_preprocess_crops_first_then_extracts_colours():
+    data = DataConfig(name="blood_cell_images", image_size=[40, 60], color_extraction=True)
+    assert data.cell_crop == CellCropConfig() and data.model_size == (64, 64)
+    images = np.stack([cell_at((20, 15), radius=8), cell_at((10, 40), radius=8)])
+    out = make_preprocess(data)(images).numpy()
+    cropped = crop_to_cell(images, data.color, data.cell_crop)
+    np.testing.assert_array_equal(out, extract_colors(cropped, data.color).numpy())
+    assert make_preprocess(data.model_copy(update={"color_extraction": False}))(images).shape == (2, 64, 64, 3)
+    assert make_preprocess(DataConfig(name="blood_cell_images", cell_crop=None)) is None
 
 
 def sample_files(root, per_class=4):
@@ -107,10 +154,11 @@ def test_figure_command_and_tensorboard_images(tmp_path, write_config):
     out = color_main([sweep_file, "--set", f"data.root={root}", "--out", str(tmp_path / "sweep.png")])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    data = load_data(DataConfig(name="blood_cell_images", root=root))
+    data_config = DataConfig(name="blood_cell_images", root=root, color_extraction=True)
+    data = load_data(data_config)
     (tmp_path / "run").mkdir()  # train() makes the run folder first
-    log_color_extraction(data.splits["train"], data.class_names, ColorConfig(), tmp_path / "run")
+    log_color_extraction(data.splits["train"], data.class_names, data_config, tmp_path / "run")
     assert (tmp_path / "run" / "color_extraction.png").is_file()
     events = list((tmp_path / "run" / "logs" / "color_extraction").glob("events.out.tfevents.*"))
     tags = {v.tag for e in tf.compat.v1.train.summary_iterator(str(events[0])) for v in e.summary.value}
-    assert tags == {f"color_extraction/{n}" for n in ("original", "mask", "extracted")}
+    assert tags == {f"color_extraction/{n}" for n in ("original", "mask", "cell_crop", "extracted")}

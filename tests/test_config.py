@@ -4,7 +4,7 @@ import sys
 import pytest
 import yaml
 
-from keras_blood.config import GEORGETOWN_PRESETS, DataConfig, apply_overrides, load_config, load_sweep
+from keras_blood.config import GEORGETOWN_PRESETS, CellCropConfig, DataConfig, apply_overrides, load_config, load_sweep
 from keras_blood.errors import ConfigError
 from tests.conftest import REPO
 
@@ -130,11 +130,34 @@ def test_cosine_schedule_warms_up_then_decays(write_config):
     assert lr[2] > lr[3] > lr[4] and lr[4] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_image_size_defaults_per_source():
-    assert DataConfig().height_width == (28, 28)
-    assert DataConfig(name="blood_cell_images").height_width == (24, 32)
+def test_image_size_and_cell_crop_defaults_per_source():
+    assert DataConfig().height_width == DataConfig().model_size == (28, 28)
+    assert DataConfig().cell_crop is None  # BloodMNIST images are one centred cell already
+    kaggle = DataConfig(name="blood_cell_images")
+    assert kaggle.height_width == (120, 160) and kaggle.cell_crop == CellCropConfig()
+    assert kaggle.model_size == (64, 64) and kaggle.cell_crop.window_side(120, 160) == 64
     assert DataConfig(name="blood_cell_images", image_size=[60, 80]).height_width == (60, 80)
     assert DataConfig(name="blood_cell_images", image_size=48).height_width == (48, 48)
+    whole = DataConfig(name="blood_cell_images", image_size=[24, 32], cell_crop=None)
+    assert whole.cell_crop is None and whole.model_size == (24, 32)  # null turns it off
+    assert DataConfig(cell_crop={"size": 20}).model_size == (20, 20)  # and on, for any source
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("data.cell_crop.window=0", ["data.cell_crop.window", "greater than 0"]),
+        ("data.cell_crop.window=1.5", ["data.cell_crop.window", "less than or equal to 1"]),
+        ("data.cell_crop.size=0", ["data.cell_crop.size", "greater than 0"]),
+        ("data.cell_crop.side=3", ["data.cell_crop.side"]),
+    ],
+)
+def test_bad_cell_crop_is_named(write_config, override, words):
+    path = write_config({"model": {"name": "basic"}, "data": {"name": "blood_cell_images", "cell_crop": {}}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [override])
+    for word in words:
+        assert word in str(info.value)
 
 
 def test_the_georgetown_sweep_is_16_validated_cells():
@@ -151,7 +174,8 @@ def test_the_georgetown_sweep_is_16_validated_cells():
         assert config.data.color_extraction == (cell.input == "color_extraction")
         assert config.train.epochs == 2  # --set reaches every cell
         assert config.output.runs_dir.as_posix() == "/tmp/r/georgetown/runs"
-        assert config.data.name == "blood_cell_images" and config.data.height_width == (24, 32)
+        assert config.data.name == "blood_cell_images" and config.data.height_width == (120, 160)
+        assert config.data.model_size == (64, 64)
     assert sweep.cells[-1].config.model.weights == "none"
 
 

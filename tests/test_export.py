@@ -129,3 +129,33 @@ def test_serving_applies_color_extraction_to_raw_pixels(tiny, tmp_path):
     assert np.abs(served - raw).max() > 1e-3  # it did change what the model sees
     preparation = json.loads((version / "assets.extra" / "preparation.json").read_text())
     assert preparation["color_extraction"]["hue"] == [110, 165]
+
+
+def test_serving_crops_to_the_cell_in_graph(tmp_path):
+    """A model on 16x16 cell crops serves whole 40x60 images: the crop is in the graph."""
+    from keras_blood.color import make_preprocess
+
+    config = Config.model_validate(
+        {
+            "name": "cropped",
+            "data": {"name": "blood_cell_images", "image_size": [40, 60], "color_extraction": True,
+                     "cell_crop": {"window": 0.5, "size": 16}},
+            "model": {"name": "basic", "filters": [4, 4, 4], "dense_units": 8},
+            "output": {"runs_dir": str(tmp_path / "runs"), "export_dir": str(tmp_path / "sm")},
+        }
+    )
+    keras.utils.set_random_seed(0)
+    model = build_model(config.model, (16, 16, 3), 4)
+    version = export_model(model, config, list("abcd"), {})
+    assert load_version(version).serve.structured_input_signature[1]["pixels"].shape.as_list() == [None, 40, 60, 3]
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(150, 256, (5, 40, 60, 3)).astype(np.uint8)
+    for i, (y, x) in enumerate([(10, 10), (30, 50), (20, 30), (5, 55), (35, 5)]):
+        pixels[i, y - 4 : y + 4, x - 4 : x + 4] = (110, 60, 200)  # a purple "cell" somewhere
+    served = serve_in_fresh_process(version, pixels, tmp_path)
+    seen = make_preprocess(config.data)(pixels).numpy().astype("float32")
+    assert seen.shape == (5, 16, 16, 3)
+    expected = keras.ops.convert_to_numpy(model(seen, training=False))
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+    preparation = json.loads((version / "assets.extra" / "preparation.json").read_text())
+    assert preparation["input_size"] == [40, 60] and preparation["cell_crop"] == {"window": 0.5, "size": 16}
