@@ -67,20 +67,24 @@ def test_sweep_resumes_and_writes_the_table(overrides, tmp_path, monkeypatch, ca
     assert [(r["model"], r["input"]) for r in rows] == [tuple(k.split("-")) for k in trained]
     for row in rows:
         assert 0 <= float(row["val_acc"]) <= 1 and 0 <= float(row["test_acc"]) <= 1
-        assert float(row["val_loss"]) > 0 and float(row["seconds"]) > 0 and int(row["params"]) == 29_900
+        assert float(row["val_loss"]) > 0 and float(row["seconds"]) > 0 and int(row["params"]) == 96_460
     markdown = (results / "results.md").read_text()
     assert "| Dropout(0.3) | 0.818 / " in markdown and "0.842 / " in markdown and "—" not in markdown
     assert (results / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 
-    # One HParams session per cell, beside its curves; the colour cells log their pictures.
+    # One HParams session per cell, beside its curves. Every cell logs its cell crops
+    # (on by default for these images); only the colour cells the extracted pictures.
     for row in rows:
         sessions = []
         for event_file in (tmp_path / row["run_dir"] / "logs").glob("events.out.tfevents.*"):
             for event in tf.compat.v1.train.summary_iterator(str(event_file)):
                 sessions += [v for v in event.summary.value if v.metadata.plugin_data.plugin_name == "hparams"]
         assert sessions, row["run_dir"]
-        colour = (tmp_path / row["run_dir"] / "color_extraction.png").is_file()
-        assert colour == (row["input"] == "color_extraction")
+        assert (tmp_path / row["run_dir"] / "color_extraction.png").is_file()
+        (pictures,) = (tmp_path / row["run_dir"] / "logs" / "color_extraction").glob("events.out.tfevents.*")
+        tags = {v.tag for e in tf.compat.v1.train.summary_iterator(str(pictures)) for v in e.summary.value}
+        assert "color_extraction/cell_crop" in tags
+        assert ("color_extraction/extracted" in tags) == (row["input"] == "color_extraction")
 
     # Repeating the command trains nothing and changes nothing.
     before = sorted(p.name for p in (results / "runs").iterdir())
