@@ -41,10 +41,8 @@ def new_run_dir(config: Config) -> Path:
 
 
 def model_input_shape(config: Config, image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    """What the model takes: the data's images, or their cell crops (data.cell_crop)."""
-    if config.data.cell_crop is None:
-        return tuple(image_shape)
-    return (config.data.cell_crop.size, config.data.cell_crop.size, image_shape[-1])
+    """What the model takes: the data's images, or their cell crops (DataConfig.model_size)."""
+    return (*config.data.model_size, image_shape[-1])
 
 
 def make_learning_rate(config: Config, steps_per_epoch: int):
