@@ -4,17 +4,21 @@
 
 Trains ``configs/best.yaml`` once per seed (each a full ``keras_blood.train`` run that
 reads the test split once, at the end), then prints test ACC / AUC, ACC without
-test-time augmentation and training minutes per seed with their mean and standard
-deviation, and writes them to ``results-<timestamp>.csv`` and the curves to
-``accuracy_vs_minutes-<timestamp>.png`` (validation accuracy against wall-clock training
-minutes), both new on every call. ``--ablation`` adds one run (first seed) per technique
-switched off, or MixUp switched on; a shorter ablation: ``--seeds 0 --ablation --set
-train.epochs=15``. Not part of the test suite: on a 2-core CPU each run takes minutes.
+test-time augmentation, an ensemble's members' ACC alone (``--set train.ensemble=2``)
+and training minutes per seed with their mean and standard deviation, and writes them to
+``results-<timestamp>.csv`` and the curves to ``accuracy_vs_minutes-<timestamp>.png``
+(validation accuracy against wall-clock training minutes), both new on every call. Last,
+from the seed runs' exported models: the test images every run gets wrong, and the ACC
+of all runs averaged (``--pool results-<timestamp>.csv`` recomputes just these).
+``--ablation`` adds one run (first seed) per technique switched off, or MixUp switched
+on; a shorter ablation: ``--seeds 0 --ablation --set train.epochs=15``. Not part of the
+test suite: on a 2-core CPU each run takes minutes.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import statistics
 import time
@@ -39,13 +43,20 @@ def run(overrides: list[str]) -> dict:
 
     start = time.perf_counter()
     result = train(load_config(REPO / "configs" / "best.yaml", overrides))
-    with open(result.run_dir / "history.csv") as f:
-        history = list(csv.DictReader(f))
+    # One history per ensemble member, on one clock: the curve runs on across members.
+    history = []
+    for path in result.run_dir.glob("history*.csv"):
+        with open(path) as f:
+            history += list(csv.DictReader(f))
+    history.sort(key=lambda row: float(row["elapsed_minutes"]))
     m = result.metrics
+    members = m.get("members", [])
     return {
         "acc": m["accuracy"],
         "auc": m["auc"],
         "acc_no_tta": m.get("without_tta", {}).get("accuracy", m["accuracy"]),
+        # An ensemble's members alone, mean (a single model: itself).
+        "acc_member": sum(x["accuracy"] for x in members) / len(members) if members else m["accuracy"],
         "train_min": m["train_seconds"] / 60,
         "total_min": (time.perf_counter() - start) / 60,
         "params": m["params"],
@@ -54,13 +65,64 @@ def run(overrides: list[str]) -> dict:
     }
 
 
+def pooled(exports: list[str], out: Path) -> dict:
+    """What the seed runs say together, from their exported models on the test split:
+    how many test images every run gets wrong (and how many of those every run puts in
+    the same wrong class: the ones more networks of this kind are least likely to fix),
+    and the accuracy of averaging all runs' probabilities (the ensemble the runs make)."""
+    import numpy as np
+
+    from keras_blood.evaluate import evaluate
+    from keras_blood.metrics import classification_metrics
+
+    results = [evaluate(path, output_dir=out / "reports") for path in exports]
+    labels = results[0].labels
+    names = results[0].metrics["class_names"]
+    predicted = np.stack([r.probs.argmax(1) for r in results])
+    wrong = predicted != labels
+    same_wrong_class = wrong.all(axis=0) & (predicted == predicted[0]).all(axis=0)
+    mean = classification_metrics(labels, np.mean([r.probs for r in results], axis=0), results[0].metrics["class_names"])
+    return {
+        "runs": len(results),
+        "wrong_in_every_run": int(wrong.all(axis=0).sum()),
+        "wrong_in_some_run": int(wrong.any(axis=0).sum()),
+        "same_wrong_class_in_every_run": int(same_wrong_class.sum()),
+        "their_confusions": collections.Counter(
+            f"{names[t]} -> {names[q]}" for t, q in zip(labels[same_wrong_class], predicted[0][same_wrong_class])
+        ).most_common(),
+        "test_images": len(labels),
+        "averaged_acc": mean["accuracy"],
+        "averaged_auc": mean["auc"],
+    }
+
+
+def print_pooled(p: dict) -> None:
+    n = p["test_images"]
+    print(
+        f"test images wrong in every one of the {p['runs']} seed runs: {p['wrong_in_every_run']} "
+        f"({p['same_wrong_class_in_every_run']} of them in the same wrong class every time; "
+        f"ACC if those {p['wrong_in_every_run']} stay wrong: at most {1 - p['wrong_in_every_run'] / n:.4f}); "
+        f"wrong in at least one: {p['wrong_in_some_run']}"
+    )
+    print("  as true -> predicted: " + ", ".join(f"{pair} {count}" for pair, count in p["their_confusions"]))
+    print(f"all {p['runs']} seed runs averaged: test ACC {p['averaged_acc']:.4f}, AUC {p['averaged_auc']:.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ablation", action="store_true", help="also run one seed per technique off")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmark_best"))
+    parser.add_argument(
+        "--pool", type=Path, metavar="RESULTS_CSV", help="only the pooled figures, from a finished benchmark's exports"
+    )
     args = parser.parse_args()
+    if args.pool:
+        with open(args.pool) as f:
+            exports = [row["export"] for row in csv.DictReader(f) if row["run"].startswith("seed ")]
+        print_pooled(pooled(exports, args.pool.parent))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     common = [*args.overrides, f"output.runs_dir={args.out / 'runs'}", f"output.export_dir={args.out / 'saved_models'}"]
 
@@ -74,7 +136,7 @@ def main() -> None:
 
     results = new_file(args.out, "results-", ".csv")
     with open(results, "w", newline="") as f:
-        fields = ["run", "acc", "auc", "acc_no_tta", "train_min", "total_min", "params", "export"]
+        fields = ["run", "acc", "auc", "acc_no_tta", "acc_member", "train_min", "total_min", "params", "export"]
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for name, changes in plan.items():
@@ -82,14 +144,20 @@ def main() -> None:
             writer.writerow({"run": name, **rows[name]})
             f.flush()
 
-    print(f"\n{'run':<38} {'test ACC':>8} {'AUC':>7} {'ACC no TTA':>10} {'train min':>9} {'params':>8}")
+    print(f"\n{'run':<38} {'test ACC':>8} {'AUC':>7} {'ACC no TTA':>10} {'ACC member':>10} {'train min':>9} {'params':>8}")
     for name, r in rows.items():
-        print(f"{name:<38} {r['acc']:8.4f} {r['auc']:7.4f} {r['acc_no_tta']:10.4f} {r['train_min']:9.1f} {r['params']:8d}")
+        print(
+            f"{name:<38} {r['acc']:8.4f} {r['auc']:7.4f} {r['acc_no_tta']:10.4f} {r['acc_member']:10.4f}"
+            f" {r['train_min']:9.1f} {r['params']:8d}"
+        )
     seeds = [rows[f"seed {s}"] for s in args.seeds]
     # A spread needs two seeds at least; one seed's "± 0" would claim a precision it lacks.
-    for key in ("acc", "auc", "acc_no_tta", "train_min") if len(seeds) > 1 else ():
+    for key in ("acc", "auc", "acc_no_tta", "acc_member", "train_min") if len(seeds) > 1 else ():
         values = [r[key] for r in seeds]
         print(f"mean over {len(values)} seeds  {key:<10} {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
+
+    if len(seeds) > 1:
+        print_pooled(pooled([r["export"] for r in seeds], args.out))
 
     import matplotlib
 
@@ -101,7 +169,7 @@ def main() -> None:
         minutes, acc = zip(*r["curve"])
         ax.plot(minutes, acc, label=name, alpha=0.9 if name.startswith("seed") else 0.5)
     ax.set_xlabel("training minutes (wall clock)")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel("validation accuracy (of the network in training)")
     ax.set_ylim(0.9, 1.0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

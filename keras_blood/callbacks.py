@@ -67,10 +67,17 @@ class ValidationTensorBoard(keras.callbacks.TensorBoard):
 class ElapsedTime(keras.callbacks.Callback):
     """Adds wall-clock minutes since the start of training to each epoch's logs, so
     history.csv and TensorBoard show accuracy against training time. Put it first:
-    only the callbacks after it see the key."""
+    only the callbacks after it see the key.
+
+    ``since``: a ``time.perf_counter()`` reading to count from instead of this fit's
+    start, so the members of an ensemble share one clock."""
+
+    def __init__(self, since: float | None = None):
+        super().__init__()
+        self.since = since
 
     def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
+        self.start = time.perf_counter() if self.since is None else self.since
 
     def on_epoch_end(self, epoch, logs=None):
         logs["elapsed_minutes"] = (time.perf_counter() - self.start) / 60

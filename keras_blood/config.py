@@ -382,6 +382,12 @@ class TrainConfig(_Strict):
     mixed_precision: bool = Field(
         default=False, description="mixed_bfloat16 compute (fast on GPUs and CPUs with bf16 units)"
     )
+    ensemble: Positive = Field(
+        default=1,
+        description="models trained one after another, each with the whole schedule and its own "
+        "seed (train.member_seeds); their probabilities are averaged inside the evaluated and "
+        "exported model",
+    )
 
 
 class OutputConfig(_Strict):

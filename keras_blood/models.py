@@ -179,6 +179,21 @@ def build_resnet(cfg: ResNetConfig, input_shape, num_classes) -> keras.Model:
     return keras.Model(inputs, outputs, name="resnet")
 
 
+# ----------------------------------------------------------------------------- ensembles
+
+
+def average_models(models: list[keras.Model]) -> keras.Model:
+    """One model whose probabilities are the mean of ``models``' (one model: itself).
+
+    The members keep their weights and names, which must differ (train.py numbers them).
+    """
+    if len(models) == 1:
+        return models[0]
+    inputs = keras.Input(shape=models[0].input_shape[1:], name="pixels")
+    probabilities = layers.Average(name="probabilities")([member(inputs) for member in models])
+    return keras.Model(inputs, probabilities, name=f"ensemble_of_{len(models)}")
+
+
 # ----------------------------------------------------------------------------- TTA
 
 

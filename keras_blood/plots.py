@@ -36,19 +36,26 @@ def plot_confusion_matrix(matrix, class_names: list[str], path: Target, title: s
     return path
 
 
-def plot_learning_curves(history: dict[str, list[float]], path: Target, title: str = "") -> Target:
+def plot_learning_curves(
+    history: dict[str, list[float]] | list[dict[str, list[float]]], path: Target, title: str = ""
+) -> Target:
+    """Train and validation curves per metric; a list of histories (ensemble members,
+    labelled 1, 2, ...) shares the axes."""
+    histories = history if isinstance(history, list) else [history]
     skip = {"learning_rate", "elapsed_minutes"}
-    metrics = [k for k in history if not k.startswith("val_") and k not in skip]
+    metrics = [k for k in histories[0] if not k.startswith("val_") and k not in skip]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
     for ax, name in zip(axes[0], metrics):
-        epochs = np.arange(1, len(history[name]) + 1)
-        ax.plot(epochs, history[name], label=f"train {name}")
-        if f"val_{name}" in history:
-            ax.plot(epochs, history[f"val_{name}"], label=f"val {name}")
+        for number, h in enumerate(histories, start=1):
+            member = f"member {number} " if len(histories) > 1 else ""
+            epochs = np.arange(1, len(h[name]) + 1)
+            ax.plot(epochs, h[name], label=f"{member}train {name}")
+            if f"val_{name}" in h:
+                ax.plot(epochs, h[f"val_{name}"], label=f"{member}val {name}")
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -45,6 +45,26 @@ def model_input_shape(config: Config, image_shape: tuple[int, int, int]) -> tupl
     return (*config.data.model_size, image_shape[-1])
 
 
+def member_seeds(seed: int, count: int) -> list[int]:
+    """Seeds for the members of an ensemble: the run's own, then ones drawn from
+    ``(seed, member)`` by NumPy's SeedSequence. Not seed + 1, seed + 2: runs with
+    seeds 0 and 1 would then share a member and their spread would look smaller."""
+    import numpy as np
+
+    return [seed] + [int(np.random.SeedSequence([seed, k]).generate_state(1)[0] >> 1) for k in range(1, count)]
+
+
+def best_epoch_summary(history: dict[str, list[float]]) -> dict[str, Any]:
+    """The epoch a checkpoint kept (lowest val_loss) and its validation figures."""
+    best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
+    return {
+        "epochs_run": len(history["loss"]),
+        "best_epoch": best + 1,
+        "best_val_loss": float(history["val_loss"][best]),
+        "best_val_accuracy": float(history["val_accuracy"][best]),
+    }
+
+
 def make_learning_rate(config: Config, steps_per_epoch: int):
     """A float, or a schedule of the optimizer step."""
     import keras
@@ -82,7 +102,6 @@ def make_optimizer(config: Config, steps_per_epoch: int):
 def train(config: Config) -> TrainResult:
     """Run the whole experiment: train, evaluate on the test split, export."""
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from keras_blood.callbacks import ElapsedTime, ValidationTensorBoard
@@ -92,7 +111,7 @@ def train(config: Config) -> TrainResult:
     from keras_blood.data.pipeline import make_dataset
     from keras_blood.export import export_model
     from keras_blood.metrics import classification_metrics, per_class_table, summary_line
-    from keras_blood.models import build_model, with_tta
+    from keras_blood.models import average_models, build_model, with_tta
     from keras_blood.plots import plot_confusion_matrix, plot_learning_curves
     from keras_blood.runtime import describe_devices, seed_everything, select_strategy
 
@@ -109,23 +128,35 @@ def train(config: Config) -> TrainResult:
     print(f"Data: {data.name} {data.image_shape}, {data.num_classes} classes; {sizes}", flush=True)
 
     steps_per_epoch = math.ceil(len(data.splits["train"]) / config.train.batch_size)
-    # The policy is global in Keras: set it for this model only, and put it back after.
-    previous_policy = keras.mixed_precision.global_policy()
-    if config.train.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    ensemble = config.train.ensemble
+    seeds = member_seeds(config.seed, ensemble)
+
+    def build(index: int):
+        """Member ``index`` of the ensemble (0 for a single model), built and compiled."""
+        if index:  # member 0 keeps the run's seed state
+            seed_everything(seeds[index], config.train.deterministic)
+        # The policy is global in Keras: set it for this model only, and put it back after.
+        previous_policy = keras.mixed_precision.global_policy()
+        if config.train.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        try:
+            with strategy.scope():
+                model = build_model(config.model, model_input_shape(config, data.image_shape), data.num_classes)
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
+        if ensemble > 1:
+            model.name = f"{model.name}_{index + 1}"  # names inside one ensemble must differ
         with strategy.scope():
-            model = build_model(config.model, model_input_shape(config, data.image_shape), data.num_classes)
-    finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
-    with strategy.scope():
-        model.compile(
-            optimizer=make_optimizer(config, steps_per_epoch),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
-            metrics=["accuracy"],
-            jit_compile=config.train.jit_compile,
-        )
-    model.summary(print_fn=lambda line, **_: print(line))
+            model.compile(
+                optimizer=make_optimizer(config, steps_per_epoch),
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
+                metrics=["accuracy"],
+                jit_compile=config.train.jit_compile,
+            )
+        return model
+
+    first = build(0)  # before the run folder: a model that cannot be built leaves nothing
+    first.summary(print_fn=lambda line, **_: print(line))
 
     run_dir = new_run_dir(config)
     save_config(config, run_dir / "config.yaml")
@@ -134,83 +165,110 @@ def train(config: Config) -> TrainResult:
         log_color_extraction(data.splits["train"], data.class_names, config.data, run_dir, config.seed)
     preprocess = make_preprocess(config.data)
 
-    def pipeline(split: str, training: bool = False):
+    def pipeline(split: str, training: bool = False, seed: int = config.seed):
         return make_dataset(
             data.splits[split],
             data.num_classes,
             config.train.batch_size,
             training=training,
-            seed=config.seed,
+            seed=seed,
             shuffle_buffer=config.data.shuffle_buffer,
             augment=make_augment(config.augment) if training else None,
             preprocess=preprocess,
         )
 
-    checkpoint = run_dir / "checkpoints" / "best.weights.h5"
-    checkpoint.parent.mkdir()
+    (run_dir / "checkpoints").mkdir()
     validation = pipeline("val")  # one cached pipeline for fit and for the TensorBoard views
-    callbacks = [
-        ElapsedTime(),  # first: the callbacks after it see the key it adds
-        # Keras's TensorBoard callback plus validation confusion matrix and PR curves.
-        ValidationTensorBoard(run_dir / "logs", validation, data.splits["val"].labels, data.class_names),
-        keras.callbacks.ModelCheckpoint(
-            str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=True
-        ),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
-        keras.callbacks.TerminateOnNaN(),
-    ]
-    if config.train.early_stopping_patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                patience=config.train.early_stopping_patience,
-                restore_best_weights=True,
-            )
-        )
-
+    members, histories = [], []
     start = time.perf_counter()
-    try:
-        history = model.fit(
-            pipeline("train", training=True),
-            validation_data=validation,
-            epochs=config.train.epochs,
-            callbacks=callbacks,
-            shuffle=False,  # the tf.data pipeline already shuffles, seeded
-            # One line per epoch in logs and CI; a live bar in a terminal.
-            verbose=1 if sys.stdout.isatty() else 2,
-        ).history
-    except KeyboardInterrupt:
-        print(f"\nInterrupted. Logs and the best checkpoint so far are in {run_dir}", file=sys.stderr)
-        raise
+    for index in range(ensemble):
+        # A single model keeps the plain names; ensemble members get member-<n> ones.
+        tag = f"member-{index + 1}" if ensemble > 1 else ""
+        if tag:
+            print(f"\nEnsemble member {index + 1} of {ensemble} (seed {seeds[index]})", flush=True)
+        model = first if index == 0 else build(index)
+        checkpoint = run_dir / "checkpoints" / f"{tag or 'best'}.weights.h5"
+        history_csv = run_dir / (f"history-{tag}.csv" if tag else "history.csv")
+        callbacks = [
+            ElapsedTime(since=start),  # first: the callbacks after it see the key it adds
+            # Keras's TensorBoard callback plus validation confusion matrix and PR curves.
+            ValidationTensorBoard(run_dir / "logs" / tag, validation, data.splits["val"].labels, data.class_names),
+            keras.callbacks.ModelCheckpoint(
+                str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=True
+            ),
+            keras.callbacks.CSVLogger(str(history_csv)),
+            keras.callbacks.TerminateOnNaN(),
+        ]
+        if config.train.early_stopping_patience:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss",
+                    patience=config.train.early_stopping_patience,
+                    restore_best_weights=True,
+                )
+            )
+        try:
+            history = model.fit(
+                pipeline("train", training=True, seed=seeds[index]),
+                validation_data=validation,
+                epochs=config.train.epochs,
+                callbacks=callbacks,
+                shuffle=False,  # the tf.data pipeline already shuffles, seeded
+                # One line per epoch in logs and CI; a live bar in a terminal.
+                verbose=1 if sys.stdout.isatty() else 2,
+            ).history
+        except KeyboardInterrupt:
+            print(f"\nInterrupted. Logs and the best checkpoints so far are in {run_dir}", file=sys.stderr)
+            raise
+        if any(not math.isfinite(v) for v in history.get("loss", [])):
+            raise KerasBloodError(
+                f"training diverged (loss became NaN/inf at epoch {len(history['loss'])}); "
+                f"lower train.learning_rate (now {config.train.learning_rate}). Logs: {run_dir}"
+            )
+        # Each member is its best epoch on validation, whichever callback stopped training.
+        model.load_weights(str(checkpoint))
+        members.append(model)
+        histories.append(history)
     train_seconds = time.perf_counter() - start
 
-    if any(not math.isfinite(v) for v in history.get("loss", [])):
-        raise KerasBloodError(
-            f"training diverged (loss became NaN/inf at epoch {len(history['loss'])}); "
-            f"lower train.learning_rate (now {config.train.learning_rate}). Logs: {run_dir}"
-        )
-    # The exported model is the best one on validation, whichever callback stopped training.
-    model.load_weights(str(checkpoint))
-
-    # Test-time augmentation (if any) is part of the evaluated and the exported model alike.
+    # Ensemble averaging and test-time augmentation (if any) are part of the evaluated
+    # and the exported model alike.
+    model = average_models(members)
     model_for_test = with_tta(model, config.eval.tta)
-    tta = "" if config.eval.tta == "none" else f" with {config.eval.tta} test-time augmentation"
-    print(f"Evaluating on the test split{tta} ...", flush=True)
+    how = [f"an ensemble of {ensemble}"] if ensemble > 1 else []
+    how += [] if config.eval.tta == "none" else [f"{config.eval.tta} test-time augmentation"]
+    print(f"Evaluating on the test split{' with ' + ' and '.join(how) if how else ''} ...", flush=True)
     test = data.splits["test"]
     probs = model_for_test.predict(pipeline("test"), verbose=0)
     metrics = classification_metrics(test.labels, probs, data.class_names)
     if model_for_test is not model:  # what test-time augmentation adds, measured
         plain = classification_metrics(test.labels, model.predict(pipeline("test"), verbose=0), data.class_names)
         metrics["without_tta"] = {k: plain[k] for k in ("accuracy", "f1_macro", "auc")}
-    metrics.update(
-        split="test",
-        epochs_run=len(history["loss"]),
-        best_epoch=int(np.argmin(history["val_loss"])) + 1,
-        best_val_loss=float(np.min(history["val_loss"])),
-        best_val_accuracy=float(history["val_accuracy"][int(np.argmin(history["val_loss"]))]),
-        train_seconds=round(train_seconds, 1),
-        params=int(model.count_params()),
-    )
+
+    if ensemble == 1:
+        metrics.update(best_epoch_summary(histories[0]))
+    else:
+        # What averaging adds, measured: each member alone, evaluated as the ensemble is.
+        metrics["members"] = []
+        for seed, member, history in zip(seeds, members, histories):
+            alone_probs = with_tta(member, config.eval.tta).predict(pipeline("test"), verbose=0)
+            alone = classification_metrics(test.labels, alone_probs, data.class_names)
+            metrics["members"].append(
+                {"seed": seed, **best_epoch_summary(history), "accuracy": alone["accuracy"], "auc": alone["auc"]}
+            )
+        # The ensemble's own validation figures (no TTA), as a single model reports its best epoch's.
+        with strategy.scope():
+            model.compile(
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
+                metrics=["accuracy"],
+            )
+        val_loss, val_accuracy = model.evaluate(validation, verbose=0)
+        metrics.update(
+            epochs_run=sum(len(h["loss"]) for h in histories),
+            best_val_loss=float(val_loss),
+            best_val_accuracy=float(val_accuracy),
+        )
+    metrics.update(split="test", train_seconds=round(train_seconds, 1), params=int(model.count_params()))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     with tf.summary.create_file_writer(str(run_dir / "logs" / "test")).as_default():
         for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "auc"):
@@ -218,10 +276,13 @@ def train(config: Config) -> TrainResult:
     plot_confusion_matrix(
         metrics["confusion_matrix"], data.class_names, run_dir / "confusion_matrix.png", config.name
     )
-    plot_learning_curves(history, run_dir / "learning_curves.png", config.name)
+    plot_learning_curves(histories, run_dir / "learning_curves.png", config.name)
 
     print(f"\nTest ({config.name}): {summary_line(metrics)}")
     print(per_class_table(metrics))
+    if ensemble > 1:
+        for number, m in enumerate(metrics["members"], start=1):
+            print(f"  member {number} alone: accuracy {m['accuracy']:.4f}, AUC {m['auc']:.4f}")
     print(f"Trained {metrics['epochs_run']} epochs in {train_seconds:.0f} s; run folder {run_dir}")
 
     export_dir = export_model(model_for_test, config, data.class_names, metrics, data.preparation)

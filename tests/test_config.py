@@ -67,6 +67,7 @@ def test_override_creates_missing_sections():
         (["data.color.hue=[0, 200]"], ["data.color.hue.1", "200", "179"]),
         (["data.color.blur=3"], ["data.color.blur", "unknown key", "blur_size"]),
         (["train.optimizer=adagrad"], ["train.optimizer", "'adagrad'", "'adam'"]),
+        (["train.ensemble=0"], ["train.ensemble", "0", "greater than 0"]),
         (["model.conv_dropout=0.1", "model.dropout=0.2"], ["model.dropout", "unknown key"]),
         (["train.epochs"], ["KEY=VALUE"]),
     ],
@@ -128,6 +129,19 @@ def test_cosine_schedule_warms_up_then_decays(write_config):
     lr = [float(schedule(step)) for step in (0, 5, 10, 30, 50)]
     assert lr[0] == 0.0 and lr[1] == pytest.approx(0.005) and lr[2] == pytest.approx(0.01)
     assert lr[2] > lr[3] > lr[4] and lr[4] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ensemble_members_get_distinct_seeds_that_runs_do_not_share():
+    from keras_blood.train import member_seeds
+
+    assert member_seeds(7, 1) == [7]
+    three = member_seeds(7, 3)
+    assert three[0] == 7 and len(set(three)) == 3 and three == member_seeds(7, 3)
+    assert member_seeds(7, 2) == three[:2]  # a bigger ensemble only adds members
+    # Seed-to-seed spread is only honest if runs with nearby seeds share no member.
+    runs = [set(member_seeds(seed, 3)) for seed in range(5)]
+    assert all(not (a & b) for i, a in enumerate(runs) for b in runs[i + 1 :])
+    assert all(0 <= s < 2**31 for run in runs for s in run)  # valid for keras.utils.set_random_seed
 
 
 def test_image_size_and_cell_crop_defaults_per_source():

@@ -145,6 +145,28 @@ def _views(x, mode):
     return rotations + [np.flip(r, axis=2).copy() for r in rotations]
 
 
+def test_an_ensemble_averages_its_members_probabilities():
+    from keras_blood.models import average_models, with_tta
+
+    keras.utils.set_random_seed(0)
+    members = []
+    for number in (1, 2, 3):
+        member = build_model(model_config(name="resnet", widths=[4], dropout=0.0), (8, 8, 3), 3)
+        member.name = f"resnet_{number}"
+        members.append(member)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3)).astype("float32")
+    alone = [keras.ops.convert_to_numpy(m(x)) for m in members]
+    assert not np.allclose(alone[0], alone[1])  # different initial weights, or the test proves nothing
+    ensemble = average_models(members)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ensemble(x)), np.mean(alone, axis=0), rtol=1e-5, atol=1e-6)
+    assert ensemble.count_params() == 3 * members[0].count_params()
+    assert average_models(members[:1]) is members[0]
+    # Test-time augmentation wraps the ensemble: every view goes through every member.
+    tta = with_tta(ensemble, "flip")
+    expected = np.mean([np.mean([keras.ops.convert_to_numpy(m(v)) for m in members], axis=0) for v in _views(x, "flip")], axis=0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(tta(x)), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_d4_tta_needs_square_inputs():
     from keras_blood.models import with_tta
 

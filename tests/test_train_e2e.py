@@ -1,5 +1,6 @@
 """End to end on a small real slice of BloodMNIST: train, evaluate, export, serve."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -64,6 +65,39 @@ def test_train_evaluate_export_and_serve(quick_overrides, tmp_path, config_name,
     in_process = result.model.predict(pixels.astype("float32"), verbose=0)
     np.testing.assert_allclose(served, in_process, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(served.argmax(1), in_process.argmax(1))
+
+
+def test_an_ensemble_trains_each_member_on_its_own_seed_and_exports_one_model(quick_overrides, tmp_path):
+    extra = ["model.widths=[8, 16]", "train.warmup_epochs=0", "train.ensemble=2", "train.mixed_precision=true"]
+    config = load_config(REPO / "configs" / "best.yaml", quick_overrides + extra)
+    result = train_module.train(config)
+
+    run_dir, version = result.run_dir, result.export_dir
+    for member in ("member-1", "member-2"):
+        assert (run_dir / "checkpoints" / f"{member}.weights.h5").is_file()
+        assert list((run_dir / "logs" / member / "train").glob("events.out.tfevents.*"))
+        history = (run_dir / f"history-{member}.csv").read_text().splitlines()
+        assert len(history) == 2 and "elapsed_minutes" in history[0]
+    # One clock for the whole ensemble: member 2's epoch ends after member 1's.
+    ends = []
+    for member in ("member-1", "member-2"):
+        with open(run_dir / f"history-{member}.csv") as f:
+            ends.append(float(next(csv.DictReader(f))["elapsed_minutes"]))
+    assert ends[1] > ends[0]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    members = metrics["members"]
+    assert [m["seed"] for m in members] == train_module.member_seeds(config.seed, 2)
+    assert members[0]["best_val_loss"] != members[1]["best_val_loss"]  # two seeds, two models
+    assert metrics["epochs_run"] == 2 and 0.0 <= metrics["best_val_accuracy"] <= 1.0
+    single = load_config(REPO / "configs" / "best.yaml", quick_overrides + extra[:2])
+    from keras_blood.models import build_model
+
+    assert metrics["params"] == 2 * build_model(single.model, (28, 28, 3), 8).count_params()
+
+    pixels = np.load(config.data.root / "bloodmnist.npz")["test_images"][:32]
+    served = serve_in_fresh_process(version, pixels, tmp_path)
+    in_process = result.model.predict(pixels.astype("float32"), verbose=0)
+    np.testing.assert_allclose(served, in_process, rtol=1e-4, atol=1e-6)
 
 
 def test_cli_prints_the_version_folder_last_and_never_overwrites(quick_overrides, tmp_path):
