@@ -7,12 +7,13 @@ reads the test split once, at the end), then prints test ACC / AUC, ACC without
 test-time augmentation, an ensemble's members' ACC alone (``--set train.ensemble=2``)
 and training minutes per seed with their mean and standard deviation, and writes them to
 ``results-<timestamp>.csv`` and the curves to ``accuracy_vs_minutes-<timestamp>.png``
-(validation accuracy against wall-clock training minutes), both new on every call. Last,
-from the seed runs' exported models: the test images every run gets wrong, and the ACC
-of all runs averaged (``--pool results-<timestamp>.csv`` recomputes just these).
-``--ablation`` adds one run (first seed) per technique switched off, or MixUp switched
-on; a shorter ablation: ``--seeds 0 --ablation --set train.epochs=15``. Not part of the
-test suite: on a 2-core CPU each run takes minutes.
+(validation accuracy against wall-clock training minutes, each run's test ACC as a
+point), both new on every call. Last, from the seed runs' exported models: the test
+images every run gets wrong, and the ACC of all runs averaged (``--pool
+results-<timestamp>.csv`` recomputes just these, and draws the curves of an interrupted
+benchmark). ``--ablation`` adds one run (first seed) per technique switched off, or
+MixUp switched on; a shorter ablation: ``--seeds 0 --ablation --set train.epochs=15``.
+Not part of the test suite: on a 2-core CPU each run takes minutes.
 """
 
 from __future__ import annotations
@@ -43,48 +44,101 @@ def run(overrides: list[str]) -> dict:
 
     start = time.perf_counter()
     result = train(load_config(REPO / "configs" / "best.yaml", overrides))
+    return {**summarise(result.run_dir), "total_min": (time.perf_counter() - start) / 60, "export": str(result.export_dir)}
+
+
+def summarise(run_dir: Path) -> dict:
+    """One finished run's figures, from what it wrote: metrics.json and its history CSVs."""
+    import json
+
+    m = json.loads((Path(run_dir) / "metrics.json").read_text())
     # One history per ensemble member, on one clock: the curve runs on across members.
     history = []
-    for path in result.run_dir.glob("history*.csv"):
+    for path in Path(run_dir).glob("history*.csv"):
         with open(path) as f:
             history += list(csv.DictReader(f))
     history.sort(key=lambda row: float(row["elapsed_minutes"]))
-    m = result.metrics
     members = m.get("members", [])
     return {
         "acc": m["accuracy"],
         "auc": m["auc"],
         "acc_no_tta": m.get("without_tta", {}).get("accuracy", m["accuracy"]),
+        "tta": "without_tta" in m,
         # An ensemble's members alone, mean (a single model: itself).
         "acc_member": sum(x["accuracy"] for x in members) / len(members) if members else m["accuracy"],
         "train_min": m["train_seconds"] / 60,
-        "total_min": (time.perf_counter() - start) / 60,
         "params": m["params"],
         "curve": [(float(r["elapsed_minutes"]), float(r["val_accuracy"])) for r in history],
-        "export": str(result.export_dir),
+        "run_dir": str(run_dir),
     }
+
+
+def plot_curves(rows: dict[str, dict], path: Path) -> None:
+    """Validation accuracy of each run against wall-clock training minutes, with the
+    run's test ACC (read once, at the end) as a point, and the goal and budget drawn in."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in rows.items():
+        minutes, acc = zip(*r["curve"])
+        (line,) = ax.plot(minutes, acc, label=f"{name}: validation (one view)", alpha=0.9 if name.startswith("seed") else 0.5)
+        ax.plot(r["train_min"], r["acc"], "o", color=line.get_color(), label=f"{name}: test ACC {r['acc']:.4f}" + (" (TTA)" if r["tta"] else ""))
+    ax.axhline(0.990, color="black", linestyle="--", linewidth=0.8, label="goal: test ACC 0.990")
+    ax.axvline(30, color="grey", linestyle=":", linewidth=0.8, label="budget: 30 min")
+    ax.set_xlabel("training minutes (wall clock)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0.94, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def pooled(exports: list[str], out: Path) -> dict:
     """What the seed runs say together, from their exported models on the test split:
     how many test images every run gets wrong (and how many of those every run puts in
     the same wrong class: the ones more networks of this kind are least likely to fix),
-    and the accuracy of averaging all runs' probabilities (the ensemble the runs make)."""
+    shown in ``wrong_in_every_run-<timestamp>.png``, and the accuracy of averaging all
+    runs' probabilities (the ensemble the runs make)."""
     import numpy as np
 
+    from keras_blood.config import load_config
+    from keras_blood.data import load_data
     from keras_blood.evaluate import evaluate
+    from keras_blood.folders import new_file
     from keras_blood.metrics import classification_metrics
+    from keras_blood.plots import plot_image_grid
 
     results = [evaluate(path, output_dir=out / "reports") for path in exports]
     labels = results[0].labels
     names = results[0].metrics["class_names"]
     predicted = np.stack([r.probs.argmax(1) for r in results])
     wrong = predicted != labels
+    always_wrong = np.flatnonzero(wrong.all(axis=0))
     same_wrong_class = wrong.all(axis=0) & (predicted == predicted[0]).all(axis=0)
-    mean = classification_metrics(labels, np.mean([r.probs for r in results], axis=0), results[0].metrics["class_names"])
+    mean_probs = np.mean([r.probs for r in results], axis=0)
+    mean = classification_metrics(labels, mean_probs, names)
+
+    config = load_config(Path(exports[0]) / "assets.extra" / "config.yaml")
+    images = load_data(config.data, config.seed).splits["test"].images
+    captions = [
+        f"#{i} true {names[labels[i]]}\npred {names[mean_probs[i].argmax()]} ({mean_probs[i].max():.2f})"
+        for i in always_wrong
+    ]
+    grid = plot_image_grid(
+        images[always_wrong],
+        captions,
+        new_file(out, "wrong_in_every_run-", ".png"),
+        f"test images all {len(results)} runs get wrong (prediction: the runs averaged)",
+        columns=8,
+    )
     return {
         "runs": len(results),
-        "wrong_in_every_run": int(wrong.all(axis=0).sum()),
+        "wrong_in_every_run": len(always_wrong),
         "wrong_in_some_run": int(wrong.any(axis=0).sum()),
         "same_wrong_class_in_every_run": int(same_wrong_class.sum()),
         "their_confusions": collections.Counter(
@@ -93,6 +147,7 @@ def pooled(exports: list[str], out: Path) -> dict:
         "test_images": len(labels),
         "averaged_acc": mean["accuracy"],
         "averaged_auc": mean["auc"],
+        "grid": grid,
     }
 
 
@@ -106,6 +161,7 @@ def print_pooled(p: dict) -> None:
     )
     print("  as true -> predicted: " + ", ".join(f"{pair} {count}" for pair, count in p["their_confusions"]))
     print(f"all {p['runs']} seed runs averaged: test ACC {p['averaged_acc']:.4f}, AUC {p['averaged_auc']:.4f}")
+    print(f"the images wrong in every run: {p['grid']}")
 
 
 def main() -> None:
@@ -120,8 +176,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.pool:
         with open(args.pool) as f:
-            exports = [row["export"] for row in csv.DictReader(f) if row["run"].startswith("seed ")]
-        print_pooled(pooled(exports, args.pool.parent))
+            finished = list(csv.DictReader(f))
+        print_pooled(pooled([row["export"] for row in finished if row["run"].startswith("seed ")], args.pool.parent))
+        # An interrupted benchmark never drew its curves: draw them from the runs it finished.
+        curve = args.pool.with_name(args.pool.name.replace("results-", "accuracy_vs_minutes-")).with_suffix(".png")
+        if not curve.exists() and all(row.get("run_dir") for row in finished):
+            plot_curves({row["run"]: summarise(row["run_dir"]) for row in finished}, curve)
+            print(curve)
         return
     args.out.mkdir(parents=True, exist_ok=True)
     common = [*args.overrides, f"output.runs_dir={args.out / 'runs'}", f"output.export_dir={args.out / 'saved_models'}"]
@@ -136,7 +197,7 @@ def main() -> None:
 
     results = new_file(args.out, "results-", ".csv")
     with open(results, "w", newline="") as f:
-        fields = ["run", "acc", "auc", "acc_no_tta", "acc_member", "train_min", "total_min", "params", "export"]
+        fields = ["run", "acc", "auc", "acc_no_tta", "acc_member", "train_min", "total_min", "params", "export", "run_dir"]
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for name, changes in plan.items():
@@ -159,23 +220,8 @@ def main() -> None:
     if len(seeds) > 1:
         print_pooled(pooled([r["export"] for r in seeds], args.out))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, r in rows.items():
-        minutes, acc = zip(*r["curve"])
-        ax.plot(minutes, acc, label=name, alpha=0.9 if name.startswith("seed") else 0.5)
-    ax.set_xlabel("training minutes (wall clock)")
-    ax.set_ylabel("validation accuracy (of the network in training)")
-    ax.set_ylim(0.9, 1.0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
     curve = results.with_name(results.name.replace("results-", "accuracy_vs_minutes-")).with_suffix(".png")
-    fig.savefig(curve, dpi=110)
+    plot_curves(rows, curve)
     print(results)
     print(curve)
 

@@ -87,7 +87,7 @@ def plot_roc_curves(labels, probs, class_names: list[str], path: Target, title: 
 def plot_image_grid(images, captions: list[str], path: Target, title: str = "", columns: int = 5) -> Target:
     """uint8 ``[N, H, W, 3]`` images in a grid, each with its caption; "nothing to show" if N = 0."""
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.1 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions):
