@@ -13,6 +13,9 @@ images every run gets wrong, and the ACC of all runs averaged (``--pool
 results-<timestamp>.csv`` recomputes just these, and draws the curves of an interrupted
 benchmark). ``--ablation`` adds one run (first seed) per technique switched off, or
 MixUp switched on; a shorter ablation: ``--seeds 0 --ablation --set train.epochs=15``.
+``--throughput`` trains nothing to the end: it times training steps of the configured
+network on random batches and prints images/s and the seconds a train epoch would take,
+to price a change (``--set model.upsample=2``) before spending a run on it.
 Not part of the test suite: on a 2-core CPU each run takes minutes.
 """
 
@@ -45,6 +48,48 @@ def run(overrides: list[str]) -> dict:
     start = time.perf_counter()
     result = train(load_config(REPO / "configs" / "best.yaml", overrides))
     return {**summarise(result.run_dir), "total_min": (time.perf_counter() - start) / 60, "export": str(result.export_dir)}
+
+
+def throughput(overrides: list[str], steps: int = 25, warmup: int = 5) -> None:
+    """Training steps alone (no input pipeline, no validation) of best.yaml's network,
+    built and compiled as train.py does, on one random batch; the first ``warmup`` steps
+    (tracing) are not timed."""
+    import keras
+    import numpy as np
+
+    from keras_blood.config import load_config
+    from keras_blood.models import build_model
+    from keras_blood.train import make_optimizer
+
+    config = load_config(REPO / "configs" / "best.yaml", overrides)
+    batch, classes, train_images = config.train.batch_size, 8, 11_959  # BloodMNIST train split
+    previous = keras.mixed_precision.global_policy()
+    if config.train.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_model(config.model, (*config.data.model_size, 3), classes)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    model.compile(
+        optimizer=make_optimizer(config, steps_per_epoch=-(-train_images // batch)),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
+    )
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (batch, *config.data.model_size, 3)).astype("float32")
+    y = np.eye(classes, dtype="float32")[rng.integers(0, classes, batch)]
+    for _ in range(warmup):
+        model.train_on_batch(x, y)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    rate = steps * batch / (time.perf_counter() - start)
+    precision = "bfloat16" if config.train.mixed_precision else "float32"
+    print(
+        f"{' '.join(overrides) or 'best.yaml'}: {model.count_params():,} params, {precision}, "
+        f"{rate:.0f} images/s in training steps = {train_images / rate:.1f} s per train epoch, "
+        f"{config.train.epochs * train_images / rate / 60:.1f} min for {config.train.epochs} epochs "
+        "(steps alone: a run adds its input pipeline and validation)"
+    )
 
 
 def summarise(run_dir: Path) -> dict:
@@ -173,7 +218,11 @@ def main() -> None:
     parser.add_argument(
         "--pool", type=Path, metavar="RESULTS_CSV", help="only the pooled figures, from a finished benchmark's exports"
     )
+    parser.add_argument("--throughput", action="store_true", help="only time training steps (no run)")
     args = parser.parse_args()
+    if args.throughput:
+        throughput(args.overrides)
+        return
     if args.pool:
         with open(args.pool) as f:
             finished = list(csv.DictReader(f))

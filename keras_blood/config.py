@@ -309,7 +309,9 @@ class ResNetConfig(_Strict):
     A 3x3 stem, then one stage per entry of ``widths`` at full, 1/2, 1/4 ... resolution
     (max pooling between stages, none before the first: 28x28 has no pixels to spare),
     ``blocks_per_stage`` blocks of two 3x3 conv + BN each, global average pooling,
-    dropout and a softmax layer.
+    dropout and a softmax layer. ``upsample`` > 1 enlarges the image (bilinear) inside the
+    model before the stem: every stage then works at that many times the resolution, for
+    that factor squared in compute.
     """
 
     name: Literal["resnet"]
@@ -317,6 +319,9 @@ class ResNetConfig(_Strict):
     blocks_per_stage: Positive = 1
     residual: bool = True
     dropout: Rate = 0.2
+    upsample: Annotated[int, Field(ge=1, le=8)] = Field(
+        default=1, description="Integer factor the model enlarges its input by (1: none)."
+    )
 
 
 MODEL_CLASSES = (CNNConfig, FNNConfig, GeorgetownConfig, VGG16Config, ResNetConfig)

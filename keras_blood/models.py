@@ -162,7 +162,12 @@ def _conv_bn(x, filters: int, relu: bool = True, kernel_size: int = 3):
 @register(ResNetConfig)
 def build_resnet(cfg: ResNetConfig, input_shape, num_classes) -> keras.Model:
     inputs = _inputs(input_shape)
-    x = _conv_bn(layers.Rescaling(1 / 255)(inputs), cfg.widths[0])
+    x = layers.Rescaling(1 / 255)(inputs)
+    if cfg.upsample > 1:
+        # Finer feature maps for small images: more compute, no new information, but the
+        # 3x3 kernels see each cell's nucleus over more positions (README, BloodMNIST).
+        x = layers.UpSampling2D(cfg.upsample, interpolation="bilinear")(x)
+    x = _conv_bn(x, cfg.widths[0])
     for stage, width in enumerate(cfg.widths):
         if stage:
             x = layers.MaxPooling2D()(x)

@@ -123,6 +123,23 @@ def test_resnet_keeps_full_resolution_in_its_first_stage(residual, blocks):
     assert model(np.zeros((2, 28, 28, 3), "float32")).shape == (2, 8)
 
 
+def test_resnet_upsample_runs_every_stage_at_that_factor():
+    plain = build_model(model_config(name="resnet", widths=[4, 8]), (28, 28, 3), 8)
+    model = build_model(model_config(name="resnet", widths=[4, 8], upsample=2), (28, 28, 3), 8)
+    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D) and l.kernel_size == (3, 3)]
+    assert [c.output.shape[1] for c in convs] == [56, 56, 56, 28, 28]
+    assert model.count_params() == plain.count_params()  # same weights, finer maps
+    assert model(np.zeros((2, 28, 28, 3), "float32")).shape == (2, 8)
+
+
+@pytest.mark.parametrize("value", [0, 9])
+def test_resnet_upsample_out_of_range_names_the_key(value):
+    from pydantic import ValidationError
+
+    with pytest.raises((ConfigError, ValidationError), match="upsample"):
+        model_config(name="resnet", upsample=value)
+
+
 @pytest.mark.parametrize("mode, views", [("flip", 2), ("d4", 8)])
 def test_tta_averages_over_views_and_is_invariant_to_them(mode, views):
     from keras_blood.models import with_tta
