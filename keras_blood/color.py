@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from keras_blood.cli import config_parser, run_main
-from keras_blood.config import CellCropConfig, ColorConfig, DataConfig, load_config, load_sweep, read_raw
+from keras_blood.config import CellCropConfig, ColorConfig, DataConfig, load_config, read_raw
+from keras_blood.sweep_config import load_sweep
 
 if TYPE_CHECKING:
     import tensorflow as tf

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from keras_blood.cli import config_parser, run_main
-from keras_blood.config import Config, Sweep, SweepCell, load_sweep
+from keras_blood.config import Config
+from keras_blood.sweep_config import Sweep, SweepCell, load_sweep
 
 # `seconds` is training (fit) time; `val_*` are at the best validation epoch, whose weights
 # are the ones tested and exported.

@@ -4,8 +4,9 @@ import sys
 import pytest
 import yaml
 
-from keras_blood.config import GEORGETOWN_PRESETS, CellCropConfig, DataConfig, apply_overrides, load_config, load_sweep
+from keras_blood.config import GEORGETOWN_PRESETS, CellCropConfig, DataConfig, apply_overrides, load_config
 from keras_blood.errors import ConfigError
+from keras_blood.sweep_config import load_sweep
 from tests.conftest import REPO
 
 ALL_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))

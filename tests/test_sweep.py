@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from keras_blood import sweep as sweep_module
-from keras_blood.config import load_sweep
+from keras_blood.sweep_config import load_sweep
 from tests.conftest import KAGGLE_ROOT, REPO, image_folder
 
 pytestmark = pytest.mark.e2e
