@@ -77,7 +77,8 @@ class Sweep(BaseModel):
 
 def _format_sweep_error(err: dict[str, Any], raw_sweep: dict[str, Any]) -> str:
     loc = [str(p) for p in err["loc"]]
-    models = raw_sweep.get("models")
+    # As validated: a list of models keyed by name, so its errors name the model too.
+    models = SweepSpec._name_defaults_to_label(raw_sweep.get("models"))
     in_a_model = len(loc) >= 2 and loc[0] == "models" and isinstance(models, dict)
     if in_a_model and isinstance(models.get(loc[1]), dict | None):
         # Reuse the experiment formatter as if this were the `model` section.

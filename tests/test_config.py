@@ -209,6 +209,8 @@ def test_sweep_models_as_a_list_and_one_input(write_config):
         ({"sweep": {"models": {"dropout03": {}}}}, ["sweep.models.dropout03.dropout=0.1"],
          ["sweep.models.dropout03.dropout", "unknown key", "dense_dropout"]),
         ({"sweep": {"models": {"resnet9": {}}}}, [], ["sweep.models.resnet9.name = 'resnet9'", "unknown model"]),
+        ({"sweep": {"models": ["basic", "resnet9"]}}, [], ["sweep.models.resnet9.name = 'resnet9'", "unknown model"]),
+        ({"sweep": {"models": [{"name": "cnn", "filters": [0, 8]}]}}, [], ["sweep.models.cnn.filters.0 = 0"]),
         ({"sweep": {"models": ["basic"]}}, ["sweep.inputs=[grey]"], ["sweep.inputs.0 = 'grey'", "'original'"]),
         ({"sweep": {"models": ["basic"], "repeat": 2}}, [], ["sweep.repeat", "unknown key", "inputs"]),
         ({"sweep": {"models": ["basic"]}}, ["train.epochs=0"], ["train.epochs = 0"]),
