@@ -6,7 +6,8 @@ Each cell (model x input) is one ``keras_blood.train.train`` run; ``--set`` over
 apply to every cell. The results folder (``sweep.results_dir``, default
 ``<output.runs_dir>/<name>``) gets:
 
-    results.csv     one row per finished cell: model, input, val_loss, val_acc, test_acc, ...
+    results.csv     one row per cell run: model, input, status (ok/failed), val_loss, val_acc,
+                    test_acc, ..., error (why a failed cell failed)
     results.md      the Georgetown paper's Table 1 layout, the paper's figures beside ours
     comparison.png  the same as bars
     cells/          one JSON record per finished cell (what makes the sweep resumable)
@@ -14,7 +15,10 @@ apply to every cell. The results folder (``sweep.results_dir``, default
                     curves, colour-extraction images and the HParams dashboard
 
 A cell whose record exists, made with the same settings, is not run again, so repeating
-an interrupted command finishes the study. The last line printed is the results folder.
+an interrupted command finishes the study. A cell that raises (a model that cannot be
+built, a run that diverged) is a failed row with its reason; the other cells still run,
+the failed one is not recorded, so the next run tries it again, and the command exits 1.
+The last line printed is the results folder.
 """
 
 from __future__ import annotations
@@ -27,19 +31,21 @@ import shlex
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from keras_blood.cli import config_parser, run_main
 from keras_blood.config import Config
+from keras_blood.errors import KerasBloodError
 from keras_blood.sweep_config import Sweep, SweepCell, load_sweep
 
 # `seconds` is training (fit) time; `val_*` are at the best validation epoch, whose weights
-# are the ones tested and exported.
+# are the ones tested and exported. A failed cell has only model, input, status and error.
 COLUMNS = (
-    *("model", "input", "val_loss", "val_acc", "test_acc", "test_f1"),
-    *("params", "epochs", "seconds", "run_dir", "export_dir"),
+    *("model", "input", "status", "val_loss", "val_acc", "test_acc", "test_f1"),
+    *("params", "epochs", "seconds", "run_dir", "export_dir", "error"),
 )
 INPUT_TITLES = {"original": "Original", "color_extraction": "Colour extraction"}
 
@@ -96,7 +102,10 @@ def run_cell(cell: SweepCell) -> dict[str, Any]:
 
     from keras_blood.train import train
 
-    result = train(cell.config)
+    try:
+        result = train(cell.config)
+    finally:
+        keras.backend.clear_session()  # the next cell starts from a clean Keras state
     m = result.metrics
     row = {
         "model": cell.label,
@@ -112,8 +121,21 @@ def run_cell(cell: SweepCell) -> dict[str, Any]:
         "export_dir": str(result.export_dir),
     }
     write_hparams_session(cell, row, result.run_dir / "logs")
-    keras.backend.clear_session()  # the next cell starts from a clean Keras state
     return row
+
+
+def failure_reason(exc: Exception) -> str:
+    """One line: a KerasBloodError's message (it names the fix), else ``TypeName: message``."""
+    message = " ".join(str(exc).split())
+    if isinstance(exc, KerasBloodError):
+        return message
+    if len(message) > 300:  # TensorFlow's messages can carry a whole graph trace
+        message = message[:299] + "…"
+    return f"{type(exc).__name__}: {message}"
+
+
+def _failed(row: dict[str, Any]) -> bool:
+    return row.get("status") == "failed"
 
 
 # ----------------------------------------------------------------------------- HParams
@@ -167,6 +189,15 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
+def _ours(row: dict[str, Any] | None) -> list[str]:
+    """Our val_loss, val_acc and test_acc of a cell: figures, `failed`, or — (not run yet)."""
+    if row is None:
+        return ["—"] * 3
+    if _failed(row):
+        return ["failed"] * 3
+    return [_fmt(row[key]) for key in ("val_loss", "val_acc", "test_acc")]
+
+
 def results_markdown(sweep: Sweep, rows: list[dict[str, Any]], command: str | None) -> str:
     by_cell = {(r["model"], r["input"]): r for r in rows}
     labels = list(sweep.spec.models)
@@ -196,11 +227,15 @@ def results_markdown(sweep: Sweep, rows: list[dict[str, Any]], command: str | No
         paper_name, paper = PAPER_TABLE.get(label, (label, {}))
         cells = [paper_name if label in PAPER_TABLE else f"{label} (not in the paper)"]
         for name in inputs:
-            row = by_cell.get((label, name))
             p_loss, p_acc = paper.get(name, (None, None))
-            ours = (row["val_loss"], row["val_acc"], row["test_acc"]) if row else (None,) * 3
-            cells += [f"{_fmt(p_loss)} / {_fmt(ours[0])}", f"{_fmt(p_acc)} / {_fmt(ours[1])}", _fmt(ours[2])]
+            ours = _ours(by_cell.get((label, name)))
+            cells += [f"{_fmt(p_loss)} / {ours[0]}", f"{_fmt(p_acc)} / {ours[1]}", ours[2]]
         lines.append("| " + " | ".join(cells) + " |")
+    failed = [r for r in rows if _failed(r)]
+    if failed:
+        lines += ["", f"{len(failed)} cell(s) failed; run the command again to retry them:", ""]
+        for r in failed:
+            lines.append(f"- {r['model']} / {INPUT_TITLES.get(r['input'], r['input'])}: {r['error']}")
     missing = len(labels) * len(inputs) - len(rows)
     if missing:
         lines += ["", f"{missing} cell(s) not run yet (—); run the command again to finish them."]
@@ -212,7 +247,8 @@ def plot_comparison(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> Pat
 
     from keras_blood.plots import plt
 
-    by_cell = {(r["model"], r["input"]): r for r in rows}
+    by_cell = {(r["model"], r["input"]): r for r in rows if not _failed(r)}
+    failed = {(r["model"], r["input"]) for r in rows if _failed(r)}
     labels = list(sweep.spec.models)
     inputs = list(sweep.spec.inputs)
     width = 1.1 * len(labels) * len(inputs) + 3
@@ -231,8 +267,13 @@ def plot_comparison(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> Pat
             else:
                 values = [by_cell[(label, name)][key] if (label, name) in by_cell else np.nan for label in labels]
             ax.bar(x + (i - 1) * 0.27, values, 0.27, label=title, color=color)
+        for j, label in enumerate(labels):  # a gap where our bars would be, marked
+            if (label, name) in failed:
+                ax.text(j + 0.135, 0.02, "failed", rotation=90, ha="center", va="bottom",
+                        fontsize=8, color="#c44e52")
         ax.axhline(0.842, color="black", linestyle=":", linewidth=1, label="paper's best (0.842)")
         ax.set_xticks(x, labels, rotation=35, ha="right")
+        ax.set_xlim(-0.5, len(labels) - 0.5)  # missing bars at the end must not narrow the axis
         ax.set_ylim(0, 1)
         ax.set_title(INPUT_TITLES.get(name, name))
         ax.grid(axis="y", alpha=0.3)
@@ -250,9 +291,9 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], command: str | None)
     out = sweep.results_dir
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
         writer.writeheader()
-        writer.writerows({k: row[k] for k in COLUMNS} for row in rows)
+        writer.writerows({k: row[k] for k in COLUMNS if k in row} for row in rows)
     (out / "results.md").write_text(results_markdown(sweep, rows, command))
     plot_comparison(sweep, rows, out / "comparison.png")
 
@@ -260,8 +301,12 @@ def write_results(sweep: Sweep, rows: list[dict[str, Any]], command: str | None)
 # ----------------------------------------------------------------------------- driver
 
 
-def run_sweep(sweep: Sweep, command: str | None = None) -> Path:
-    """Run every unfinished cell, recording each as it finishes; return the results folder."""
+def run_sweep(sweep: Sweep, command: str | None = None) -> list[str]:
+    """Run every unfinished cell, recording each that finishes; return the failed cells' keys.
+
+    A cell that raises is a failed row (not recorded, so the next run tries it again) and
+    the sweep goes on; KeyboardInterrupt still stops it.
+    """
     rows: dict[str, dict[str, Any]] = {}
     hparams_written = False
     total = len(sweep.cells)
@@ -270,30 +315,39 @@ def run_sweep(sweep: Sweep, command: str | None = None) -> Path:
         if row is not None:
             done = f"val_acc {row['val_acc']:.3f}, test_acc {row['test_acc']:.3f}"
             print(f"[{i}/{total}] {cell.key}: finished before ({done}); skipping", flush=True)
-            rows[cell.key] = row
+            rows[cell.key] = {**row, "status": "ok"}
             continue
         print(f"\n[{i}/{total}] {cell.key}: training", flush=True)
         start = time.perf_counter()
         if not hparams_written:
             write_hparams_config(sweep)
             hparams_written = True
-        row = run_cell(cell)
-        record = {
-            "fingerprint": fingerprint(cell.config),
-            "row": row,
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "wall_seconds": round(time.perf_counter() - start, 1),
-        }
-        _write_atomic(record_path(sweep.results_dir, cell), json.dumps(record, indent=2))
-        rows[cell.key] = row
+        try:
+            row = run_cell(cell)
+        except Exception as exc:
+            if not isinstance(exc, KerasBloodError):
+                traceback.print_exc()  # not a user's mistake: keep what a bug report needs
+            reason = failure_reason(exc)
+            print(f"[{i}/{total}] {cell.key}: failed: {reason}", flush=True)
+            rows[cell.key] = {"model": cell.label, "input": cell.input, "status": "failed", "error": reason}
+        else:
+            record = {
+                "fingerprint": fingerprint(cell.config),
+                "row": row,
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "wall_seconds": round(time.perf_counter() - start, 1),
+            }
+            _write_atomic(record_path(sweep.results_dir, cell), json.dumps(record, indent=2))
+            rows[cell.key] = {**row, "status": "ok"}
         # Results after every cell, so a long study can be read while it runs.
         write_results(sweep, list(rows.values()), command)
     write_results(sweep, list(rows.values()), command)
     print(f"\n{(sweep.results_dir / 'results.md').read_text()}")
-    return sweep.results_dir
+    return [key for key, row in rows.items() if _failed(row)]
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
+def main(argv: Sequence[str] | None = None) -> Path | int:
+    """The results folder, or exit status 1 when a cell failed (the rest still ran)."""
     parser = config_parser(
         "python -m keras_blood.sweep",
         "Train every model of a sweep file on every input; write the results table.",
@@ -301,9 +355,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     sweep = load_sweep(args.config, args.overrides)  # every cell validated before any runs
     argv = sys.argv[1:] if argv is None else list(argv)
-    results = run_sweep(sweep, command=shlex.join(["python", "-m", "keras_blood.sweep", *argv]))
-    print(results)
-    return results
+    failed = run_sweep(sweep, command=shlex.join(["python", "-m", "keras_blood.sweep", *argv]))
+    if failed:
+        print(f"{len(failed)} cell(s) failed: {', '.join(failed)}", file=sys.stderr, flush=True)
+    print(sweep.results_dir)
+    return 1 if failed else sweep.results_dir
 
 
 if __name__ == "__main__":

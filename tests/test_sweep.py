@@ -7,6 +7,8 @@ import pytest
 import tensorflow as tf
 
 from keras_blood import sweep as sweep_module
+from keras_blood.cli import run_main
+from keras_blood.errors import ConfigError
 from keras_blood.sweep_config import load_sweep
 from tests.conftest import KAGGLE_ROOT, REPO, image_folder
 
@@ -38,6 +40,8 @@ def _args(overrides):
 
 def test_sweep_resumes_and_writes_the_table(overrides, tmp_path, monkeypatch, capsys):
     results = tmp_path / "runs" / "georgetown"
+    # A VGG16 whose weights file is missing cannot be built: its cells fail, the rest run.
+    overrides = [*overrides, f"sweep.models=[basic, dropout03, {{name: vgg16, weights: {tmp_path / 'no.h5'}}}]"]
     trained = []
     run_cell = sweep_module.run_cell
 
@@ -58,18 +62,28 @@ def test_sweep_resumes_and_writes_the_table(overrides, tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(sweep_module, "run_cell", counted)
     capsys.readouterr()
-    assert sweep_module.main(_args(overrides)) == results
+    assert run_main(sweep_module.main, _args(overrides)) == 1
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(results)
-    assert trained == ["basic-original", "basic-color_extraction", "dropout03-original", "dropout03-color_extraction"]
+    vgg16 = ["vgg16-original", "vgg16-color_extraction"]
+    assert trained == [
+        *("basic-original", "basic-color_extraction", "dropout03-original", "dropout03-color_extraction"), *vgg16
+    ]
 
     with open(results / "results.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [(r["model"], r["input"]) for r in rows] == [tuple(k.split("-")) for k in trained]
+        all_rows = list(csv.DictReader(f))
+    assert [(r["model"], r["input"]) for r in all_rows] == [tuple(k.split("-")) for k in trained]
+    rows, failed = all_rows[:4], all_rows[4:]
     for row in rows:
+        assert row["status"] == "ok" and row["error"] == ""
         assert 0 <= float(row["val_acc"]) <= 1 and 0 <= float(row["test_acc"]) <= 1
         assert float(row["val_loss"]) > 0 and float(row["seconds"]) > 0 and int(row["params"]) == 96_460
+    for row in failed:
+        assert row["status"] == "failed" and row["val_acc"] == "" and row["run_dir"] == ""
+        assert row["error"].startswith("model.weights = ") and "no such file" in row["error"]
     markdown = (results / "results.md").read_text()
     assert "| Dropout(0.3) | 0.818 / " in markdown and "0.842 / " in markdown and "—" not in markdown
+    assert "| Vgg16 | 1.922 / failed | 0.383 / failed | failed |" in markdown
+    assert "2 cell(s) failed" in markdown and f"- vgg16 / Original: {failed[0]['error']}" in markdown
     assert (results / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 
     # One HParams session per cell, beside its curves. Every cell logs its cell crops
@@ -86,16 +100,65 @@ def test_sweep_resumes_and_writes_the_table(overrides, tmp_path, monkeypatch, ca
         assert "color_extraction/cell_crop" in tags
         assert ("color_extraction/extracted" in tags) == (row["input"] == "color_extraction")
 
-    # Repeating the command trains nothing and changes nothing.
-    before = sorted(p.name for p in (results / "runs").iterdir())
+    # Repeating the command retries only the failed cells and changes nothing else (a
+    # retried cell that fails again leaves no run folder).
+    before = sorted(p.name for p in (results / "runs").iterdir() if p.is_dir())
     trained.clear()
     capsys.readouterr()
-    sweep_module.main(_args(overrides))
-    assert trained == []
+    assert sweep_module.main(_args(overrides)) == 1
+    assert trained == vgg16
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(results)
-    assert sorted(p.name for p in (results / "runs").iterdir()) == before
+    assert sorted(p.name for p in (results / "runs").iterdir() if p.is_dir()) == before
     with open(results / "results.csv") as f:
-        assert list(csv.DictReader(f)) == rows
+        assert list(csv.DictReader(f)) == all_rows
+
+
+def _fake_row(cell):
+    metrics = {"val_loss": 0.5, "val_acc": 0.8, "test_acc": 0.7, "test_f1": 0.6, "params": 10, "epochs": 1}
+    return {"model": cell.label, "input": cell.input, **metrics, "seconds": 1.0, "run_dir": "r", "export_dir": "e"}
+
+
+def test_a_failing_cell_is_reported_and_the_others_run(overrides, tmp_path, monkeypatch, capsys):
+    results = tmp_path / "runs" / "georgetown"
+    trained = []
+    errors = {
+        "basic-color_extraction": ConfigError("model.weights = 'imagenet': could not get the ImageNet weights"),
+        "dropout03-original": ValueError("a bug,\n  on two lines"),
+    }
+
+    def failing(cell):
+        trained.append(cell.key)
+        if cell.key in errors:
+            raise errors[cell.key]
+        return _fake_row(cell)
+
+    monkeypatch.setattr(sweep_module, "run_cell", failing)
+    assert run_main(sweep_module.main, _args(overrides)) == 1
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines()[-1] == str(results)
+    assert "Traceback" in err and "ValueError" in err  # a bug keeps its traceback; a user's mistake does not
+    assert err.count("Traceback") == 1
+    assert trained == ["basic-original", "basic-color_extraction", "dropout03-original", "dropout03-color_extraction"]
+    with open(results / "results.csv") as f:
+        rows = {f"{r['model']}-{r['input']}": r for r in csv.DictReader(f)}
+    assert [r["status"] for r in rows.values()] == ["ok", "failed", "failed", "ok"]
+    assert rows["basic-color_extraction"]["error"] == str(errors["basic-color_extraction"])
+    assert rows["dropout03-original"]["error"] == "ValueError: a bug, on two lines"
+    markdown = (results / "results.md").read_text()
+    assert "| Basic | 2.187 / 0.500 | 0.791 / 0.800 | 0.700 | 1.578 / failed | 0.742 / failed | failed |" in markdown
+    assert "- basic / Colour extraction: model.weights = 'imagenet'" in markdown
+    assert "- dropout03 / Original: ValueError: a bug, on two lines" in markdown and "not run yet" not in markdown
+    assert (results / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.stem for p in (results / "cells").glob("*.json")) == ["basic-original", "dropout03-color_extraction"]
+
+    # The next run tries the failed cells again, and only those.
+    trained.clear()
+    errors.clear()
+    assert run_main(sweep_module.main, _args(overrides)) == 0
+    assert trained == ["basic-color_extraction", "dropout03-original"]
+    with open(results / "results.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["ok"] * 4
+    assert "failed" not in (results / "results.md").read_text()
 
 
 def test_a_cell_recorded_with_other_settings_runs_again(overrides, tmp_path):
@@ -115,8 +178,12 @@ def test_a_cell_recorded_with_other_settings_runs_again(overrides, tmp_path):
 
 def test_table_shows_missing_cells_and_models_outside_the_paper(overrides):
     sweep = load_sweep(GEORGETOWN, [*overrides, "sweep.models={dropout03: {}, wide: {name: basic, dense_units: 80}}"])
-    rows = [{"model": "wide", "input": "original", "val_loss": 0.5, "val_acc": 0.81234, "test_acc": 0.7}]
+    rows = [
+        {"model": "wide", "input": "original", "status": "ok", "val_loss": 0.5, "val_acc": 0.81234, "test_acc": 0.7},
+        {"model": "dropout03", "input": "color_extraction", "status": "failed", "error": "out of memory"},
+    ]
     markdown = sweep_module.results_markdown(sweep, rows, "python -m keras_blood.sweep x.yaml")
-    assert "| Dropout(0.3) | 0.818 / — | 0.842 / — | — | 0.696 / — | 0.813 / — | — |" in markdown
+    assert "| Dropout(0.3) | 0.818 / — | 0.842 / — | — | 0.696 / failed | 0.813 / failed | failed |" in markdown
     assert "| wide (not in the paper) | — / 0.500 | — / 0.812 | 0.700 | — / — | — / — | — |" in markdown
-    assert "3 cell(s) not run yet" in markdown and "`python -m keras_blood.sweep x.yaml`" in markdown
+    assert "1 cell(s) failed" in markdown and "- dropout03 / Colour extraction: out of memory" in markdown
+    assert "2 cell(s) not run yet" in markdown and "`python -m keras_blood.sweep x.yaml`" in markdown
