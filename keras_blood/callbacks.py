@@ -81,3 +81,20 @@ class ElapsedTime(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs["elapsed_minutes"] = (time.perf_counter() - self.start) / 60
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping that continues from the epochs a resumed run already trained:
+    ``past`` are their values of the monitored key (from history.csv), so the best value
+    and the epochs waited since carry over instead of starting again."""
+
+    def __init__(self, past: list[float] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.past = list(past or [])
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.past:
+            best = min(range(len(self.past)), key=self.past.__getitem__)
+            self.best, self.best_epoch = self.past[best], best
+            self.wait = len(self.past) - 1 - best

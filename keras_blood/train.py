@@ -1,43 +1,56 @@
 """Train, evaluate and export one experiment.
 
     python -m keras_blood.train configs/dropout03.yaml [--set train.epochs=3 ...]
+    python -m keras_blood.train --resume runs/dropout03/20250101-120000
+    python -m keras_blood.train --resume latest configs/dropout03.yaml [--set ...]
 
 Writes a run folder (TensorBoard logs, CSV history, best checkpoint, test metrics and
 plots) under ``output.runs_dir/<config name>/<timestamp>/`` and a SavedModel version
-under ``output.export_dir/<config name>/<version>/``. The last line printed is the path
-of that version.
+under ``output.export_dir/<output.name>/<version>/``. The last line printed is the path
+of that version. ``train`` is a short orchestrator over the phases below, each usable on
+its own (the benchmarks and tests call them): load and check the data; build and compile
+a model; fit one (ensemble) member; evaluate on test; write the run's artefacts; export.
+
+The same command on every worker of a ``TF_CONFIG`` cluster trains data-parallel
+(:mod:`keras_blood.distribute`); only the chief writes the run folder and exports.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from keras_blood.cli import config_parser, run_main
-from keras_blood.config import Config, load_config, save_config
-from keras_blood.errors import DataError, KerasBloodError
-from keras_blood.folders import new_folder
+from keras_blood.cli import add_overrides, run_main
+from keras_blood.config import Config, load_config
+from keras_blood.errors import ConfigError, DataError, KerasBloodError
+from keras_blood.runs import (
+    FINISHED,
+    TRAINED,
+    RunFolder,
+    backed_up_epochs,
+    first_difference,
+    latest_unfinished,
+    read_history,
+    truncate_history,
+)
 
 REQUIRED_SPLITS = ("train", "val", "test")
 
 
 @dataclass
 class TrainResult:
-    model: Any  # the trained keras.Model, best validation weights
+    model: Any  # the evaluated keras.Model (best validation weights, TTA/ensemble inside)
     metrics: dict[str, Any]  # test metrics, as written to metrics.json
-    run_dir: Path
-    export_dir: Path
-
-
-def new_run_dir(config: Config) -> Path:
-    """A fresh folder per run; an existing run is never written into."""
-    return new_folder(config.output.runs_dir / config.name)
+    run_dir: Path | None  # None on a worker that is not the chief
+    export_dir: Path | None  # None when nothing was published
 
 
 def model_input_shape(config: Config, image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -99,203 +112,507 @@ def make_optimizer(config: Config, steps_per_epoch: int):
     }[t.optimizer](**kwargs)
 
 
-def train(config: Config) -> TrainResult:
-    """Run the whole experiment: train, evaluate on the test split, export."""
-    import keras
-    import tensorflow as tf
+# ----------------------------------------------------------------------------- phases
 
-    from keras_blood.callbacks import ElapsedTime, ValidationTensorBoard
-    from keras_blood.color import log_color_extraction, make_preprocess
+
+def load_checked_data(config: Config):
+    """The data the config names, with every split training needs (DataError if not)."""
     from keras_blood.data import load_data
-    from keras_blood.data.augment import make_augment
-    from keras_blood.data.pipeline import make_dataset
-    from keras_blood.export import export_model
-    from keras_blood.metrics import classification_metrics, per_class_table, summary_line
-    from keras_blood.models import average_models, build_model, with_tta
-    from keras_blood.plots import plot_confusion_matrix, plot_learning_curves
-    from keras_blood.runtime import describe_devices, seed_everything, select_strategy
 
-    seed_everything(config.seed, config.train.deterministic)
-    strategy = select_strategy(config.train.distribute)
-    print(f"Device: {describe_devices(strategy)}", flush=True)
-
-    # Everything that can fail on user input happens before the run folder exists.
     data = load_data(config.data, config.seed)
     for split in REQUIRED_SPLITS:
         if split not in data.splits or len(data.splits[split]) == 0:
             raise DataError(f"data source {data.name!r} has no {split!r} examples")
-    sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
-    print(f"Data: {data.name} {data.image_shape}, {data.num_classes} classes; {sizes}", flush=True)
+    return data
 
-    steps_per_epoch = math.ceil(len(data.splits["train"]) / config.train.batch_size)
-    ensemble = config.train.ensemble
-    seeds = member_seeds(config.seed, ensemble)
 
-    def build(index: int):
-        """Member ``index`` of the ensemble (0 for a single model), built and compiled."""
-        if index:  # member 0 keeps the run's seed state
-            seed_everything(seeds[index], config.train.deterministic)
-        # The policy is global in Keras: set it for this model only, and put it back after.
-        previous_policy = keras.mixed_precision.global_policy()
-        if config.train.mixed_precision:
-            keras.mixed_precision.set_global_policy("mixed_bfloat16")
-        try:
-            with strategy.scope():
-                model = build_model(config.model, model_input_shape(config, data.image_shape), data.num_classes)
-        finally:
-            keras.mixed_precision.set_global_policy(previous_policy)
-        if ensemble > 1:
-            model.name = f"{model.name}_{index + 1}"  # names inside one ensemble must differ
-        with strategy.scope():
-            model.compile(
-                optimizer=make_optimizer(config, steps_per_epoch),
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
-                metrics=["accuracy"],
-                jit_compile=config.train.jit_compile,
-            )
-        return model
+def build(config: Config, input_shape: tuple[int, int, int], num_classes: int, strategy=None, member: int | None = None):
+    """The configured model, built in ``strategy``'s scope under the run's precision policy.
 
-    first = build(0)  # before the run folder: a model that cannot be built leaves nothing
-    first.summary(print_fn=lambda line, **_: print(line))
+    ``member``: this model's index in an ensemble; members get distinct names, which the
+    averaged model needs.
+    """
+    import keras
+    import tensorflow as tf
 
-    run_dir = new_run_dir(config)
-    save_config(config, run_dir / "config.yaml")
-    print(f"Run folder: {run_dir}  (tensorboard --logdir {run_dir.parent})", flush=True)
-    if config.data.color_extraction or config.data.cell_crop is not None:
-        log_color_extraction(data.splits["train"], data.class_names, config.data, run_dir, config.seed)
-    preprocess = make_preprocess(config.data)
+    from keras_blood.models import build_model
 
-    def pipeline(split: str, training: bool = False, seed: int = config.seed):
+    # The policy is global in Keras: set it for this model only, and put it back after.
+    previous_policy = keras.mixed_precision.global_policy()
+    if config.train.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        with (strategy or tf.distribute.get_strategy()).scope():
+            model = build_model(config.model, input_shape, num_classes)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    if member is not None:
+        model.name = f"{model.name}_{member + 1}"
+    return model
+
+
+def build_compiled(config: Config, input_shape, num_classes: int, steps_per_epoch: int, strategy=None, member=None):
+    """:func:`build`, compiled as training uses it."""
+    import keras
+    import tensorflow as tf
+
+    model = build(config, input_shape, num_classes, strategy, member)
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model.compile(
+            optimizer=make_optimizer(config, steps_per_epoch),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
+            metrics=["accuracy"],
+            jit_compile=config.train.jit_compile,
+        )
+    return model
+
+
+@dataclass
+class Session:
+    """What the phases of one training process share."""
+
+    config: Config
+    data: Any  # DataBundle
+    strategy: Any  # tf.distribute.Strategy
+    cluster: Any  # runtime.Cluster, None for a single process
+    run: RunFolder | None  # None on a worker that is not the chief
+    run_path: Path | None  # the run folder, also known to other workers when resuming
+    preprocess: Any = None
+    clock_start: float = 0.0  # perf_counter() at training minute 0 (earlier when resuming)
+    first_model: Any = None  # member 0, built before the run folder exists
+
+    @property
+    def record(self) -> RunFolder | None:
+        """The run folder to read state from: the chief's own, or the one being resumed."""
+        return self.run or (RunFolder(self.run_path) if self.run_path else None)
+
+    @property
+    def is_chief(self) -> bool:
+        return self.cluster is None or self.cluster.is_chief
+
+    @property
+    def ensemble(self) -> int:
+        return self.config.train.ensemble
+
+    @property
+    def seeds(self) -> list[int]:
+        return member_seeds(self.config.seed, self.ensemble)
+
+    @property
+    def input_shape(self):
+        return model_input_shape(self.config, self.data.image_shape)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.data.splits["train"]) / self.config.train.batch_size)
+
+    def pipeline(self, split: str, training: bool = False, seed: int | None = None):
+        from keras_blood.data.augment import make_augment
+        from keras_blood.data.pipeline import make_dataset
+
         return make_dataset(
-            data.splits[split],
-            data.num_classes,
-            config.train.batch_size,
+            self.data.splits[split],
+            self.data.num_classes,
+            self.config.train.batch_size,
             training=training,
-            seed=seed,
-            shuffle_buffer=config.data.shuffle_buffer,
-            augment=make_augment(config.augment) if training else None,
-            preprocess=preprocess,
+            seed=self.config.seed if seed is None else seed,
+            shuffle_buffer=self.config.data.shuffle_buffer,
+            augment=make_augment(self.config.augment) if training else None,
+            preprocess=self.preprocess,
         )
 
-    (run_dir / "checkpoints").mkdir()
-    validation = pipeline("val")  # one cached pipeline for fit and for the TensorBoard views
-    members, histories = [], []
-    start = time.perf_counter()
-    for index in range(ensemble):
-        # A single model keeps the plain names; ensemble members get member-<n> ones.
-        tag = f"member-{index + 1}" if ensemble > 1 else ""
-        if tag:
-            print(f"\nEnsemble member {index + 1} of {ensemble} (seed {seeds[index]})", flush=True)
-        model = first if index == 0 else build(index)
-        checkpoint = run_dir / "checkpoints" / f"{tag or 'best'}.weights.h5"
-        history_csv = run_dir / (f"history-{tag}.csv" if tag else "history.csv")
-        callbacks = [
-            ElapsedTime(since=start),  # first: the callbacks after it see the key it adds
-            # Keras's TensorBoard callback plus validation confusion matrix and PR curves.
-            ValidationTensorBoard(run_dir / "logs" / tag, validation, data.splits["val"].labels, data.class_names),
-            keras.callbacks.ModelCheckpoint(
-                str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=True
-            ),
-            keras.callbacks.CSVLogger(str(history_csv)),
-            keras.callbacks.TerminateOnNaN(),
-        ]
-        if config.train.early_stopping_patience:
-            callbacks.append(
-                keras.callbacks.EarlyStopping(
-                    monitor="val_loss",
-                    patience=config.train.early_stopping_patience,
-                    restore_best_weights=True,
-                )
-            )
-        try:
-            history = model.fit(
-                pipeline("train", training=True, seed=seeds[index]),
-                validation_data=validation,
-                epochs=config.train.epochs,
-                callbacks=callbacks,
-                shuffle=False,  # the tf.data pipeline already shuffles, seeded
-                # One line per epoch in logs and CI; a live bar in a terminal.
-                verbose=1 if sys.stdout.isatty() else 2,
-            ).history
-        except KeyboardInterrupt:
-            print(f"\nInterrupted. Logs and the best checkpoints so far are in {run_dir}", file=sys.stderr)
-            raise
-        if any(not math.isfinite(v) for v in history.get("loss", [])):
-            raise KerasBloodError(
-                f"training diverged (loss became NaN/inf at epoch {len(history['loss'])}); "
-                f"lower train.learning_rate (now {config.train.learning_rate}). Logs: {run_dir}"
-            )
-        # Each member is its best epoch on validation, whichever callback stopped training.
-        model.load_weights(str(checkpoint))
-        members.append(model)
-        histories.append(history)
-    train_seconds = time.perf_counter() - start
+    def build(self, member: int):
+        """Member ``member`` (0 for a single model), built and compiled for training."""
+        from keras_blood.distribute import make_fit_work
+        from keras_blood.runtime import seed_everything
 
-    # Ensemble averaging and test-time augmentation (if any) are part of the evaluated
-    # and the exported model alike.
+        if member == 0 and self.first_model is not None:
+            model, self.first_model = self.first_model, None
+            return model
+        if member:  # member 0 keeps the run's seed state
+            seed_everything(self.seeds[member], self.config.train.deterministic)
+        model = build_compiled(
+            self.config,
+            self.input_shape,
+            self.data.num_classes,
+            self.steps_per_epoch,
+            self.strategy,
+            member if self.ensemble > 1 else None,
+        )
+        return make_fit_work(model, self.strategy)
+
+    def restore(self, member: int):
+        """Member ``member`` with its best checkpoint's weights, outside any strategy:
+        what is evaluated and exported (on the chief alone in a cluster)."""
+        model = build(self.config, self.input_shape, self.data.num_classes, member=member if self.ensemble > 1 else None)
+        model.load_weights(str(self.run.checkpoint(RunFolder.tag(member, self.ensemble))))
+        return model
+
+
+def training_callbacks(session: Session, member: int, backup_dir: Path, history: dict[str, list[float]]):
+    """Everything fit does besides stepping: logs, checkpoints, early stopping, backup.
+
+    Only the chief writes files others read; every worker keeps a backup (its own temporary
+    one where it is not the chief) and the same early-stopping state, so all stop together.
+    """
+    import keras
+
+    from keras_blood.callbacks import ElapsedTime, ResumableEarlyStopping, ValidationTensorBoard
+
+    config, run = session.config, session.run
+    tag = RunFolder.tag(member, session.ensemble)
+    callbacks: list[keras.callbacks.Callback] = [ElapsedTime(since=session.clock_start)]  # first: later ones see its key
+    if run is not None:
+        best_so_far = min(history["val_loss"]) if history.get("val_loss") else None
+        callbacks += [
+            # Keras's TensorBoard callback plus validation confusion matrix and PR curves.
+            ValidationTensorBoard(
+                run.logs_dir(tag), session.pipeline("val"), session.data.splits["val"].labels, session.data.class_names
+            )
+            if session.cluster is None
+            else keras.callbacks.TensorBoard(str(run.logs_dir(tag))),
+            keras.callbacks.ModelCheckpoint(
+                str(run.checkpoint(tag)),
+                monitor="val_loss",
+                save_best_only=True,
+                save_weights_only=True,
+                initial_value_threshold=best_so_far,
+            ),
+            keras.callbacks.CSVLogger(str(run.history_csv(tag)), append=True),
+        ]
+    callbacks.append(keras.callbacks.TerminateOnNaN())
+    if config.train.early_stopping_patience:
+        callbacks.append(
+            ResumableEarlyStopping(
+                past=history.get("val_loss"), monitor="val_loss", patience=config.train.early_stopping_patience
+            )
+        )
+    # Last: an epoch's CSV row and checkpoint are written before its backup, so a resumed
+    # run never lacks a row for an epoch the backup holds (extra rows are cut on resume).
+    callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False))
+    return callbacks
+
+
+def fit_member(session: Session, member: int) -> dict[str, list[float]]:
+    """Train one member to the end of its schedule (or early stop), continuing from its
+    backup if a killed run left one. Returns its whole per-epoch history."""
+    import sys as _sys
+
+    config, run, record = session.config, session.run, session.record
+    tag = RunFolder.tag(member, session.ensemble)
+    scratch = None
+    if run is not None:
+        backup_dir = run.backup_dir(tag)
+        truncate_history(run.history_csv(tag), backed_up_epochs(backup_dir))
+    else:
+        # A worker that is not the chief backs up into a folder of its own (removed at the
+        # end), starting from the chief's backup when the run is resumed.
+        scratch = Path(tempfile.mkdtemp(prefix=f"keras-blood-{session.cluster.name}-"))
+        backup_dir = scratch / "backup"
+        if record is not None and record.backup_dir(tag).is_dir():
+            shutil.copytree(record.backup_dir(tag), backup_dir)
+    history = read_history(record.history_csv(tag)) if record else {}
+    history = {key: values[: backed_up_epochs(backup_dir)] for key, values in history.items()}
+
+    if history:
+        print(f"Resuming {tag or 'training'} after epoch {len(history['loss'])}", flush=True)
+        if schedule_done(history, config):  # killed between its last epoch and its record
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+            return history if run is not None else {}
+    model = session.build(member)
+    training = _training_data(session, member)
+    try:
+        model.fit(
+            training.data,
+            steps_per_epoch=training.steps,
+            validation_data=training.validation,
+            epochs=config.train.epochs,
+            callbacks=training_callbacks(session, member, backup_dir, history),
+            # One line per epoch in logs and CI; a live bar in a terminal.
+            verbose=1 if _sys.stdout.isatty() else 2,
+            shuffle=False,  # the tf.data pipeline already shuffles, seeded
+        )
+    except KeyboardInterrupt:
+        where = session.run_path or "the chief's run folder"
+        print(f"\nInterrupted. Continue with: python -m keras_blood.train --resume {where}", file=_sys.stderr)
+        raise
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    from keras_blood.distribute import weights_fingerprint
+
+    # Equal on every worker of a cluster: the gradients were synchronised.
+    who = f"{session.cluster.name}: " if session.cluster else ""
+    print(f"{who}{tag or 'model'} trained; weights fingerprint {weights_fingerprint(model)}", flush=True)
+    if run is None:
+        return {}
+    history = read_history(run.history_csv(tag))
+    if not history or any(not math.isfinite(v) for v in history["loss"]):
+        raise KerasBloodError(
+            f"training diverged (loss became NaN/inf at epoch {len(history.get('loss', []))}); "
+            f"lower train.learning_rate (now {config.train.learning_rate}). Logs: {run.path}"
+        )
+    return history
+
+
+def schedule_done(history: dict[str, list[float]], config: Config) -> bool:
+    """Whether a member's recorded epochs already end its training: all epochs run, or
+    early stopping's patience used up."""
+    val_loss, patience = history.get("val_loss", []), config.train.early_stopping_patience
+    if len(val_loss) >= config.train.epochs:
+        return True
+    best = min(range(len(val_loss)), key=val_loss.__getitem__) if val_loss else 0
+    return bool(patience and val_loss and len(val_loss) - 1 - best >= patience)
+
+
+@dataclass
+class _TrainingData:
+    data: Any
+    steps: int | None
+    validation: Any
+
+
+def _training_data(session: Session, member: int) -> _TrainingData:
+    """Single process: the seeded pipeline, one pass an epoch. A cluster: each worker its
+    own shard, repeated, the same number of steps on all (keras_blood.distribute)."""
+    from keras_blood import distribute
+
+    seed = session.seeds[member]
+    if not distribute.is_multi_worker(session.strategy):
+        return _TrainingData(session.pipeline("train", training=True, seed=seed), None, session.pipeline("val"))
+    from keras_blood.data.augment import make_augment
+    from keras_blood.data.pipeline import make_dataset
+
+    train = session.data.splits["train"]
+
+    def make_shard(shard: int, num_shards: int, batch: int):
+        own = train.take(distribute.shard_indices(len(train), shard, num_shards))
+        return make_dataset(
+            own,
+            session.data.num_classes,
+            batch,
+            training=True,
+            seed=seed + shard,
+            shuffle_buffer=session.config.data.shuffle_buffer,
+            augment=make_augment(session.config.augment),
+            preprocess=session.preprocess,
+        ).repeat()
+
+    global_batch = session.config.train.batch_size
+    return _TrainingData(
+        distribute.distribute_training_data(session.strategy, make_shard, global_batch),
+        distribute.steps_per_epoch(len(train), global_batch),
+        distribute.shard_validation_data(session.pipeline("val")),
+    )
+
+
+def evaluate_on_test(session: Session, members: list, histories: list[dict[str, list[float]]]):
+    """The exported model (ensemble average and TTA inside) and its test metrics, with what
+    TTA and averaging each add, measured."""
+    import keras
+
+    from keras_blood.metrics import classification_metrics
+    from keras_blood.models import average_models, with_tta
+
+    config, data = session.config, session.data
     model = average_models(members)
     model_for_test = with_tta(model, config.eval.tta)
-    how = [f"an ensemble of {ensemble}"] if ensemble > 1 else []
+    how = [f"an ensemble of {len(members)}"] if len(members) > 1 else []
     how += [] if config.eval.tta == "none" else [f"{config.eval.tta} test-time augmentation"]
     print(f"Evaluating on the test split{' with ' + ' and '.join(how) if how else ''} ...", flush=True)
     test = data.splits["test"]
-    probs = model_for_test.predict(pipeline("test"), verbose=0)
-    metrics = classification_metrics(test.labels, probs, data.class_names)
-    if model_for_test is not model:  # what test-time augmentation adds, measured
-        plain = classification_metrics(test.labels, model.predict(pipeline("test"), verbose=0), data.class_names)
-        metrics["without_tta"] = {k: plain[k] for k in ("accuracy", "f1_macro", "auc")}
 
-    if ensemble == 1:
+    def score(m):
+        return classification_metrics(test.labels, m.predict(session.pipeline("test"), verbose=0), data.class_names)
+
+    metrics = score(model_for_test)
+    if model_for_test is not model:
+        plain = score(model)
+        metrics["without_tta"] = {k: plain[k] for k in ("accuracy", "f1_macro", "auc")}
+    if len(members) == 1:
         metrics.update(best_epoch_summary(histories[0]))
     else:
-        # What averaging adds, measured: each member alone, evaluated as the ensemble is.
         metrics["members"] = []
-        for seed, member, history in zip(seeds, members, histories):
-            alone_probs = with_tta(member, config.eval.tta).predict(pipeline("test"), verbose=0)
-            alone = classification_metrics(test.labels, alone_probs, data.class_names)
+        for seed, member, history in zip(session.seeds, members, histories):
+            alone = score(with_tta(member, config.eval.tta))
             metrics["members"].append(
                 {"seed": seed, **best_epoch_summary(history), "accuracy": alone["accuracy"], "auc": alone["auc"]}
             )
         # The ensemble's own validation figures (no TTA), as a single model reports its best epoch's.
-        with strategy.scope():
-            model.compile(
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
-                metrics=["accuracy"],
-            )
-        val_loss, val_accuracy = model.evaluate(validation, verbose=0)
+        model.compile(
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
+            metrics=["accuracy"],
+        )
+        val_loss, val_accuracy = model.evaluate(session.pipeline("val"), verbose=0)
         metrics.update(
             epochs_run=sum(len(h["loss"]) for h in histories),
             best_val_loss=float(val_loss),
             best_val_accuracy=float(val_accuracy),
         )
-    metrics.update(split="test", train_seconds=round(train_seconds, 1), params=int(model.count_params()))
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    with tf.summary.create_file_writer(str(run_dir / "logs" / "test")).as_default():
+    metrics.update(split="test", params=int(model.count_params()))
+    return model_for_test, metrics
+
+
+def write_run_artefacts(session: Session, metrics: dict[str, Any], histories: list[dict[str, list[float]]]) -> None:
+    """metrics.json, the test scalars for TensorBoard, and the figures."""
+    import tensorflow as tf
+
+    from keras_blood.metrics import per_class_table, summary_line
+    from keras_blood.plots import plot_confusion_matrix, plot_learning_curves
+
+    config, run = session.config, session.run
+    (run.path / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with tf.summary.create_file_writer(str(run.path / "logs" / "test")).as_default():
         for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "auc"):
             tf.summary.scalar(f"test/{key}", metrics[key], step=metrics["epochs_run"])
-    plot_confusion_matrix(
-        metrics["confusion_matrix"], data.class_names, run_dir / "confusion_matrix.png", config.name
-    )
-    plot_learning_curves(histories, run_dir / "learning_curves.png", config.name)
+    plot_confusion_matrix(metrics["confusion_matrix"], session.data.class_names, run.path / "confusion_matrix.png", config.name)
+    plot_learning_curves(histories, run.path / "learning_curves.png", config.name)
 
     print(f"\nTest ({config.name}): {summary_line(metrics)}")
     print(per_class_table(metrics))
-    if ensemble > 1:
-        for number, m in enumerate(metrics["members"], start=1):
-            print(f"  member {number} alone: accuracy {m['accuracy']:.4f}, AUC {m['auc']:.4f}")
-    print(f"Trained {metrics['epochs_run']} epochs in {train_seconds:.0f} s; run folder {run_dir}")
-
-    export_dir = export_model(model_for_test, config, data.class_names, metrics, data.preparation)
-    (run_dir / "export_path.txt").write_text(f"{export_dir}\n")
-    return TrainResult(model_for_test, metrics, run_dir, export_dir)
+    for number, m in enumerate(metrics.get("members", []), start=1):
+        print(f"  member {number} alone: accuracy {m['accuracy']:.4f}, AUC {m['auc']:.4f}")
+    print(f"Trained {metrics['epochs_run']} epochs in {metrics['train_seconds']:.0f} s; run folder {run.path}")
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    parser = config_parser("python -m keras_blood.train", "Train, evaluate and export a model.")
+def export(session: Session, model, metrics: dict[str, Any]) -> Path | None:
+    """Publish the evaluated model as a new version; recorded in the run, so a resumed
+    run never publishes twice."""
+    from keras_blood.export import export_model
+
+    run = session.run
+    version = export_model(model, session.config, session.data.class_names, metrics, session.data.preparation)
+    (run.path / "export_path.txt").write_text(f"{version}\n")
+    run.update_status(state=FINISHED, export=str(version))
+    return version
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def train(config: Config, resume: str | Path | None = None) -> TrainResult:
+    """Run the whole experiment: train, evaluate on the test split, export.
+
+    ``resume``: a run folder of this config to continue where it stopped.
+    """
+    from keras_blood.distribute import barrier
+    from keras_blood.runtime import cluster_from_env, describe_devices, seed_everything, select_strategy
+
+    cluster = cluster_from_env()  # before TensorFlow starts: it must know the cluster first
+    strategy = select_strategy(config.train.distribute, cluster)
+    seed_everything(config.seed, config.train.deterministic)
+    print(f"Device: {describe_devices(strategy, cluster)}", flush=True)
+
+    # Everything that can fail on user input happens before a run folder exists.
+    data = load_checked_data(config)
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
+    print(f"Data: {data.name} {data.image_shape}, {data.num_classes} classes; {sizes}", flush=True)
+    session = Session(config, data, strategy, cluster, run=None, run_path=Path(resume) if resume else None)
+    is_chief = session.is_chief
+    # Before the run folder: a model that cannot be built leaves nothing.
+    session.first_model = session.build(0)
+    if is_chief:
+        session.first_model.summary(print_fn=lambda line, **_: print(line))
+
+    if is_chief:
+        session.run = RunFolder.open(Path(resume)) if resume else RunFolder.create(config)
+        session.run_path = session.run.path
+        print(f"Run folder: {session.run.path}  (tensorboard --logdir {session.run.path.parent})", flush=True)
+        if not resume and (config.data.color_extraction or config.data.cell_crop is not None):
+            from keras_blood.color import log_color_extraction
+
+            log_color_extraction(data.splits["train"], data.class_names, config.data, session.run.path, config.seed)
+    from keras_blood.color import make_preprocess
+
+    session.preprocess = make_preprocess(config.data)
+    record = session.record
+    status = record.status() if record else {"members_done": 0}
+    # Training minutes continue across a resume: the clock starts where the record ends.
+    previous = [read_history(record.history_csv(RunFolder.tag(k, session.ensemble))) for k in range(session.ensemble)] if record else []
+    elapsed = max((h["elapsed_minutes"][-1] for h in previous if h.get("elapsed_minutes")), default=0.0)
+    session.clock_start = time.perf_counter() - 60 * elapsed
+
+    histories = []
+    for member in range(session.ensemble):
+        tag = RunFolder.tag(member, session.ensemble)
+        if member < status["members_done"]:
+            histories.append(previous[member])
+            continue
+        if session.ensemble > 1:
+            print(f"\nEnsemble member {member + 1} of {session.ensemble} (seed {session.seeds[member]})", flush=True)
+        histories.append(fit_member(session, member))
+        if session.run is not None:
+            session.run.update_status(members_done=member + 1, **({"state": TRAINED} if member + 1 == session.ensemble else {}))
+            shutil.rmtree(session.run.backup_dir(tag), ignore_errors=True)
+    train_seconds = time.perf_counter() - session.clock_start
+
+    if not is_chief:
+        print(f"{cluster.name}: training finished; waiting for the chief to evaluate and export", flush=True)
+        barrier(strategy)
+        return TrainResult(None, {}, None, None)
+
+    members = [session.restore(member) for member in range(session.ensemble)]
+    model, metrics = evaluate_on_test(session, members, histories)
+    metrics["train_seconds"] = round(train_seconds, 1)
+    write_run_artefacts(session, metrics, histories)
+    version = export(session, model, metrics)
+    barrier(strategy)
+    return TrainResult(model, metrics, session.run.path, version)
+
+
+def resolve_resume(resume: str, config_path: str | None, overrides: list[str]) -> tuple[Config, RunFolder]:
+    """``--resume RUN_DIR`` or ``--resume latest CONFIG``: the run to continue and its config."""
+    if resume != "latest":
+        if config_path or overrides:
+            raise ConfigError(
+                f"--resume {resume}: the run's own config.yaml is used; drop the CONFIG/--set "
+                "arguments (or use --resume latest CONFIG to find the run from a config)"
+            )
+        run = RunFolder.open(Path(resume))
+        return run.config, run
+    if not config_path:
+        raise ConfigError("--resume latest needs the CONFIG whose newest unfinished run to continue")
+    config = load_config(config_path, overrides)
+    run = latest_unfinished(config)
+    if run is None:
+        raise ConfigError(
+            f"--resume latest: no unfinished run of {config.name!r} under {config.output.runs_dir / config.name}; "
+            f"start one with: python -m keras_blood.train {config_path}"
+        )
+    difference = first_difference(run.config.to_dict(), config.to_dict())
+    if difference:
+        raise ConfigError(f"--resume latest: {run.path} was started with other settings: {difference}")
+    return run.config, run
+
+
+def main(argv: Sequence[str] | None = None) -> Path | None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m keras_blood.train", description="Train, evaluate and export a model.")
+    parser.add_argument("config", nargs="?", help="YAML experiment config, e.g. configs/dropout03.yaml")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR|latest",
+        help="continue a killed run from its last finished epoch: its folder, or `latest` "
+        "(with CONFIG) for the config's newest unfinished run",
+    )
+    add_overrides(parser)
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.overrides)
-    result = train(config)
-    print(result.export_dir)
+    if args.resume:
+        config, run = resolve_resume(args.resume, args.config, args.overrides)
+        if run.finished:
+            status = run.status()
+            print(f"{run.path} finished already; exported as {status.get('export')}", flush=True)
+            return Path(status["export"]) if status.get("export") else None
+        result = train(config, resume=run.path)
+    else:
+        if not args.config:
+            parser.error("give a CONFIG, or --resume RUN_DIR")
+        result = train(load_config(args.config, args.overrides))
+    if result.export_dir is not None:
+        print(result.export_dir)
     return result.export_dir
 
 
