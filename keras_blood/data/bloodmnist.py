@@ -8,6 +8,8 @@ rebuilt copies (same recipe, other split) have other checksums.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +62,8 @@ def read_npz(path: Path, size: int, num_classes: int = len(CLASS_NAMES)) -> dict
             for key in (f"{split}_images", f"{split}_labels"):
                 if key not in archive.files:
                     raise DataError(f"{path}: missing array {key!r}; found {sorted(archive.files)}")
-            images, labels = archive[f"{split}_images"], archive[f"{split}_labels"]
+            images = _read_array(archive, path, f"{split}_images")
+            labels = _read_array(archive, path, f"{split}_labels")
             if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
                 raise DataError(
                     f"{path}: {split}_images is {images.dtype}{list(images.shape)}, "
@@ -80,6 +83,24 @@ def read_npz(path: Path, size: int, num_classes: int = len(CLASS_NAMES)) -> dict
                 )
             splits[split] = Split(images, labels.astype(np.int32))
     return splits
+
+
+def _read_array(archive, path: Path, key: str) -> np.ndarray:
+    """One array of an open .npz. np.load reads only the zip's directory; an array's bytes
+    are read, decompressed and CRC-checked here, so damage inside the file shows here."""
+    try:
+        array = archive[key]
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        # ValueError: a malformed .npy header, or an object array (allow_pickle is off).
+        reason = str(exc) or type(exc).__name__
+    else:
+        if isinstance(array, np.ndarray):
+            return array
+        reason = "not a NumPy array"  # NpzFile hands back the raw bytes of a non-.npy member
+    raise DataError(
+        f"{path}: array {key!r} is unreadable ({reason}); the file is damaged: delete it and "
+        "re-run so it is downloaded again, or point data.root at a folder with a good copy"
+    )
 
 
 @register("bloodmnist")
