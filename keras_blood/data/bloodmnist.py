@@ -16,7 +16,7 @@ import numpy as np
 
 from keras_blood.config import DataConfig
 from keras_blood.data import register
-from keras_blood.data.base import DataBundle, Split
+from keras_blood.data.base import DataBundle, Split, missing_classes
 from keras_blood.data.download import download
 from keras_blood.errors import DataError
 
@@ -114,10 +114,18 @@ def load_bloodmnist(config: DataConfig, seed: int = 0) -> DataBundle:
                 f"(MD5 {MD5[size]}) or set data.root to the folder that holds {file_name(size)}."
             )
         download(url(size), path, MD5[size])
-    return DataBundle(
+    bundle = DataBundle(
         name="bloodmnist",
         class_names=list(CLASS_NAMES),
         splits=read_npz(path, size),
         # MedMNIST's recipe: centre crop of the 360x363 capture to 200x200, then resize.
         preparation={"center_crop_fraction": 200 / 360, "resize": [size, size], "method": "bicubic"},
-    )
+    ).with_classes(config.classes)
+    # On the whole file, before data.max_examples: a smoke slice may lack a class, the file may not.
+    if empty := missing_classes(bundle.class_names, {k: v.labels for k, v in bundle.splits.items()}):
+        listed = ", ".join(f"{name!r} in {split}" for split, name in empty)
+        raise DataError(
+            f"{path}: no examples of class {listed}; use a complete file (delete this one and "
+            "re-run so it is downloaded) or leave the class out with data.classes"
+        )
+    return bundle
