@@ -11,6 +11,7 @@ before anything heavy is loaded or written.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -400,14 +401,27 @@ class OutputConfig(_Strict):
 
 
 class Config(_Strict):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
-    seed: int = 42
+    name: str
+    # keras.utils.set_random_seed (NumPy's legacy seeding) takes 0 <= seed < 2**32.
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 42
     data: DataConfig = DataConfig()
     model: ModelConfig
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        # A folder under output.runs_dir and output.export_dir: no separators, and no leading
+        # "." or "-" (so neither "." nor ".." nor a hidden folder nor an option-like name).
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", value):
+            raise ValueError(
+                "must be a folder name: at most 100 letters, digits, '_', '.' or '-', "
+                "starting with a letter, a digit or '_'"
+            )
+        return value
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -157,7 +157,24 @@ def load_version(path: str | Path) -> ExportedVersion:
         recipe = json.loads((extra / "preparation.json").read_text())
     except (OSError, ValueError) as exc:
         raise ExportError(f"{path}: unreadable assets.extra ({exc})") from None
-    return ExportedVersion(path, tf.saved_model.load(str(path)), class_names, Preparation.from_json(recipe))
+    return ExportedVersion(path, _load_saved_model(path), class_names, Preparation.from_json(recipe))
+
+
+def _load_saved_model(path: Path):
+    """``tf.saved_model.load``, with a damaged version reported as an ExportError."""
+    try:
+        return tf.saved_model.load(str(path))
+    # What TensorFlow raises for a damaged version: OSError for a missing variables/ folder
+    # (FileNotFoundError) or a truncated saved_model.pb ("Cannot parse file"); OpError for a
+    # missing or truncated file inside variables/; ValueError for an empty saved_model.pb
+    # ("0 MetaGraphs").
+    except (OSError, tf.errors.OpError, ValueError) as exc:
+        reason = str(getattr(exc, "message", exc)).strip().splitlines()[0]
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
+        raise ExportError(
+            f"{path}: this model version is damaged ({reason}); re-export it (train its config "
+            "again) or use another version"
+        ) from None
 
 
 def load_exported(path: str | Path):

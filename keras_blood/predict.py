@@ -9,9 +9,12 @@ function the ``serving_bytes`` signature runs), then classified by ``serving_def
 
 Files stream through in batches, so memory stays bounded however many there are. Each
 file gets a table row on screen and a CSV row (``path,label,probability,<one column per
-class>,error``); a file that cannot be read gets its error and the others go on. Exit
-status: 0 all files classified, 1 some failed, 2 a usage error (nothing was classified).
-The last line printed is the CSV's path.
+class>,error``); a file that cannot be read gets its error and the others go on. Bytes
+of a file name that are not valid UTF-8 are shown as ``\\xNN`` escapes
+(``bad\\xff.jpg``; see :func:`shown`). The CSV appears only when complete; ``--output``
+refuses an existing file unless ``--overwrite`` is given. Exit status: 0 all files
+classified, 1 some failed, 2 a usage error (nothing was classified). The last line
+printed is the CSV's path.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import csv
 import glob
 import os
 import sys
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -96,14 +100,31 @@ def short(path: str, width: int = PATH_WIDTH) -> str:
     return path if len(path) <= width else "..." + path[-(width - 3) :]
 
 
+def shown(path: str) -> str:
+    """``path`` as text for the CSV and the screen. Python holds the bytes of a name that
+    is not valid UTF-8 as lone surrogates, which no text file can hold; they are shown as
+    ``\\xNN`` escapes of those bytes instead (``bad\\xff.jpg``). Other names are unchanged."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def predict(
     version_dir: str | Path,
     inputs: Sequence[str],
     output: Path | None = None,
     batch_size: int = 64,
     out: TextIO = sys.stdout,
+    overwrite: bool = False,
 ) -> tuple[Path, int]:
-    """Classify ``inputs``; returns the CSV's path and how many files failed."""
+    """Classify ``inputs``; returns the CSV's path and how many files failed.
+
+    The CSV is written to a hidden temporary file beside ``output`` and renamed into place
+    when complete, so a crash leaves no partial CSV. An existing ``output`` is replaced
+    only with ``overwrite``.
+    """
+    if output is not None and output.is_dir():
+        raise KerasBloodError(f"--output {output} is a folder; name a CSV file")
+    if output is not None and output.exists() and not overwrite:
+        raise KerasBloodError(f"--output {output} already exists; pass --overwrite to replace it")
     entries = expand_inputs(inputs)
     if not entries:
         raise KerasBloodError(f"no image files found in {' '.join(inputs)}")
@@ -134,41 +155,51 @@ def predict(
         except (ValueError, tf.errors.OpError) as exc:
             return None, str(exc)
 
+    # Written under a hidden name beside the CSV and renamed when complete ("x": never
+    # another's file; unlike tempfile's, it gets the usual permissions).
+    folder = Path("predictions") if output is None else output.parent
+    temp = folder / f".{output.name if output else 'predictions'}.{uuid.uuid4().hex[:8]}.part"
     try:
-        if output is None:
-            output = new_file(Path("predictions"), f"{version.name}-v{version.number}-", ".csv")
-        else:
-            output.parent.mkdir(parents=True, exist_ok=True)
-        csv_file = output.open("w", newline="")
+        folder.mkdir(parents=True, exist_ok=True)
+        csv_file = temp.open("x", newline="", encoding="utf-8")
     except OSError as exc:
-        raise KerasBloodError(f"cannot write the CSV {output}: {exc.strerror or exc}") from None
-    width = min(PATH_WIDTH, max(len(path) for path, _ in entries))
+        raise KerasBloodError(f"cannot write a CSV in {folder}: {exc.strerror or exc}") from None
+    width = min(PATH_WIDTH, max(len(shown(path)) for path, _ in entries))
     label_width = max(len("label"), *(len(name) for name in classes))
     progress = Progress(len(entries))
     failed = 0
     print(f"{'path':<{width}}  {'label':<{label_width}}  probability", file=out)
-    with csv_file as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "probability", *classes, "error"])
-        for start in range(0, len(entries), batch_size):
-            chunk = entries[start : start + batch_size]
-            loaded = [load(path) if not error else (None, error) for path, error in chunk]
-            good = [image for image, _ in loaded if image is not None]
-            probs = iter(version.serve(pixels=tf.stack(good))["probabilities"].numpy() if good else [])
-            progress.clear()
-            for (path, _), (image, error) in zip(chunk, loaded):
-                if image is None:
-                    failed += 1
-                    writer.writerow([path, "", "", *([""] * len(classes)), error])
-                    print(f"{short(path, width):<{width}}  {'-':<{label_width}}  error: {error}", file=out)
-                    continue
-                p = next(probs)
-                k = int(np.argmax(p))
-                writer.writerow([path, classes[k], f"{p[k]:.6f}", *(f"{v:.6f}" for v in p), ""])
-                print(f"{short(path, width):<{width}}  {classes[k]:<{label_width}}  {p[k]:11.4f}", file=out)
-            out.flush()
-            f.flush()
-            progress.update(start + len(chunk), failed)
+    try:
+        with csv_file as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "probability", *classes, "error"])
+            for start in range(0, len(entries), batch_size):
+                chunk = entries[start : start + batch_size]
+                loaded = [load(path) if not error else (None, error) for path, error in chunk]
+                good = [image for image, _ in loaded if image is not None]
+                probs = iter(version.serve(pixels=tf.stack(good))["probabilities"].numpy() if good else [])
+                progress.clear()
+                for (path, _), (image, error) in zip(chunk, loaded):
+                    name = shown(path)
+                    if image is None:
+                        failed += 1
+                        writer.writerow([name, "", "", *([""] * len(classes)), error])
+                        print(f"{short(name, width):<{width}}  {'-':<{label_width}}  error: {error}", file=out)
+                        continue
+                    p = next(probs)
+                    k = int(np.argmax(p))
+                    writer.writerow([name, classes[k], f"{p[k]:.6f}", *(f"{v:.6f}" for v in p), ""])
+                    print(f"{short(name, width):<{width}}  {classes[k]:<{label_width}}  {p[k]:11.4f}", file=out)
+                out.flush()
+                progress.update(start + len(chunk), failed)
+        try:
+            if output is None:  # claimed only now, so that it exists only once complete
+                output = new_file(folder, f"{version.name}-v{version.number}-", ".csv")
+            os.replace(temp, output)
+        except OSError as exc:
+            raise KerasBloodError(f"cannot write the CSV {output or folder}: {exc.strerror or exc}") from None
+    finally:
+        temp.unlink(missing_ok=True)
     progress.clear()
     print(f"{len(entries) - failed} of {len(entries)} files classified, {failed} failed", file=out)
     return output, failed
@@ -186,11 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="CSV to write (default: a new predictions/<name>-v<version>-<timestamp>.csv)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace the --output file if it exists")
     parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
-    output, failed = predict(args.version, args.paths, args.output, args.batch_size)
+    output, failed = predict(args.version, args.paths, args.output, args.batch_size, overwrite=args.overwrite)
     print(output)
     return 1 if failed else 0
 

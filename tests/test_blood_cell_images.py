@@ -105,10 +105,11 @@ def test_max_examples_caps_each_split_before_decoding(folder):
 
 
 def test_test_simple_is_an_extra_split(tmp_path):
-    root = image_folder(tmp_path, {**LAYOUT, "TEST_SIMPLE": {"MONOCYTE": 2}}, per_source=1)
+    root = image_folder(tmp_path, {**LAYOUT, "TEST_SIMPLE": {"MONOCYTE": 2, "EOSINOPHIL": 1,
+                                                             "LYMPHOCYTE": 1, "NEUTROPHIL": 1}}, per_source=1)  # fmt: skip
     data = load_data(config(root))
-    assert len(data.splits["test_simple"]) == 2
-    assert set(data.splits["test_simple"].labels) == {CLASSES.index("MONOCYTE")}
+    assert len(data.splits["test_simple"]) == 5
+    assert np.bincount(data.splits["test_simple"].labels).tolist() == [1, 1, 2, 1]
 
 
 @pytest.fixture
@@ -150,6 +151,44 @@ def test_layout_problems_are_clear(tmp_path, change, message):
     change(root)
     with pytest.raises(DataError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_data(config(root))
+
+
+def empty_folder(folder: Path) -> None:
+    for file in folder.iterdir():
+        file.unlink()
+    (folder / ".DS_Store").write_bytes(b"\0")  # hidden: not an image
+
+
+@pytest.mark.parametrize(
+    "layout, change, name, split, cause",
+    [
+        ({}, lambda root: (root / "TRAIN" / "BASOPHIL").mkdir(), "BASOPHIL", "train", "TRAIN/BASOPHIL holds no files"),
+        ({}, lambda root: empty_folder(root / "TEST" / "MONOCYTE"), "MONOCYTE", "test", "TEST/MONOCYTE holds no files"),
+        ({}, lambda root: (root / "TEST" / "MONOCYTE").rename(root / "m"), "MONOCYTE", "test",
+         "TEST/MONOCYTE does not exist"),
+        ({"TEST_SIMPLE": {name: 1 for name in CLASSES[1:]}}, None, "EOSINOPHIL", "test_simple",
+         "TEST_SIMPLE/EOSINOPHIL does not exist"),
+        ({"TRAIN": {**LAYOUT["TRAIN"], "MONOCYTE": 1}}, None, "MONOCYTE", "val",
+         "TRAIN/MONOCYTE holds images of one source cell only"),
+    ],
+)
+def test_a_class_without_examples_in_a_split_is_named(tmp_path, layout, change, name, split, cause):
+    root = image_folder(tmp_path, {**LAYOUT, **layout}, per_source=1)
+    if change:
+        change(root)
+    with pytest.raises(DataError) as info:
+        load_data(config(root, max_examples=100))  # checked on the full folders, whatever the cap
+    message = str(info.value)
+    assert message.startswith(f"class {name!r} has no examples in the {split} split: {root / cause}; ")
+    assert "data.classes" in message
+    # Only the kept classes matter.
+    others = [n for n in CLASSES if n != name]
+    assert load_data(config(root, classes=others, image_size=[12, 20])).class_names == others
+
+
+def test_a_small_slice_may_lack_classes_the_folders_have(folder):
+    data = load_data(config(folder, max_examples=2, image_size=[12, 20]))
+    assert all(len(split) == 2 and len(set(split.labels)) <= 2 for split in data.splits.values())
 
 
 def test_real_kaggle_slice(kaggle_root):

@@ -71,6 +71,14 @@ def test_override_creates_missing_sections():
         (["train.ensemble=0"], ["train.ensemble", "0", "greater than 0"]),
         (["model.conv_dropout=0.1", "model.dropout=0.2"], ["model.dropout", "unknown key"]),
         (["train.epochs"], ["KEY=VALUE"]),
+        (["seed=-1"], ["seed = -1", "greater than or equal to 0"]),
+        (["seed=4294967296"], ["seed = 4294967296", "less than 4294967296"]),
+        (["name=.."], ["name = '..'", "folder name", "starting with a letter"]),
+        (["name=."], ["name = '.'", "folder name"]),
+        (["name=.hidden"], ["name = '.hidden'", "folder name"]),
+        (["name=-x"], ["name = '-x'", "folder name"]),
+        (["name=a/b"], ["name = 'a/b'", "folder name"]),
+        ([f"name={'a' * 101}"], ["name = 'aaaa", "at most 100"]),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(write_config, overrides, expected):
@@ -79,6 +87,17 @@ def test_bad_values_name_key_value_and_what_is_allowed(write_config, overrides, 
         load_config(path, overrides)
     for fragment in expected:
         assert fragment in str(info.value)
+
+
+def test_seed_and_name_at_their_limits_are_accepted(write_config):
+    import keras
+
+    path = write_config({"model": {"name": "cnn"}})
+    config = load_config(path, [f"seed={2**32 - 1}", f"name=_a.b-{'c' * 95}"])
+    assert config.seed == 2**32 - 1 and len(config.name) == 100
+    keras.utils.set_random_seed(config.seed)  # the largest seed is one it takes
+    with pytest.raises(ValueError):
+        keras.utils.set_random_seed(2**32)  # and the config's bound is its own
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
@@ -94,6 +113,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
     "content, overrides, expected",
     [
         ({"train": {"epochs": -1}}, [], "train.epochs = -1"),
+        ({}, ["name=.."], "name = '..'"),  # would write runs/.. and saved_models/..
         # Valid config, but no data and no download: fails before a run folder exists.
         ({}, ["data.download=false"], "bloodmnist.npz does not exist"),
     ],

@@ -53,6 +53,54 @@ def test_malformed_files_are_named_with_the_problem(tmp_path, change, message):
     assert "bloodmnist.npz" in str(info.value)
 
 
+def corrupt_member_data(path, array: np.ndarray) -> None:
+    """Flip bytes inside ``array``'s data as np.savez stored it (uncompressed, so verbatim):
+    the zip's directory stays intact, so np.load succeeds and reading the array fails."""
+    data = bytearray(path.read_bytes())
+    start = data.index(array.tobytes())
+    data[start + 100 : start + 104] = bytes(b ^ 0xFF for b in data[start + 100 : start + 104])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["crc", "object array"])
+def test_damaged_arrays_name_the_file_the_array_and_the_fix(tmp_path, damage):
+    path = tmp_path / "bloodmnist.npz"
+    arrays = synthetic_npz(path)
+    if damage == "crc":
+        corrupt_member_data(path, arrays["val_images"])
+        reason = "Bad CRC-32"
+    else:
+        np.savez(path, **{**arrays, "val_images": np.array([[1, "a"]], dtype=object)})
+        reason = "allow_pickle"
+    assert np.load(path).files  # the damage shows only when the array is read
+    with pytest.raises(DataError) as info:
+        load_data(DataConfig(root=tmp_path, download=False))
+    message = str(info.value)
+    for fragment in (str(path), "'val_images'", reason, "delete it and re-run", "data.root"):
+        assert fragment in message
+    assert "\n" not in message
+
+
+def test_a_class_missing_from_a_split_of_the_file_is_named(tmp_path):
+    arrays = synthetic_npz(tmp_path / "bloodmnist.npz")
+    keep = arrays["test_labels"].ravel() != 7  # no platelet in test
+    np.savez(tmp_path / "bloodmnist.npz", **{**arrays, "test_images": arrays["test_images"][keep],
+                                             "test_labels": arrays["test_labels"][keep]})  # fmt: skip
+    with pytest.raises(DataError) as info:
+        load_data(DataConfig(root=tmp_path, download=False, max_examples=1000))
+    assert "no examples of class 'platelet' in test" in str(info.value)
+    assert "bloodmnist.npz" in str(info.value) and "data.classes" in str(info.value)
+    # Only the kept classes matter.
+    kept = load_data(DataConfig(root=tmp_path, download=False, classes=["basophil", "eosinophil"]))
+    assert set(kept.splits["test"].labels) == {0, 1}
+
+
+def test_a_small_slice_may_lack_classes_the_file_has(tmp_path):
+    synthetic_npz(tmp_path / "bloodmnist.npz")
+    data = load_data(DataConfig(root=tmp_path, download=False, max_examples=3))
+    assert all(len(set(split.labels)) <= 3 for split in data.splits.values())
+
+
 def test_size_mismatch_is_reported(tmp_path):
     synthetic_npz(tmp_path / "bloodmnist_64.npz", size=28)
     with pytest.raises(DataError, match="data.image_size=64"):

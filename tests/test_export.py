@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -11,7 +12,7 @@ from keras_blood.errors import ExportError
 from keras_blood.export import export_model, existing_versions, load_exported, load_version
 from keras_blood.models import build_model
 from keras_blood.preparation import Preparation, decode_file, preparer
-from tests.conftest import encode, serve_in_fresh_process
+from tests.conftest import encode, serve_in_fresh_process, synthetic_npz
 
 
 @pytest.fixture
@@ -159,3 +160,47 @@ def test_serving_crops_to_the_cell_in_graph(tmp_path):
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
     preparation = json.loads((version / "assets.extra" / "preparation.json").read_text())
     assert preparation["input_size"] == [40, 60] and preparation["cell_crop"] == {"window": 0.5, "size": 16}
+
+
+def damage(version, how: str) -> None:
+    if how == "no variables/":
+        shutil.rmtree(version / "variables")
+    else:
+        pb = version / "saved_model.pb"
+        pb.write_bytes(pb.read_bytes()[: pb.stat().st_size // 2 if how == "truncated saved_model.pb" else 0])
+
+
+DAMAGES = ["no variables/", "truncated saved_model.pb", "empty saved_model.pb"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_version_is_named_with_the_fix(tiny, how):
+    config, model = tiny
+    version = export_model(model, config, list("abcdefgh"), {})
+    damage(version, how)
+    with pytest.raises(ExportError) as info:
+        load_version(version)
+    message = str(info.value)
+    assert message.startswith(f"{version}: this model version is damaged (") and "re-export it" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("how", DAMAGES[:2])
+def test_evaluate_and_predict_exit_2_with_one_line_on_a_damaged_version(tiny, tmp_path, capsys, how):
+    from keras_blood import evaluate, predict
+    from keras_blood.cli import run_main
+
+    config, model = tiny
+    version = export_model(model, config, list("abcdefgh"), {})
+    damage(version, how)
+    (tmp_path / "data").mkdir()
+    synthetic_npz(tmp_path / "data" / "bloodmnist.npz")  # evaluate loads the data first
+    (tmp_path / "cell.png").write_bytes(encode(np.zeros((28, 28, 3), np.uint8), "PNG"))
+    before = sorted(tmp_path.rglob("*"))
+    data = ["--set", f"data.root={tmp_path / 'data'}", "--set", "data.download=false"]
+    assert run_main(evaluate.main, [str(version), *data, "--output-dir", str(tmp_path / "reports")]) == 2
+    assert run_main(predict.main, [str(version), str(tmp_path / "cell.png"), "--output", str(tmp_path / "p.csv")]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2  # one line from each command
+    assert all(line.startswith(f"error: {version}: this model version is damaged (") for line in errors)
+    assert sorted(tmp_path.rglob("*")) == before  # no report folder, no CSV, no temporary file

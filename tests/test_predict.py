@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_blood.cli import run_main
 from keras_blood.config import Config
 from keras_blood.export import export_model
 from keras_blood.models import build_model
@@ -179,3 +180,62 @@ def test_cli_reports_bad_files_without_traceback_and_usage_errors_with_2(version
     proc = subprocess.run([*command[:-1], str(tmp_path), str(folder)], capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "not an exported model version" in proc.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_classified_and_shown_escaped(version, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    jpeg = encode(np.random.default_rng(0).integers(0, 256, (40, 50, 3)).astype(np.uint8), "JPEG")
+    with open(os.path.join(os.fsencode(folder), b"bad\xff.jpg"), "wb") as f:
+        f.write(jpeg)
+    (folder / "good.jpg").write_bytes(jpeg)
+    screen = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # strict, like a terminal's
+    csv_path, failed = predict(version, [str(folder)], tmp_path / "p.csv", out=screen)
+    assert failed == 0
+    _, rows = read_csv(csv_path)
+    shown = str(folder / "bad\\xff.jpg")
+    assert set(rows) == {shown, str(folder / "good.jpg")}
+    assert rows[shown]["label"] == rows[str(folder / "good.jpg")]["label"] != ""
+    screen.seek(0)
+    assert "bad\\xff.jpg" in screen.buffer.read().decode("utf-8")
+
+
+def test_a_crash_leaves_no_csv_and_no_temporary_file(version, images, tmp_path, monkeypatch):
+    from keras_blood import preparation
+
+    folder, good, _ = images
+    real = preparation.preparer
+
+    def preparer_that_crashes_on_the_second_file(recipe):
+        prepare, calls = real(recipe), []
+
+        def crash(image):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("out of memory")
+            return prepare(image)
+
+        return crash
+
+    monkeypatch.setattr(preparation, "preparer", preparer_that_crashes_on_the_second_file)
+    monkeypatch.chdir(tmp_path)
+    inputs = [str(folder / name) for name in good]
+    for output in (tmp_path / "out" / "p.csv", None):  # --output, and the default predictions/
+        with pytest.raises(RuntimeError, match="out of memory"):
+            predict(version, inputs, output, batch_size=1, out=io.StringIO())
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_output_refuses_an_existing_file_unless_overwrite(version, images, tmp_path, capsys):
+    folder, _, _ = images
+    existing = tmp_path / "p.csv"
+    existing.write_text("keep me")
+    command = [str(version), str(folder / "odd.jpg"), "--output", str(existing)]
+    assert run_main(main, command) == 2
+    assert capsys.readouterr().err == f"error: --output {existing} already exists; pass --overwrite to replace it\n"
+    assert existing.read_text() == "keep me"
+    assert run_main(main, [*command[:-1], str(tmp_path), "--overwrite"]) == 2  # a folder, never
+    assert capsys.readouterr().err == f"error: --output {tmp_path} is a folder; name a CSV file\n"
+    assert run_main(main, [*command, "--overwrite"]) == 0
+    assert list(read_csv(existing)[1]) == [str(folder / "odd.jpg")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]  # no temporary file left

@@ -83,3 +83,13 @@ def match_classes(available: list[str], wanted: list[str]) -> list[str]:
     if unknown:
         raise ConfigError(f"data.classes: unknown class(es) {unknown}; allowed: {available}")
     return [by_folded[name.casefold()] for name in wanted]
+
+
+def missing_classes(class_names: list[str], labels: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+    """``(split, class)`` for each class that has no example in a split (``labels`` per split)."""
+    return [
+        (split, name)
+        for split, split_labels in labels.items()
+        for label, name in enumerate(class_names)
+        if not np.any(split_labels == label)
+    ]

@@ -25,7 +25,7 @@ import numpy as np
 
 from keras_blood.config import DataConfig
 from keras_blood.data import register
-from keras_blood.data.base import DataBundle, Split, match_classes
+from keras_blood.data.base import DataBundle, Split, match_classes, missing_classes
 from keras_blood.errors import DataError
 
 DEFAULT_ROOT = Path("~/blood-cell-images/dataset2-master/images")
@@ -154,6 +154,14 @@ def _why_unreadable(path: str) -> str:
     return "decoding failed"
 
 
+def _why_empty(root: Path, split: str, name: str) -> str:
+    fix = "add images, or leave the class out with data.classes"
+    if split == "val":  # split_by_source holds out whole source cells and keeps one for train
+        return f"{root / FOLDERS['train'] / name} holds images of one source cell only; {fix}"
+    folder = root / FOLDERS[split] / name
+    return f"{folder} {'holds no files' if folder.is_dir() else 'does not exist'}; {fix}"
+
+
 @register("blood_cell_images")
 def load_blood_cell_images(config: DataConfig, seed: int = 0) -> DataBundle:
     root = config.resolved_root(DEFAULT_ROOT)
@@ -176,14 +184,15 @@ def load_blood_cell_images(config: DataConfig, seed: int = 0) -> DataBundle:
     class_names = match_classes(all_names, config.classes) if config.classes else all_names
 
     train = scan(root / FOLDERS["train"], class_names)
-    for label, name in enumerate(class_names):
-        if not np.any(train.labels == label):
-            raise DataError(f"{root / FOLDERS['train'] / name} holds no files")
     train_idx, val_idx = split_by_source(train, config.val_fraction, seed)
     folders = {"train": train.take(train_idx), "val": train.take(val_idx)}
     for name in ("test", "test_simple"):
         if (root / FOLDERS[name]).is_dir():
             folders[name] = scan(root / FOLDERS[name], class_names)
+    # Checked on the full folders, before data.max_examples: a smoke slice may lack a class.
+    if empty := missing_classes(class_names, {name: folder.labels for name, folder in folders.items()}):
+        split, name = empty[0]
+        raise DataError(f"class {name!r} has no examples in the {split} split: {_why_empty(root, split, name)}")
 
     rng = np.random.default_rng(seed)
     folders = {name: _cap(folder, config.max_examples, rng) for name, folder in folders.items()}

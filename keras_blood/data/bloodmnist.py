@@ -8,13 +8,15 @@ rebuilt copies (same recipe, other split) have other checksums.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from keras_blood.config import DataConfig
 from keras_blood.data import register
-from keras_blood.data.base import DataBundle, Split
+from keras_blood.data.base import DataBundle, Split, missing_classes
 from keras_blood.data.download import download
 from keras_blood.errors import DataError
 
@@ -60,7 +62,8 @@ def read_npz(path: Path, size: int, num_classes: int = len(CLASS_NAMES)) -> dict
             for key in (f"{split}_images", f"{split}_labels"):
                 if key not in archive.files:
                     raise DataError(f"{path}: missing array {key!r}; found {sorted(archive.files)}")
-            images, labels = archive[f"{split}_images"], archive[f"{split}_labels"]
+            images = _read_array(archive, path, f"{split}_images")
+            labels = _read_array(archive, path, f"{split}_labels")
             if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
                 raise DataError(
                     f"{path}: {split}_images is {images.dtype}{list(images.shape)}, "
@@ -82,6 +85,24 @@ def read_npz(path: Path, size: int, num_classes: int = len(CLASS_NAMES)) -> dict
     return splits
 
 
+def _read_array(archive, path: Path, key: str) -> np.ndarray:
+    """One array of an open .npz. np.load reads only the zip's directory; an array's bytes
+    are read, decompressed and CRC-checked here, so damage inside the file shows here."""
+    try:
+        array = archive[key]
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        # ValueError: a malformed .npy header, or an object array (allow_pickle is off).
+        reason = str(exc) or type(exc).__name__
+    else:
+        if isinstance(array, np.ndarray):
+            return array
+        reason = "not a NumPy array"  # NpzFile hands back the raw bytes of a non-.npy member
+    raise DataError(
+        f"{path}: array {key!r} is unreadable ({reason}); the file is damaged: delete it and "
+        "re-run so it is downloaded again, or point data.root at a folder with a good copy"
+    )
+
+
 @register("bloodmnist")
 def load_bloodmnist(config: DataConfig, seed: int = 0) -> DataBundle:
     size = config.image_size
@@ -93,10 +114,18 @@ def load_bloodmnist(config: DataConfig, seed: int = 0) -> DataBundle:
                 f"(MD5 {MD5[size]}) or set data.root to the folder that holds {file_name(size)}."
             )
         download(url(size), path, MD5[size])
-    return DataBundle(
+    bundle = DataBundle(
         name="bloodmnist",
         class_names=list(CLASS_NAMES),
         splits=read_npz(path, size),
         # MedMNIST's recipe: centre crop of the 360x363 capture to 200x200, then resize.
         preparation={"center_crop_fraction": 200 / 360, "resize": [size, size], "method": "bicubic"},
-    )
+    ).with_classes(config.classes)
+    # On the whole file, before data.max_examples: a smoke slice may lack a class, the file may not.
+    if empty := missing_classes(bundle.class_names, {k: v.labels for k, v in bundle.splits.items()}):
+        listed = ", ".join(f"{name!r} in {split}" for split, name in empty)
+        raise DataError(
+            f"{path}: no examples of class {listed}; use a complete file (delete this one and "
+            "re-run so it is downloaded) or leave the class out with data.classes"
+        )
+    return bundle
