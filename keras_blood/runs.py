@@ -10,9 +10,11 @@ half-written.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,12 @@ class RunFolder:
 
     def backup_dir(self, tag: str) -> Path:
         return self.path / "backup" / (tag or "model")
+
+    def drop_backup(self, tag: str) -> None:
+        """A finished member needs no backup: its checkpoint and history are its record."""
+        shutil.rmtree(self.backup_dir(tag), ignore_errors=True)
+        with contextlib.suppress(OSError):  # the folder goes with its last member's backup
+            self.backup_dir(tag).parent.rmdir()
 
     def logs_dir(self, tag: str) -> Path:
         return self.path / "logs" / tag

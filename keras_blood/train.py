@@ -545,7 +545,7 @@ def train(config: Config, resume: str | Path | None = None) -> TrainResult:
         histories.append(fit_member(session, member))
         if session.run is not None:
             session.run.update_status(members_done=member + 1, **({"state": TRAINED} if member + 1 == session.ensemble else {}))
-            shutil.rmtree(session.run.backup_dir(tag), ignore_errors=True)
+            session.run.drop_backup(tag)
     train_seconds = time.perf_counter() - session.clock_start
 
     if not is_chief:

@@ -1,0 +1,142 @@
+"""Resuming a killed run: the run folder's state, and kill -9 then --resume end to end."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import pytest
+
+from keras_blood import runs
+from keras_blood.callbacks import ResumableEarlyStopping
+from keras_blood.config import Config
+from keras_blood.errors import ConfigError
+from keras_blood.train import resolve_resume, schedule_done
+from tests.conftest import REPO
+
+
+def config(tmp_path, **train):
+    return Config.model_validate(
+        {"name": "exp", "model": {"name": "fnn"}, "train": train, "output": {"runs_dir": str(tmp_path / "runs")}}
+    )
+
+
+def test_history_is_cut_back_to_the_epochs_the_backup_holds(tmp_path):
+    csv = tmp_path / "history.csv"
+    csv.write_text("epoch,loss,val_loss\n0,2.0,1.9\n1,1.5,1.4\n2,1.2,1.3\n")
+    runs.truncate_history(csv, 2)
+    assert runs.read_history(csv) == {"loss": [2.0, 1.5], "val_loss": [1.9, 1.4]}
+    runs.truncate_history(csv, 0)
+    assert runs.read_history(csv) == {}
+    backup = tmp_path / "backup"
+    assert runs.backed_up_epochs(backup) == 0
+    backup.mkdir()
+    (backup / "training_metadata.json").write_text('{"epoch": 4, "batch": 0}')
+    assert runs.backed_up_epochs(backup) == 4
+
+
+def test_early_stopping_continues_from_the_recorded_epochs():
+    stopper = ResumableEarlyStopping(past=[1.0, 0.5, 0.6, 0.7], monitor="val_loss", patience=3)
+    stopper.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    stopper.on_train_begin()
+    assert (stopper.best, stopper.best_epoch, stopper.wait) == (0.5, 1, 2)
+    stopper.on_epoch_end(4, {"val_loss": 0.8})  # a third epoch without improvement: stop
+    assert stopper.model.stop_training
+    patient = config(Path("."), epochs=10, early_stopping_patience=3)
+    assert schedule_done({"val_loss": [1.0, 0.5, 0.6, 0.7, 0.8]}, patient)
+    assert not schedule_done({"val_loss": [1.0, 0.5, 0.6, 0.7]}, patient)
+    assert schedule_done({"val_loss": [1.0] * 10}, config(Path("."), epochs=10, early_stopping_patience=0))
+
+
+def test_latest_finds_the_newest_unfinished_run_with_the_same_settings(tmp_path, write_config):
+    cfg = config(tmp_path)
+    old = runs.RunFolder.create(cfg)
+    time.sleep(1.1)  # run folders are named by the second
+    new = runs.RunFolder.create(cfg)
+    new.update_status(state=runs.FINISHED, export="x")
+    assert runs.latest_unfinished(cfg).path == old.path
+    path = write_config({"model": {"name": "fnn"}, "output": {"runs_dir": str(tmp_path / "runs")}}, name="exp")
+    resumed_config, run = resolve_resume("latest", str(path), [])
+    assert run.path == old.path and resumed_config == cfg
+    with pytest.raises(ConfigError, match=r"started with other settings: train.epochs \(30 in the run, 5 now\)"):
+        resolve_resume("latest", str(path), ["train.epochs=5"])
+    with pytest.raises(ConfigError, match="no unfinished run of 'other'"):
+        resolve_resume("latest", str(write_config({"model": {"name": "fnn"}}, name="other")), [])
+    with pytest.raises(ConfigError, match="not a keras-blood run folder"):
+        resolve_resume(str(tmp_path), None, [])
+    with pytest.raises(ConfigError, match="drop the CONFIG/--set"):
+        resolve_resume(str(old.path), str(path), [])
+
+
+def train_command(root, tmp_path, *extra):
+    values = {
+        "data.root": root,
+        "data.max_examples": 1024,
+        "train.epochs": 12,
+        "train.early_stopping_patience": 0,
+        "output.runs_dir": tmp_path / "runs",
+        "output.export_dir": tmp_path / "saved_models",
+    }
+    sets = [item for key, value in values.items() for item in ("--set", f"{key}={value}")]
+    return [sys.executable, "-m", "keras_blood.train", *extra, str(REPO / "configs" / "cnn.yaml"), *sets]
+
+
+ENV = {"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"}
+
+
+@pytest.mark.e2e
+def test_a_killed_run_resumes_from_its_last_epoch_and_publishes_once(bloodmnist_root, tmp_path):
+    run_parent = tmp_path / "runs" / "cnn"
+    proc = subprocess.Popen(train_command(bloodmnist_root, tmp_path), cwd=tmp_path, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 240
+    killed_after = 0
+    while time.time() < deadline and proc.poll() is None:
+        metadata = list(run_parent.glob("*/backup/model/training_metadata.json"))
+        if metadata:
+            try:
+                killed_after = json.loads(metadata[0].read_text())["epoch"]
+            except ValueError:
+                killed_after = 0  # caught mid-write
+            if killed_after >= 3:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    (run_dir,) = run_parent.iterdir()
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "training"
+    assert not (tmp_path / "saved_models").exists()
+
+    resumed = subprocess.run(train_command(bloodmnist_root, tmp_path, "--resume", "latest"), cwd=tmp_path, env=ENV,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"Resuming training after epoch {killed_after}" in resumed.stdout
+    history = runs.read_history(run_dir / "history.csv")
+    assert len(history["loss"]) == 12
+    assert [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]] == list(range(12))
+    # The training clock went on from where the record stopped, not from zero.
+    assert history["elapsed_minutes"] == sorted(history["elapsed_minutes"])
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "finished" and not (run_dir / "backup").exists()
+    assert resumed.stdout.strip().splitlines()[-1] == status["export"] == str(tmp_path / "saved_models" / "cnn" / "1")
+
+    # Resuming a finished run publishes nothing more.
+    again = subprocess.run(train_command(bloodmnist_root, tmp_path, "--resume", str(run_dir))[:5], cwd=tmp_path,
+                           env=ENV, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert again.returncode == 0 and "finished already" in again.stdout
+    assert [p.name for p in (tmp_path / "saved_models" / "cnn").iterdir()] == ["1"]
+
+    # An uninterrupted run of the same settings ends where the resumed one did, but for the
+    # data order after the resume (README: Resuming a run).
+    whole = subprocess.run(train_command(bloodmnist_root, tmp_path / "whole"), cwd=tmp_path, env=ENV,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    (whole_dir,) = (tmp_path / "whole" / "runs" / "cnn").iterdir()
+    final = json.loads((run_dir / "metrics.json").read_text())
+    reference = json.loads((whole_dir / "metrics.json").read_text())
+    assert abs(final["best_val_accuracy"] - reference["best_val_accuracy"]) < 0.05, (final, reference)
