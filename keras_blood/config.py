@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -395,13 +397,38 @@ class TrainConfig(_Strict):
     )
 
 
+def _folder_name(value: str) -> str:
+    # Names become folders: no separators, and never hidden, "." or "..".
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", value):
+        raise ValueError("must be a folder name: letters, digits, '_', '.', '-', not starting with '.'")
+    return value
+
+
+FolderName = Annotated[str, AfterValidator(_folder_name)]
+
+
 class OutputConfig(_Strict):
     runs_dir: Path = Path("runs")
     export_dir: Path = Path("saved_models")
+    name: FolderName | None = Field(
+        default=None,
+        description="The served model's name: versions go to export_dir/<name>/<n>/. Default: the "
+        "config's name, plus -<data.name> when --set changes the config file's data source.",
+    )
+    publish: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="auto: publish a version unless data.max_examples is set (a smoke run); "
+        "never: what train --no-export sets.",
+    )
+    publish_if_better: bool = Field(
+        default=False,
+        description="Publish only when the test accuracy beats the newest version's "
+        "(evaluated on the same split and number of examples).",
+    )
 
 
 class Config(_Strict):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: FolderName
     seed: int = 42
     data: DataConfig = DataConfig()
     model: ModelConfig
@@ -412,6 +439,11 @@ class Config(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    @property
+    def served_name(self) -> str:
+        """The folder under output.export_dir that versions of this model go to."""
+        return self.output.name or self.name
 
 
 # ----------------------------------------------------------------------------- loading
@@ -478,8 +510,8 @@ def _format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
     return f"{key} = {err['input']!r}: {err['msg'].removeprefix('Value error, ')}"
 
 
-def read_raw(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """A YAML config file as a dict, ``name`` defaulted to the file's stem, overrides applied."""
+def _read_file(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a dict, ``name`` defaulted to the file's stem."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist (see configs/ for examples)")
@@ -490,7 +522,30 @@ def read_raw(path: str | Path, overrides: list[str] | None = None) -> dict[str, 
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     raw.setdefault("name", path.stem)
-    return apply_overrides(raw, list(overrides or []))
+    return raw
+
+
+def read_raw(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A YAML config file as a dict, ``name`` defaulted to the file's stem, overrides applied."""
+    return apply_overrides(_read_file(path), list(overrides or []))
+
+
+def _source(raw: dict[str, Any]) -> Any:
+    """The data source a raw config names (``data.name``, defaulted)."""
+    data = raw.get("data")
+    return (data if isinstance(data, dict) else {}).get("name", DataConfig.model_fields["name"].default)
+
+
+def with_output_name(raw: dict[str, Any], file_source: Any) -> dict[str, Any]:
+    """Fill a missing ``output.name``: the config's name, plus ``-<data.name>`` when an
+    override changed the file's data source, so that a model of other data never becomes
+    a new version of the file's model (which serves other classes or another input)."""
+    output = raw.setdefault("output", {})
+    if isinstance(output, dict) and "name" not in output and isinstance(raw.get("name"), str):
+        source = _source(raw)
+        changed = source != file_source and isinstance(source, str)  # else data.name's own error
+        output["name"] = f"{raw['name']}-{source}" if changed else raw["name"]
+    return raw
 
 
 def validate_config(raw: dict[str, Any], where: str) -> Config:
@@ -506,7 +561,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
     Raises :class:`ConfigError` with one message naming every bad key and value.
     """
-    return validate_config(read_raw(path, overrides), str(path))
+    file = _read_file(path)
+    raw = apply_overrides(copy.deepcopy(file), list(overrides or []))
+    return validate_config(with_output_name(raw, _source(file)), str(path))
 
 
 def save_config(config: Config, path: Path) -> None:
@@ -596,7 +653,8 @@ def _format_sweep_error(err: dict[str, Any], raw_sweep: dict[str, Any]) -> str:
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read a sweep file (``--set`` overrides apply to every cell) and validate every cell."""
-    raw = read_raw(path, overrides)
+    file = _read_file(path)
+    raw = apply_overrides(copy.deepcopy(file), list(overrides or []))
     raw_sweep = raw.pop("sweep", None)
     if not isinstance(raw_sweep, dict):
         raise ConfigError(f"{path}: a sweep file needs a `sweep:` section with models and inputs")
@@ -618,6 +676,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
             cell_raw.setdefault("data", {})["color_extraction"] = input_name == "color_extraction"
             # The cells' run folders live in the results folder: one TensorBoard shows all.
             cell_raw.setdefault("output", {})["runs_dir"] = str(results_dir / "runs")
+            if cell_raw["output"].get("name"):  # one name per cell: cells never share versions
+                cell_raw["output"]["name"] = f"{cell_raw['output']['name']}-{label}-{input_name}"
+            with_output_name(cell_raw, _source(file))
             config = validate_config(cell_raw, f"{path} (cell {label}/{input_name})")
             cells.append(SweepCell(label=label, input=input_name, config=config))
     return Sweep(name=base.name, spec=spec, results_dir=results_dir, cells=cells)
