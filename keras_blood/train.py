@@ -4,8 +4,8 @@
 
 Writes a run folder (TensorBoard logs, CSV history, best checkpoint, test metrics and
 plots) under ``output.runs_dir/<config name>/<timestamp>/`` and a SavedModel version
-under ``output.export_dir/<config name>/<version>/``. The last line printed is the path
-of that version.
+under ``output.export_dir/<output.name>/<version>/``. The last line printed is the path
+of that version, or why none was published (``--no-export``, a smoke run ...).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class TrainResult:
     model: Any  # the trained keras.Model, best validation weights
     metrics: dict[str, Any]  # test metrics, as written to metrics.json
     run_dir: Path
-    export_dir: Path
+    export_dir: Path | None  # None: not published (output.publish, publish_if_better)
 
 
 def new_run_dir(config: Config) -> Path:
@@ -109,7 +109,7 @@ def train(config: Config) -> TrainResult:
     from keras_blood.data import load_data
     from keras_blood.data.augment import make_augment
     from keras_blood.data.pipeline import make_dataset
-    from keras_blood.export import export_model
+    from keras_blood.export import NotPublished, check_export_target, export_model
     from keras_blood.metrics import classification_metrics, per_class_table, summary_line
     from keras_blood.models import average_models, build_model, with_tta
     from keras_blood.plots import plot_confusion_matrix, plot_learning_curves
@@ -126,6 +126,7 @@ def train(config: Config) -> TrainResult:
             raise DataError(f"data source {data.name!r} has no {split!r} examples")
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
     print(f"Data: {data.name} {data.image_shape}, {data.num_classes} classes; {sizes}", flush=True)
+    check_export_target(config, data.class_names, data.image_shape)
 
     steps_per_epoch = math.ceil(len(data.splits["train"]) / config.train.batch_size)
     ensemble = config.train.ensemble
@@ -285,17 +286,23 @@ def train(config: Config) -> TrainResult:
             print(f"  member {number} alone: accuracy {m['accuracy']:.4f}, AUC {m['auc']:.4f}")
     print(f"Trained {metrics['epochs_run']} epochs in {train_seconds:.0f} s; run folder {run_dir}")
 
-    export_dir = export_model(model_for_test, config, data.class_names, metrics, data.preparation)
-    (run_dir / "export_path.txt").write_text(f"{export_dir}\n")
+    try:
+        export_dir = export_model(model_for_test, config, data.class_names, metrics, data.preparation)
+        (run_dir / "export_path.txt").write_text(f"{export_dir}\n")
+    except NotPublished as declined:
+        print(f"Not published: {declined}")
+        export_dir = None
     return TrainResult(model_for_test, metrics, run_dir, export_dir)
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
+def main(argv: Sequence[str] | None = None) -> Path | None:
     parser = config_parser("python -m keras_blood.train", "Train, evaluate and export a model.")
+    parser.add_argument("--no-export", action="store_true", help="publish no version (output.publish=never)")
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides + ["output.publish=never"] * args.no_export)
     result = train(config)
-    print(result.export_dir)
+    if result.export_dir:
+        print(result.export_dir)
     return result.export_dir
 
 
