@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -395,13 +396,42 @@ class TrainConfig(_Strict):
     )
 
 
+def _folder_name(value: str) -> str:
+    # A folder under output.runs_dir or output.export_dir: no separators, and no leading
+    # "." or "-" (so neither "." nor ".." nor a hidden folder nor an option-like name).
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", value):
+        raise ValueError(
+            "must be a folder name: at most 100 letters, digits, '_', '.' or '-', "
+            "starting with a letter, a digit or '_'"
+        )
+    return value
+
+
+FolderName = Annotated[str, AfterValidator(_folder_name)]
+
+
 class OutputConfig(_Strict):
     runs_dir: Path = Path("runs")
     export_dir: Path = Path("saved_models")
+    name: FolderName | None = Field(
+        default=None,
+        description="The served model's name: versions go to export_dir/<name>/<n>/. Default: the "
+        "config's name, plus -<data.name> when --set changes the config file's data source.",
+    )
+    publish: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="auto: publish a version unless data.max_examples is set (a smoke run); "
+        "never: what train --no-export sets.",
+    )
+    publish_if_better: bool = Field(
+        default=False,
+        description="Publish only when the test accuracy beats the newest version's "
+        "(evaluated on the same split and number of examples).",
+    )
 
 
 class Config(_Strict):
-    name: str
+    name: FolderName
     # keras.utils.set_random_seed (NumPy's legacy seeding) takes 0 <= seed < 2**32.
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 42
     data: DataConfig = DataConfig()
@@ -411,20 +441,13 @@ class Config(_Strict):
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
 
-    @field_validator("name")
-    @classmethod
-    def _folder_name(cls, value: str) -> str:
-        # A folder under output.runs_dir and output.export_dir: no separators, and no leading
-        # "." or "-" (so neither "." nor ".." nor a hidden folder nor an option-like name).
-        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", value):
-            raise ValueError(
-                "must be a folder name: at most 100 letters, digits, '_', '.' or '-', "
-                "starting with a letter, a digit or '_'"
-            )
-        return value
-
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    @property
+    def served_name(self) -> str:
+        """The folder under output.export_dir that versions of this model go to."""
+        return self.output.name or self.name
 
 
 # ----------------------------------------------------------------------------- loading
@@ -491,8 +514,8 @@ def _format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
     return f"{key} = {err['input']!r}: {err['msg'].removeprefix('Value error, ')}"
 
 
-def read_raw(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """A YAML config file as a dict, ``name`` defaulted to the file's stem, overrides applied."""
+def _read_file(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a dict, ``name`` defaulted to the file's stem."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist (see configs/ for examples)")
@@ -503,7 +526,30 @@ def read_raw(path: str | Path, overrides: list[str] | None = None) -> dict[str, 
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     raw.setdefault("name", path.stem)
-    return apply_overrides(raw, list(overrides or []))
+    return raw
+
+
+def read_raw(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A YAML config file as a dict, ``name`` defaulted to the file's stem, overrides applied."""
+    return apply_overrides(_read_file(path), list(overrides or []))
+
+
+def _source(raw: dict[str, Any]) -> Any:
+    """The data source a raw config names (``data.name``, defaulted)."""
+    data = raw.get("data")
+    return (data if isinstance(data, dict) else {}).get("name", DataConfig.model_fields["name"].default)
+
+
+def with_output_name(raw: dict[str, Any], file_source: Any) -> dict[str, Any]:
+    """Fill a missing ``output.name``: the config's name, plus ``-<data.name>`` when an
+    override changed the file's data source, so that a model of other data never becomes
+    a new version of the file's model (which serves other classes or another input)."""
+    output = raw.setdefault("output", {})
+    if isinstance(output, dict) and "name" not in output and isinstance(raw.get("name"), str):
+        source = _source(raw)
+        changed = source != file_source and isinstance(source, str)  # else data.name's own error
+        output["name"] = f"{raw['name']}-{source}" if changed else raw["name"]
+    return raw
 
 
 def validate_config(raw: dict[str, Any], where: str) -> Config:
@@ -519,7 +565,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
     Raises :class:`ConfigError` with one message naming every bad key and value.
     """
-    return validate_config(read_raw(path, overrides), str(path))
+    file = _read_file(path)
+    raw = apply_overrides(copy.deepcopy(file), list(overrides or []))
+    return validate_config(with_output_name(raw, _source(file)), str(path))
 
 
 def save_config(config: Config, path: Path) -> None:

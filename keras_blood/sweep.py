@@ -118,7 +118,7 @@ def run_cell(cell: SweepCell) -> dict[str, Any]:
         "epochs": m["epochs_run"],
         "seconds": m["train_seconds"],
         "run_dir": str(result.run_dir),
-        "export_dir": str(result.export_dir),
+        "export_dir": str(result.export_dir or ""),  # empty: not published
     }
     write_hparams_session(cell, row, result.run_dir / "logs")
     return row

@@ -14,7 +14,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from keras_blood.config import Config, ModelConfig, _format_error, _Strict, read_raw, validate_config
+from keras_blood.config import (
+    Config,
+    ModelConfig,
+    _format_error,
+    _read_file,
+    _source,
+    _Strict,
+    apply_overrides,
+    validate_config,
+    with_output_name,
+)
 from keras_blood.errors import ConfigError
 
 SWEEP_INPUTS = ("original", "color_extraction")
@@ -96,7 +106,8 @@ def _format_sweep_error(err: dict[str, Any], raw_sweep: dict[str, Any]) -> str:
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read a sweep file (``--set`` overrides apply to every cell) and validate every cell."""
-    raw = read_raw(path, overrides)
+    file = _read_file(path)
+    raw = apply_overrides(copy.deepcopy(file), list(overrides or []))
     raw_sweep = raw.pop("sweep", None)
     if not isinstance(raw_sweep, dict):
         raise ConfigError(f"{path}: a sweep file needs a `sweep:` section with models and inputs")
@@ -118,6 +129,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
             cell_raw.setdefault("data", {})["color_extraction"] = input_name == "color_extraction"
             # The cells' run folders live in the results folder: one TensorBoard shows all.
             cell_raw.setdefault("output", {})["runs_dir"] = str(results_dir / "runs")
+            if cell_raw["output"].get("name"):  # one name per cell: cells never share versions
+                cell_raw["output"]["name"] = f"{cell_raw['output']['name']}-{label}-{input_name}"
+            with_output_name(cell_raw, _source(file))
             config = validate_config(cell_raw, f"{path} (cell {label}/{input_name})")
             cells.append(SweepCell(label=label, input=input_name, config=config))
     return Sweep(name=base.name, spec=spec, results_dir=results_dir, cells=cells)

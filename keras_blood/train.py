@@ -7,7 +7,8 @@
 Writes a run folder (TensorBoard logs, CSV history, best checkpoint, test metrics and
 plots) under ``output.runs_dir/<config name>/<timestamp>/`` and a SavedModel version
 under ``output.export_dir/<output.name>/<version>/``. The last line printed is the path
-of that version. ``train`` is a short orchestrator over the phases below, each usable on
+of that version, or why none was published (``--no-export``, a smoke run ...).
+``train`` is a short orchestrator over the phases below, each usable on
 its own (the benchmarks and tests call them): load and check the data; build and compile
 a model; fit one (ensemble) member; evaluate on test; write the run's artefacts; export.
 
@@ -50,7 +51,7 @@ class TrainResult:
     model: Any  # the evaluated keras.Model (best validation weights, TTA/ensemble inside)
     metrics: dict[str, Any]  # test metrics, as written to metrics.json
     run_dir: Path | None  # None on a worker that is not the chief
-    export_dir: Path | None  # None when nothing was published
+    export_dir: Path | None  # None: not published (output.publish, publish_if_better), or not the chief
 
 
 def model_input_shape(config: Config, image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -478,12 +479,21 @@ def write_run_artefacts(session: Session, metrics: dict[str, Any], histories: li
 
 
 def export(session: Session, model, metrics: dict[str, Any]) -> Path | None:
-    """Publish the evaluated model as a new version; recorded in the run, so a resumed
-    run never publishes twice."""
-    from keras_blood.export import export_model
+    """Publish the evaluated model as a new version (or say why not). The run records the
+    outcome and the version records its run, so a resumed run never publishes twice."""
+    from keras_blood.export import NotPublished, export_model, find_run_version
 
     run = session.run
-    version = export_model(model, session.config, session.data.class_names, metrics, session.data.preparation)
+    version = find_run_version(session.config, run.path)  # published before a kill
+    if version is None:
+        try:
+            version = export_model(
+                model, session.config, session.data.class_names, metrics, session.data.preparation, run=run.path
+            )
+        except NotPublished as declined:
+            print(f"Not published: {declined}", flush=True)
+            run.update_status(state=FINISHED, export=None, not_published=str(declined))
+            return None
     (run.path / "export_path.txt").write_text(f"{version}\n")
     run.update_status(state=FINISHED, export=str(version))
     return version
@@ -509,6 +519,10 @@ def train(config: Config, resume: str | Path | None = None) -> TrainResult:
     data = load_checked_data(config)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
     print(f"Data: {data.name} {data.image_shape}, {data.num_classes} classes; {sizes}", flush=True)
+    if cluster is None or cluster.is_chief:
+        from keras_blood.export import check_export_target
+
+        check_export_target(config, data.class_names, data.image_shape)
     session = Session(config, data, strategy, cluster, run=None, run_path=Path(resume) if resume else None)
     is_chief = session.is_chief
     # Before the run folder: a model that cannot be built leaves nothing.
@@ -592,6 +606,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
 
     parser = argparse.ArgumentParser(prog="python -m keras_blood.train", description="Train, evaluate and export a model.")
     parser.add_argument("config", nargs="?", help="YAML experiment config, e.g. configs/dropout03.yaml")
+    parser.add_argument("--no-export", action="store_true", help="publish no version (output.publish=never)")
     parser.add_argument(
         "--resume",
         metavar="RUN_DIR|latest",
@@ -601,16 +616,19 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     add_overrides(parser)
     args = parser.parse_args(argv)
     if args.resume:
+        if args.no_export:
+            raise ConfigError("--no-export with --resume: a run keeps the publishing settings it started with")
         config, run = resolve_resume(args.resume, args.config, args.overrides)
         if run.finished:
             status = run.status()
-            print(f"{run.path} finished already; exported as {status.get('export')}", flush=True)
+            outcome = f"exported as {status['export']}" if status.get("export") else f"not published: {status.get('not_published')}"
+            print(f"{run.path} finished already; {outcome}", flush=True)
             return Path(status["export"]) if status.get("export") else None
         result = train(config, resume=run.path)
     else:
         if not args.config:
             parser.error("give a CONFIG, or --resume RUN_DIR")
-        result = train(load_config(args.config, args.overrides))
+        result = train(load_config(args.config, args.overrides + ["output.publish=never"] * args.no_export))
     if result.export_dir is not None:
         print(result.export_dir)
     return result.export_dir

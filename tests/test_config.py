@@ -79,6 +79,9 @@ def test_override_creates_missing_sections():
         (["name=-x"], ["name = '-x'", "folder name"]),
         (["name=a/b"], ["name = 'a/b'", "folder name"]),
         ([f"name={'a' * 101}"], ["name = 'aaaa", "at most 100"]),
+        (["output.name=../other"], ["output.name = '../other'", "folder name"]),
+        (["output.name=.hidden"], ["output.name", "starting with a letter"]),
+        (["output.publish=sometimes"], ["output.publish", "'auto'", "'never'"]),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(write_config, overrides, expected):
@@ -193,6 +196,32 @@ def test_bad_cell_crop_is_named(write_config, override, words):
         load_config(path, [override])
     for word in words:
         assert word in str(info.value)
+
+
+def test_output_name_is_the_config_name_plus_a_changed_data_source(write_config):
+    dropout03 = REPO / "configs" / "dropout03.yaml"  # data.name: bloodmnist
+    assert load_config(dropout03).output.name == "dropout03"
+    # A Kaggle model must not become a version of the BloodMNIST model (other classes, input).
+    assert load_config(dropout03, ["data.name=blood_cell_images"]).output.name == "dropout03-blood_cell_images"
+    assert load_config(dropout03, ["data.name=bloodmnist", "name=d3"]).output.name == "d3"
+    assert load_config(dropout03, ["data.name=blood_cell_images", "output.name=kaggle"]).output.name == "kaggle"
+    plain = write_config({"model": {"name": "basic"}})  # no data section: BloodMNIST
+    assert load_config(plain, ["data.name=bloodmnist"]).output.name == "exp"
+    assert load_config(plain, ["data.name=blood_cell_images"]).output.name == "exp-blood_cell_images"
+    config = load_config(plain)
+    assert config.output.publish == "auto" and config.output.publish_if_better is False
+    assert config.model_copy(update={"output": config.output.model_copy(update={"name": None})}).served_name == "exp"
+
+
+def test_sweep_cells_publish_under_names_of_their_own(write_config):
+    path = write_config({"data": {"name": "blood_cell_images"}, "sweep": {"models": ["basic", "dropout03"]}}, "g")
+    cells = load_sweep(path).cells
+    assert [c.config.output.name for c in cells] == [c.config.name for c in cells]
+    assert len({c.config.output.name for c in cells}) == 4
+    moved = load_sweep(path, ["data.name=bloodmnist", "data.cell_crop=null", "data.image_size=28"]).cells
+    assert moved[0].config.output.name == "g-basic-original-bloodmnist"
+    named = load_sweep(path, ["output.name=study"]).cells
+    assert [c.config.output.name for c in named[:2]] == ["study-basic-original", "study-basic-color_extraction"]
 
 
 def test_the_georgetown_sweep_is_16_validated_cells():

@@ -92,6 +92,7 @@ def overrides(root, tmp_path, **extra):
         "train.batch_size": 128,
         "output.runs_dir": tmp_path / "runs",
         "output.export_dir": tmp_path / "saved_models",
+        "output.publish": "always",  # a smoke run (data.max_examples) is otherwise not published
         **extra,
     }
     return [item for key, value in values.items() for item in ("--set", f"{key}={value}")]

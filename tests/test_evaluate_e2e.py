@@ -32,6 +32,7 @@ def trained(bloodmnist_root, tmp_path_factory):
         "train.learning_rate=3e-3",
         f"output.runs_dir={root / 'runs'}",
         f"output.export_dir={root / 'saved_models'}",
+        "output.publish=always",  # a smoke run (data.max_examples) is otherwise not published
     ]
     return train(load_config(REPO / "configs" / "dropout03.yaml", overrides))
 

@@ -1,5 +1,11 @@
 import json
+import os
 import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -9,7 +15,16 @@ import tensorflow as tf
 from keras_blood import export as export_module
 from keras_blood.config import Config
 from keras_blood.errors import ExportError
-from keras_blood.export import export_model, existing_versions, load_exported, load_version
+from keras_blood.export import (
+    NotPublished,
+    check_export_target,
+    existing_versions,
+    export_model,
+    load_exported,
+    load_version,
+    should_publish,
+    skip_reason,
+)
 from keras_blood.models import build_model
 from keras_blood.preparation import Preparation, decode_file, preparer
 from tests.conftest import encode, serve_in_fresh_process, synthetic_npz
@@ -204,3 +219,155 @@ def test_evaluate_and_predict_exit_2_with_one_line_on_a_damaged_version(tiny, tm
     assert len(errors) == 2  # one line from each command
     assert all(line.startswith(f"error: {version}: this model version is damaged (") for line in errors)
     assert sorted(tmp_path.rglob("*")) == before  # no report folder, no CSV, no temporary file
+
+
+# ----------------------------------------------------------------------------- publishing
+
+
+def with_output(config, **changes):
+    return config.model_copy(update={"output": config.output.model_copy(update=changes)})
+
+
+def test_another_signature_is_refused_before_training_and_at_publish_time(tiny, monkeypatch):
+    config, model = tiny
+    first = export_model(model, config, list("abcdefgh"), {})
+    assert json.loads((first / "assets.extra" / "signature.json").read_text()) == {
+        "input_shape": [28, 28, 3], "dtype": "uint8", "class_names": list("abcdefgh")}  # fmt: skip
+    check_export_target(config, list("abcdefgh"), (28, 28, 3))  # the same signature: fine
+    # A Kaggle model (4 classes, 120x160) under the BloodMNIST model's name: its clients would break.
+    with pytest.raises(ExportError) as refused:
+        check_export_target(config, list("abcd"), (120, 160, 3))
+    message = str(refused.value)
+    assert "output.name 'tiny'" in message and "--set output.name=tiny-bloodmnist" in message
+    assert "uint8 28x28x3 -> 8 classes [a, b, c" in message and "uint8 120x160x3 -> 4 classes" in message
+    assert "\n" not in message
+    # Versions exported before signature.json existed are read from their SavedModel.
+    (first / "assets.extra" / "signature.json").unlink()
+    assert export_module.read_signature(first) == export_module.Signature((28, 28, 3), "uint8", tuple("abcdefgh"))
+    with pytest.raises(ExportError, match="8 classes"):
+        check_export_target(config, list("bacdefgh"), (28, 28, 3))  # the same classes, another order
+    # Version 1 published after the checks before the export: refused at the rename, nothing left behind.
+    monkeypatch.setattr(export_module, "check_export_target", lambda *args: None)
+    with pytest.raises(ExportError, match="output.name 'tiny'"):
+        export_model(model, config, list("abcdefgx"), {})
+    assert sorted(p.name for p in first.parent.iterdir()) == ["1"]
+    # Under its own name it is published.
+    assert export_model(model, with_output(config, name="tiny-x"), list("abcdefgx"), {}).parent.name == "tiny-x"
+
+
+def test_smoke_runs_publish_only_when_asked(tiny, tmp_path):
+    config, model = tiny
+    smoke = config.model_copy(update={"data": config.data.model_copy(update={"max_examples": 1})})
+    assert should_publish(config) and not should_publish(smoke)
+    assert "data.max_examples=1" in skip_reason(smoke) and "output.publish=always" in skip_reason(smoke)
+    with pytest.raises(NotPublished, match="smoke run"):
+        export_model(model, smoke, list("abcdefgh"), {})
+    assert not config.output.export_dir.exists()
+    # A run that will not publish does not care where it would have.
+    (tmp_path / "afile").write_text("")
+    check_export_target(with_output(smoke, export_dir=tmp_path / "afile" / "x"), list("ab"), (1, 1, 3))
+    assert export_model(model, with_output(smoke, publish="always"), list("abcdefgh"), {}).name == "1"
+    with pytest.raises(NotPublished, match="never"):
+        export_model(model, with_output(config, publish="never"), list("abcdefgh"), {})
+
+
+def test_no_export_flag_means_publish_never(monkeypatch, tmp_path):
+    from keras_blood import train as train_module
+    from tests.conftest import REPO
+
+    seen = []
+    def train(config):
+        seen.append(config)
+        return train_module.TrainResult(None, {}, tmp_path, None)
+
+    monkeypatch.setattr(train_module, "train", train)
+    assert train_module.main([str(REPO / "configs" / "dropout03.yaml"), "--no-export"]) is None
+    assert seen[0].output.publish == "never" and not should_publish(seen[0])
+
+
+def test_publish_if_better_compares_like_with_like(tiny, capsys):
+    config, model = tiny
+    config = with_output(config, publish_if_better=True)
+    measured = {"split": "test", "num_examples": 100}
+    export_model(model, config, list("abcdefgh"), {**measured, "accuracy": 0.8})  # the first: nothing to beat
+    with pytest.raises(NotPublished, match=r"test accuracy 0\.8000 does not beat version 1's 0\.8000"):
+        export_model(model, config, list("abcdefgh"), {**measured, "accuracy": 0.8})
+    assert export_model(model, config, list("abcdefgh"), {**measured, "accuracy": 0.81}).name == "2"
+    with pytest.raises(NotPublished, match="0.7000 does not beat version 2's 0.8100"):
+        export_model(model, config, list("abcdefgh"), {**measured, "accuracy": 0.7})
+    # Figures from another number of examples are not comparable: published, and said so.
+    capsys.readouterr()
+    third = export_model(model, config, list("abcdefgh"), {"split": "test", "num_examples": 50, "accuracy": 0.5})
+    assert third.name == "3" and "publishing without comparing" in capsys.readouterr().out
+    # Without publish_if_better, a worse model is published.
+    worse = {**measured, "accuracy": 0.1}
+    assert export_model(model, with_output(config, publish_if_better=False), list("abcdefgh"), worse).name == "4"
+
+
+def test_an_unwritable_export_dir_is_found_before_training(tiny, tmp_path):
+    config, model = tiny
+    (tmp_path / "afile").write_text("")  # a folder under a regular file can never be created, even by root
+    config = with_output(config, export_dir=tmp_path / "afile" / "x")
+    with pytest.raises(ExportError, match=r"output.export_dir '.*afile/x': cannot write to .*Not a directory"):
+        check_export_target(config, list("abcdefgh"), (28, 28, 3))
+    with pytest.raises(ExportError, match="output.export_dir"):
+        export_model(model, config, list("abcdefgh"), {})
+
+
+def test_versions_are_readable_by_other_users(tiny):
+    config, model = tiny
+    previous = os.umask(0o077)  # even under a private umask
+    try:
+        version = export_model(model, config, list("abcdefgh"), {})
+    finally:
+        os.umask(previous)
+    modes = {p.relative_to(version): stat.S_IMODE(p.stat().st_mode) for p in [version, *version.rglob("*")]}
+    assert modes[Path(".")] == 0o755 and modes[Path("variables")] == 0o755
+    assert modes[Path("saved_model.pb")] == 0o644 and modes[Path("assets.extra/class_names.json")] == 0o644
+    assert set(modes.values()) == {0o755, 0o644}
+
+
+def test_stale_staging_folders_of_dead_processes_are_removed(tiny):
+    config, model = tiny
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = export_module._host()
+    base = config.output.export_dir / "tiny"
+    names = {
+        "dead": f".export-{host}-{dead.pid}-k2j4h5g6",
+        "alive": f".export-{host}-{os.getpid()}-a1b2c3d4",
+        "other host": f".export-another-host-{dead.pid}-a1b2c3d4",
+        "old legacy": ".export-ab12cd34",
+        "new legacy": ".export-ef56gh78",
+    }
+    for name in names.values():
+        (base / name / "variables").mkdir(parents=True)
+    day_ago = time.time() - 25 * 3600
+    os.utime(base / names["old legacy"], (day_ago, day_ago))
+    version = export_model(model, config, list("abcdefgh"), {})
+    left = {p.name for p in base.iterdir()}
+    assert left == {version.name, names["alive"], names["other host"], names["new legacy"]}
+
+
+def test_train_checks_the_target_before_training_and_says_why_it_did_not_publish(tmp_path, capsys):
+    from keras_blood.config import load_config
+    from keras_blood.train import train
+    from tests.conftest import REPO, synthetic_npz
+
+    synthetic_npz(tmp_path / "bloodmnist.npz")
+    overrides = [
+        f"data.root={tmp_path}", "data.download=false", "data.max_examples=40", "train.epochs=1",
+        f"output.runs_dir={tmp_path / 'runs'}", f"output.export_dir={tmp_path / 'sm'}",
+    ]  # fmt: skip
+    config = load_config(REPO / "configs" / "dropout03.yaml", overrides)
+    result = train(config)
+    assert result.export_dir is None and not (tmp_path / "sm").exists()
+    assert "Not published: a smoke run (data.max_examples=40)" in capsys.readouterr().out
+    # A 4-class model already serves under the name: refused before a run folder is made.
+    keras.utils.set_random_seed(0)
+    other = with_output(config, publish="always")
+    export_model(build_model(other.model, (28, 28, 3), 4), other, list("abcd"), {})
+    runs = {p.name for p in (tmp_path / "runs" / "dropout03").iterdir()}
+    with pytest.raises(ExportError, match="output.name 'dropout03'.*4 classes.*8 classes"):
+        train(other)
+    assert {p.name for p in (tmp_path / "runs" / "dropout03").iterdir()} == runs

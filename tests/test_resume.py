@@ -80,6 +80,7 @@ def train_command(root, tmp_path, *extra):
         "train.early_stopping_patience": 0,
         "output.runs_dir": tmp_path / "runs",
         "output.export_dir": tmp_path / "saved_models",
+        "output.publish": "always",  # a smoke run (data.max_examples) is otherwise not published
     }
     sets = [item for key, value in values.items() for item in ("--set", f"{key}={value}")]
     return [sys.executable, "-m", "keras_blood.train", *extra, str(REPO / "configs" / "cnn.yaml"), *sets]

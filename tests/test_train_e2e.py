@@ -26,6 +26,7 @@ def quick_overrides(bloodmnist_root, tmp_path):
         "train.batch_size=64",
         f"output.runs_dir={tmp_path / 'runs'}",
         f"output.export_dir={tmp_path / 'saved_models'}",
+        "output.publish=always",  # a smoke run (data.max_examples) is otherwise not published
     ]
 
 
