@@ -10,6 +10,7 @@ before anything heavy is loaded or written.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from pathlib import Path

@@ -13,7 +13,7 @@ import pytest
 
 from keras_blood import runs
 from keras_blood.callbacks import ResumableEarlyStopping
-from keras_blood.config import Config
+from keras_blood.config import Config, load_config
 from keras_blood.errors import ConfigError
 from keras_blood.train import resolve_resume, schedule_done
 from tests.conftest import REPO
@@ -53,13 +53,13 @@ def test_early_stopping_continues_from_the_recorded_epochs():
 
 
 def test_latest_finds_the_newest_unfinished_run_with_the_same_settings(tmp_path, write_config):
-    cfg = config(tmp_path)
+    path = write_config({"model": {"name": "fnn"}, "output": {"runs_dir": str(tmp_path / "runs")}}, name="exp")
+    cfg = load_config(path)
     old = runs.RunFolder.create(cfg)
     time.sleep(1.1)  # run folders are named by the second
     new = runs.RunFolder.create(cfg)
     new.update_status(state=runs.FINISHED, export="x")
     assert runs.latest_unfinished(cfg).path == old.path
-    path = write_config({"model": {"name": "fnn"}, "output": {"runs_dir": str(tmp_path / "runs")}}, name="exp")
     resumed_config, run = resolve_resume("latest", str(path), [])
     assert run.path == old.path and resumed_config == cfg
     with pytest.raises(ConfigError, match=r"started with other settings: train.epochs \(30 in the run, 5 now\)"):
@@ -111,7 +111,7 @@ def test_a_killed_run_resumes_from_its_last_epoch_and_publishes_once(bloodmnist_
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     (run_dir,) = run_parent.iterdir()
     assert json.loads((run_dir / "status.json").read_text())["state"] == "training"
-    assert not (tmp_path / "saved_models").exists()
+    assert not list((tmp_path / "saved_models").rglob("saved_model.pb"))  # nothing published yet
 
     resumed = subprocess.run(train_command(bloodmnist_root, tmp_path, "--resume", "latest"), cwd=tmp_path, env=ENV,
                              capture_output=True, text=True, timeout=300)  # fmt: skip
