@@ -15,7 +15,8 @@ apply to every cell. The results folder (``sweep.results_dir``, default
                     curves, colour-extraction images and the HParams dashboard
 
 A cell whose record exists, made with the same settings, is not run again, so repeating
-an interrupted command finishes the study. A cell that raises (a model that cannot be
+an interrupted command finishes the study; a cell killed mid-training continues from its
+run folder's last finished epoch (``train --resume``). A cell that raises (a model that cannot be
 built, a run that diverged) is a failed row with its reason; the other cells still run,
 the failed one is not recorded, so the next run tries it again, and the command exits 1.
 The last line printed is the results folder.
@@ -100,10 +101,17 @@ def _write_atomic(path: Path, text: str) -> None:
 def run_cell(cell: SweepCell) -> dict[str, Any]:
     import keras
 
+    from keras_blood.runs import first_difference, latest_unfinished
     from keras_blood.train import train
 
+    # A cell interrupted mid-training (killed sweep) continues its own run folder.
+    unfinished = latest_unfinished(cell.config)
+    if unfinished is not None and first_difference(unfinished.config.to_dict(), cell.config.to_dict()):
+        unfinished = None  # made with other settings: start afresh
+    if unfinished is not None:
+        print(f"{cell.key}: continuing its interrupted run {unfinished.path}", flush=True)
     try:
-        result = train(cell.config)
+        result = train(cell.config, resume=unfinished.path if unfinished else None)
     finally:
         keras.backend.clear_session()  # the next cell starts from a clean Keras state
     m = result.metrics

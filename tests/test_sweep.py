@@ -187,3 +187,15 @@ def test_table_shows_missing_cells_and_models_outside_the_paper(overrides):
     assert "| wide (not in the paper) | — / 0.500 | — / 0.812 | 0.700 | — / — | — / — | — |" in markdown
     assert "1 cell(s) failed" in markdown and "- dropout03 / Colour extraction: out of memory" in markdown
     assert "2 cell(s) not run yet" in markdown and "`python -m keras_blood.sweep x.yaml`" in markdown
+
+
+def test_a_cell_killed_mid_training_continues_its_run_folder(overrides, tmp_path, capsys):
+    from keras_blood.runs import RunFolder
+
+    overrides = [*overrides, "sweep.models=[basic]", "sweep.inputs=[original]"]
+    (cell,) = load_sweep(GEORGETOWN, overrides).cells
+    interrupted = RunFolder.create(cell.config)  # what a kill during its first epoch leaves
+    assert run_main(sweep_module.main, _args(overrides)) == 0
+    assert f"continuing its interrupted run {interrupted.path}" in capsys.readouterr().out
+    assert [p.name for p in interrupted.path.parent.iterdir()] == [interrupted.path.name]
+    assert interrupted.finished
