@@ -39,7 +39,9 @@ def quick_overrides(bloodmnist_root, tmp_path):
     ],
 )
 def test_train_evaluate_export_and_serve(quick_overrides, tmp_path, config_name, extra):
-    config = load_config(REPO / "configs" / f"{config_name}.yaml", quick_overrides + extra)
+    # Enough to learn something: 3 epochs on 2,048 images (the majority class is 20%).
+    longer = ["data.max_examples=2048", "train.epochs=3"]
+    config = load_config(REPO / "configs" / f"{config_name}.yaml", quick_overrides + longer + extra)
     result = train_module.train(config)
 
     run_dir, version = result.run_dir, result.export_dir
@@ -54,7 +56,8 @@ def test_train_evaluate_export_and_serve(quick_overrides, tmp_path, config_name,
     assert "confusion_matrix" in validation.PluginTagToContent("images")
     assert len(validation.PluginTagToContent("pr_curves")) == 8
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["num_examples"] == 512 and 0.0 <= metrics["accuracy"] <= 1.0
+    # Measured: 0.49 / 0.67 accuracy, AUC 0.91 / 0.94 (dropout03 / best).
+    assert metrics["num_examples"] == 2048 and metrics["accuracy"] > 0.35 and metrics["auc"] > 0.85
     assert metrics == json.loads((version / "assets.extra" / "metrics.json").read_text())
     assert yaml.safe_load((version / "assets.extra" / "config.yaml").read_text())["name"] == config_name
     assert ("without_tta" in metrics) == (config.eval.tta != "none")
@@ -89,7 +92,7 @@ def test_an_ensemble_trains_each_member_on_its_own_seed_and_exports_one_model(qu
     members = metrics["members"]
     assert [m["seed"] for m in members] == train_module.member_seeds(config.seed, 2)
     assert members[0]["best_val_loss"] != members[1]["best_val_loss"]  # two seeds, two models
-    assert metrics["epochs_run"] == 2 and 0.0 <= metrics["best_val_accuracy"] <= 1.0
+    assert metrics["epochs_run"] == 2  # how well an ensemble learns: tests/test_train.py
     single = load_config(REPO / "configs" / "best.yaml", quick_overrides + extra[:2])
     from keras_blood.models import build_model
 
