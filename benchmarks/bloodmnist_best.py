@@ -54,26 +54,14 @@ def throughput(overrides: list[str], steps: int = 25, warmup: int = 5) -> None:
     """Training steps alone (no input pipeline, no validation) of best.yaml's network,
     built and compiled as train.py does, on one random batch; the first ``warmup`` steps
     (tracing) are not timed."""
-    import keras
     import numpy as np
 
     from keras_blood.config import load_config
-    from keras_blood.models import build_model
-    from keras_blood.train import make_optimizer
+    from keras_blood.train import build_compiled
 
     config = load_config(REPO / "configs" / "best.yaml", overrides)
     batch, classes, train_images = config.train.batch_size, 8, 11_959  # BloodMNIST train split
-    previous = keras.mixed_precision.global_policy()
-    if config.train.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        model = build_model(config.model, (*config.data.model_size, 3), classes)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-    model.compile(
-        optimizer=make_optimizer(config, steps_per_epoch=-(-train_images // batch)),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
-    )
+    model = build_compiled(config, (*config.data.model_size, 3), classes, steps_per_epoch=-(-train_images // batch))
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch, *config.data.model_size, 3)).astype("float32")
     y = np.eye(classes, dtype="float32")[rng.integers(0, classes, batch)]
