@@ -89,7 +89,7 @@ def launch(workers: int, train_args: Sequence[str], pin_cores: bool = False) -> 
                     continue
                 remaining.discard(index)
                 if code != 0 and status == 0:
-                    status = code
+                    status = code if code > 0 else 128 - code  # killed by a signal: the shell's 128 + N
                     print(f"worker-{index} exited with status {code}; stopping the others", file=sys.stderr, flush=True)
                     _stop([processes[i] for i in remaining])
             if remaining:
