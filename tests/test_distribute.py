@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,3 +180,56 @@ def test_the_keras_workaround_is_still_needed(tmp_path):
     )
     assert any("Attempt to convert a value (PerReplica" in out for out in outputs), outputs[0][-2000:]
     assert all("FIT OK" in out for out in run_probe(tmp_path, "patched"))
+
+
+def worker_pid(launcher_pid: int, index: int) -> int | None:
+    """The launcher's child whose TF_CONFIG makes it worker ``index``."""
+    import os
+
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children")
+    for pid in children.read_text().split() if children.exists() else []:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(b"TF_CONFIG=") and json.loads(item[10:])["task"]["index"] == index:
+                return int(pid)
+    return None
+
+
+@pytest.mark.e2e
+def test_a_killed_worker_then_resume_on_every_worker_continues_from_the_backup(bloodmnist_root, tmp_path):
+    import os
+    import signal
+    import time
+
+    args = ["--workers", "2", str(REPO / "configs" / "cnn.yaml"),
+            *overrides(bloodmnist_root, tmp_path, **{"data.max_examples": 1024, "train.epochs": 10,
+                                                       "train.early_stopping_patience": 0})]  # fmt: skip
+    env = {"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"}
+    launcher = subprocess.Popen([sys.executable, "-m", "keras_blood.launch", *args], cwd=tmp_path, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + WORKER_TIMEOUT
+    while time.time() < deadline and launcher.poll() is None:
+        backups = list((tmp_path / "runs" / "cnn").glob("*/backup/model/training_metadata.json"))
+        try:
+            if backups and json.loads(backups[0].read_text())["epoch"] >= 3:
+                os.kill(worker_pid(launcher.pid, 1), signal.SIGKILL)
+                break
+        except (ValueError, TypeError):
+            pass  # caught mid-write, or the worker not found yet
+        time.sleep(0.05)
+    assert launcher.wait(timeout=WORKER_TIMEOUT) == 128 + signal.SIGKILL  # the others were stopped
+    assert not list((tmp_path / "saved_models").rglob("saved_model.pb"))
+
+    proc = run_launcher(["--workers", "2", "--resume", "latest", *args[2:]], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    resumed = re.findall(r"\[(worker-\d)\] Resuming training after epoch (\d+)", proc.stdout)
+    assert len(resumed) == 2 and resumed[0][1] == resumed[1][1] and int(resumed[0][1]) >= 3
+    fingerprints = set(re.findall(r"weights fingerprint (\w+)", proc.stdout))
+    assert len(fingerprints) == 1
+    (run_dir,) = (tmp_path / "runs" / "cnn").iterdir()
+    epochs = [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == list(range(10))
+    assert [p.name for p in (tmp_path / "saved_models" / "cnn").iterdir()] == ["1"]
