@@ -110,6 +110,7 @@ def train(config: Config) -> TrainResult:
     from keras_blood.data.augment import make_augment
     from keras_blood.data.pipeline import make_dataset
     from keras_blood.export import export_model
+    from keras_blood.keras_metrics import validation_metrics
     from keras_blood.metrics import classification_metrics, per_class_table, summary_line
     from keras_blood.models import average_models, build_model, with_tta
     from keras_blood.plots import plot_confusion_matrix, plot_learning_curves
@@ -150,7 +151,8 @@ def train(config: Config) -> TrainResult:
             model.compile(
                 optimizer=make_optimizer(config, steps_per_epoch),
                 loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
-                metrics=["accuracy"],
+                # The validation views (ValidationTensorBoard) are read from these metrics.
+                metrics=["accuracy", *validation_metrics(data.num_classes)],
                 jit_compile=config.train.jit_compile,
             )
         return model
@@ -178,7 +180,7 @@ def train(config: Config) -> TrainResult:
         )
 
     (run_dir / "checkpoints").mkdir()
-    validation = pipeline("val")  # one cached pipeline for fit and for the TensorBoard views
+    validation = pipeline("val")
     members, histories = [], []
     start = time.perf_counter()
     for index in range(ensemble):
@@ -192,7 +194,7 @@ def train(config: Config) -> TrainResult:
         callbacks = [
             ElapsedTime(since=start),  # first: the callbacks after it see the key it adds
             # Keras's TensorBoard callback plus validation confusion matrix and PR curves.
-            ValidationTensorBoard(run_dir / "logs" / tag, validation, data.splits["val"].labels, data.class_names),
+            ValidationTensorBoard(run_dir / "logs" / tag, data.class_names),
             keras.callbacks.ModelCheckpoint(
                 str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=True
             ),
