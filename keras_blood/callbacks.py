@@ -5,19 +5,31 @@ from __future__ import annotations
 import io
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import keras
 import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 
-from keras_blood.metrics import classification_metrics
+from keras_blood.keras_metrics import ConfusionMatrix, ScoreHistogram
 from keras_blood.plots import plot_confusion_matrix
 
 
 def tag(name: str) -> str:
     """A class name as a TensorBoard tag ("immature granulocyte" -> "immature_granulocyte")."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def compiled_metric(model: keras.Model, kind: type) -> keras.metrics.Metric:
+    """The metric of type ``kind`` that ``model`` was compiled with."""
+    stack = list(model.metrics)
+    while stack:
+        metric = stack.pop()
+        if isinstance(metric, kind):
+            return metric
+        stack += getattr(metric, "metrics", [])  # Keras's container of the compiled metrics
+    raise ValueError(f"compile the model with keras_blood.keras_metrics.validation_metrics(): no {kind.__name__}")
 
 
 class ValidationTensorBoard(keras.callbacks.TensorBoard):
@@ -27,41 +39,91 @@ class ValidationTensorBoard(keras.callbacks.TensorBoard):
     - ``pr_curve/<class>``: one-vs-rest precision-recall curve per class (PR Curves tab);
     - ``epoch_f1_macro`` and ``epoch_auc`` scalars beside Keras's ``epoch_accuracy``.
 
+    All of them come from the validation pass Keras already makes: the model is compiled
+    with ``keras_blood.keras_metrics.validation_metrics``, whose variables hold that
+    pass's confusion matrix and score histogram when the epoch ends (nothing is predicted
+    again), and Keras's own scalars include their results, ``f1_macro`` and ``auc``.
+
     They go through Keras's own validation writer, into ``<log_dir>/validation`` at the
     epoch's step: a second writer would start a second event file there, and TensorBoard
     by default follows only the newest file of a run while it is being written.
-    TensorBoard has no TF2 op for PR curves; the plugin's NumPy ``pb`` builds the summary
-    and ``write_raw_pb`` writes it.
+    TensorBoard has no TF2 op for PR curves; the plugin's ``raw_data_pb`` builds the
+    summary and ``write_raw_pb`` writes it.
+
+    The figure is drawn in a background thread, one at a time, every ``image_every``
+    epochs and after the last one. ``write=False`` is for workers other than the chief in
+    multi-worker training: reading a metric summed across workers is a collective op, so
+    every worker reads the same variables in the same order each epoch, and only the
+    chief (``write=True``) writes anything.
     """
 
-    def __init__(self, log_dir, validation_data, validation_labels, class_names, num_thresholds=101, **kwargs):
+    def __init__(self, log_dir, class_names, *, write=True, image_every=1, num_thresholds=101, **kwargs):
         super().__init__(log_dir=str(log_dir), **kwargs)
-        self.validation_data = validation_data  # unshuffled, in the order of validation_labels
-        self.validation_labels = np.asarray(validation_labels).reshape(-1)
         self.class_names = list(class_names)
+        self.write = write
+        self.image_every = image_every
         self.num_thresholds = num_thresholds
+        self._figures: ThreadPoolExecutor | None = None
+        self._figure: Future | None = None  # the one being drawn
+        self._undrawn: tuple[np.ndarray, int] | None = None  # the latest confusion matrix and its epoch
+
+    @property
+    def _train_writer(self):
+        return super()._train_writer if self.write else tf.summary.create_noop_writer()
+
+    @property
+    def _val_writer(self):
+        return super()._val_writer if self.write else tf.summary.create_noop_writer()
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._figures = ThreadPoolExecutor(max_workers=1, thread_name_prefix="confusion-matrix")
 
     def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
-        labels, names = self.validation_labels, self.class_names
-        probs = self.model.predict(self.validation_data, verbose=0)
-        metrics = classification_metrics(labels, probs, names)
-        png = io.BytesIO()
-        plot_confusion_matrix(metrics["confusion_matrix"], names, png, f"validation, epoch {epoch + 1}")
+        super().on_epoch_end(epoch, logs)  # Keras's scalars, val_f1_macro and val_auc among them
+        if not any(key.startswith("val_") for key in logs or {}):
+            return  # no validation pass this epoch
+        matrix = compiled_metric(self.model, ConfusionMatrix).counts()
+        counts = compiled_metric(self.model, ScoreHistogram).pr_counts(self.num_thresholds)
+        if not self.write:
+            return
         with self._val_writer.as_default(step=epoch):
-            tf.summary.image("confusion_matrix", tf.image.decode_png(png.getvalue(), channels=3)[None])
-            tf.summary.scalar("epoch_f1_macro", metrics["f1_macro"])
-            tf.summary.scalar("epoch_auc", metrics["auc"])
-            for k, name in enumerate(names):
-                summary = pr_curve_summary.pb(
+            for name, (tp, fp, tn, fn) in zip(self.class_names, counts):
+                summary = pr_curve_summary.raw_data_pb(
                     f"pr_curve/{tag(name)}",
-                    labels=labels == k,
-                    predictions=probs[:, k].astype(np.float32),
+                    *(tp, fp, tn, fn),
+                    precision=tp / np.maximum(tp + fp, 1),
+                    recall=tp / np.maximum(tp + fn, 1),
                     num_thresholds=self.num_thresholds,
                     display_name=name,
                 )
                 tf.summary.experimental.write_raw_pb(summary.SerializeToString())
         self._val_writer.flush()  # visible now, not when training ends
+        self._undrawn = (matrix, epoch)
+        if (epoch + 1) % self.image_every == 0:
+            self._draw()
+
+    def on_train_end(self, logs=None):
+        if self._undrawn is not None:
+            self._draw()  # the last epoch's, whatever image_every says
+        self._figures.shutdown(wait=True)
+        if self._figure is not None:
+            self._figure.result()  # raises what drawing raised
+        super().on_train_end(logs)  # closes the writers
+
+    def _draw(self):
+        matrix, epoch = self._undrawn
+        self._undrawn = None
+        if self._figure is not None:
+            self._figure.result()  # one at a time, so figures never pile up behind training
+        self._figure = self._figures.submit(self._write_figure, matrix, epoch)
+
+    def _write_figure(self, matrix: np.ndarray, epoch: int) -> None:
+        png = io.BytesIO()
+        plot_confusion_matrix(matrix, self.class_names, png, f"validation, epoch {epoch + 1}")
+        with self._val_writer.as_default(step=epoch):
+            tf.summary.image("confusion_matrix", tf.image.decode_png(png.getvalue(), channels=3)[None])
+        self._val_writer.flush()
 
 
 class ElapsedTime(keras.callbacks.Callback):

@@ -157,12 +157,15 @@ def build_compiled(config: Config, input_shape, num_classes: int, steps_per_epoc
     import keras
     import tensorflow as tf
 
+    from keras_blood.keras_metrics import validation_metrics
+
     model = build(config, input_shape, num_classes, strategy, member)
     with (strategy or tf.distribute.get_strategy()).scope():
         model.compile(
             optimizer=make_optimizer(config, steps_per_epoch),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
-            metrics=["accuracy"],
+            # The validation views (ValidationTensorBoard) are read from these metrics.
+            metrics=["accuracy", *validation_metrics(num_classes)],
             jit_compile=config.train.jit_compile,
         )
     return model
@@ -262,16 +265,17 @@ def training_callbacks(session: Session, member: int, backup_dir: Path, history:
 
     config, run = session.config, session.run
     tag = RunFolder.tag(member, session.ensemble)
-    callbacks: list[keras.callbacks.Callback] = [ElapsedTime(since=session.clock_start)]  # first: later ones see its key
+    callbacks: list[keras.callbacks.Callback] = [
+        ElapsedTime(since=session.clock_start),  # first: later ones see its key
+        # Keras's TensorBoard callback plus validation confusion matrix and PR curves. Every
+        # worker reads the validation metrics (a collective op); only the chief writes.
+        ValidationTensorBoard(
+            run.logs_dir(tag) if run else backup_dir.parent / "logs", session.data.class_names, write=run is not None
+        ),
+    ]
     if run is not None:
         best_so_far = min(history["val_loss"]) if history.get("val_loss") else None
         callbacks += [
-            # Keras's TensorBoard callback plus validation confusion matrix and PR curves.
-            ValidationTensorBoard(
-                run.logs_dir(tag), session.pipeline("val"), session.data.splits["val"].labels, session.data.class_names
-            )
-            if session.cluster is None
-            else keras.callbacks.TensorBoard(str(run.logs_dir(tag))),
             keras.callbacks.ModelCheckpoint(
                 str(run.checkpoint(tag)),
                 monitor="val_loss",
@@ -297,8 +301,6 @@ def training_callbacks(session: Session, member: int, backup_dir: Path, history:
 def fit_member(session: Session, member: int) -> dict[str, list[float]]:
     """Train one member to the end of its schedule (or early stop), continuing from its
     backup if a killed run left one. Returns its whole per-epoch history."""
-    import sys as _sys
-
     config, run, record = session.config, session.run, session.record
     tag = RunFolder.tag(member, session.ensemble)
     scratch = None
@@ -331,12 +333,12 @@ def fit_member(session: Session, member: int) -> dict[str, list[float]]:
             epochs=config.train.epochs,
             callbacks=training_callbacks(session, member, backup_dir, history),
             # One line per epoch in logs and CI; a live bar in a terminal.
-            verbose=1 if _sys.stdout.isatty() else 2,
+            verbose=1 if sys.stdout.isatty() else 2,
             shuffle=False,  # the tf.data pipeline already shuffles, seeded
         )
     except KeyboardInterrupt:
         where = session.run_path or "the chief's run folder"
-        print(f"\nInterrupted. Continue with: python -m keras_blood.train --resume {where}", file=_sys.stderr)
+        print(f"\nInterrupted. Continue with: python -m keras_blood.train --resume {where}", file=sys.stderr)
         raise
     finally:
         if scratch is not None:

@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
 
@@ -9,6 +10,8 @@ from keras_blood.callbacks import ValidationTensorBoard, tag
 from keras_blood.config import Config
 from keras_blood.data.base import Split
 from keras_blood.data.pipeline import make_dataset
+from keras_blood.keras_metrics import ScoreHistogram, validation_metrics
+from keras_blood.metrics import classification_metrics
 from keras_blood.models import build_model
 from tests.conftest import synthetic_npz
 
@@ -16,25 +19,40 @@ NAMES = ["basophil", "eosinophil", "erythroblast", "immature granulocyte",
          "lymphocyte", "monocyte", "neutrophil", "platelet"]  # fmt: skip
 
 
-def test_each_epoch_writes_confusion_matrix_and_pr_curves(tmp_path):
+@pytest.fixture
+def fit(tmp_path):
+    """fit(callback, epochs): a tiny model compiled as train.py compiles it, trained with
+    ``callback``; returns the validation split, its dataset and the model."""
     arrays = synthetic_npz(tmp_path / "data.npz", n=(64, 24, 8))
     train, val = (
         Split(arrays[f"{s}_images"], arrays[f"{s}_labels"].ravel().astype(np.int32)) for s in ("train", "val")
     )
-    keras.utils.set_random_seed(0)
-    tiny = {"name": "basic", "filters": [4, 4, 4], "dense_units": 8}
-    config = Config.model_validate({"name": "t", "model": tiny})
-    model = build_model(config.model, (28, 28, 3), 8)
-    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
     val_data = make_dataset(val, 8, 16, training=False, seed=0)
-    callback = ValidationTensorBoard(tmp_path / "logs", val_data, val.labels, NAMES)
-    model.fit(make_dataset(train, 8, 16, training=True, seed=0), validation_data=val_data,
-              epochs=2, callbacks=[callback], shuffle=False, verbose=0)  # fmt: skip
+
+    def run(callback, epochs=2):
+        keras.utils.set_random_seed(0)
+        tiny = {"name": "basic", "filters": [4, 4, 4], "dense_units": 8}
+        model = build_model(Config.model_validate({"name": "t", "model": tiny}).model, (28, 28, 3), 8)
+        model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy", *validation_metrics(8)])
+        model.fit(make_dataset(train, 8, 16, training=True, seed=0), validation_data=val_data,
+                  epochs=epochs, callbacks=[callback], shuffle=False, verbose=0)  # fmt: skip
+        return val, val_data, model
+
+    return run
+
+
+def read_events(log_dir):
+    events = EventAccumulator(str(log_dir), size_guidance={TENSORS: 0})
+    events.Reload()
+    return events
+
+
+def test_each_epoch_writes_confusion_matrix_and_pr_curves(fit, tmp_path):
+    val, val_data, model = fit(ValidationTensorBoard(tmp_path / "logs", NAMES))
 
     # One event file: TensorBoard follows only a run's newest file while it is written.
     assert len(list((tmp_path / "logs" / "validation").glob("events.out.tfevents.*"))) == 1
-    events = EventAccumulator(str(tmp_path / "logs" / "validation"), size_guidance={TENSORS: 0})
-    events.Reload()
+    events = read_events(tmp_path / "logs" / "validation")
     assert list(events.PluginTagToContent("images")) == ["confusion_matrix"]
     pr_tags = sorted(events.PluginTagToContent("pr_curves"))
     assert pr_tags == sorted(f"pr_curve/{tag(n)}/pr_curves" for n in NAMES)
@@ -47,7 +65,14 @@ def test_each_epoch_writes_confusion_matrix_and_pr_curves(tmp_path):
     png = tf.make_ndarray(images[-1].tensor_proto)[2]  # [width, height, PNG bytes]
     assert tf.io.decode_png(png).shape[0] > 300
 
-    probs = model.predict(val_data, verbose=0)  # the weights after the last epoch
+    # The views are of the last epoch's validation pass: the weights after that epoch.
+    probs = model.predict(val_data, verbose=0)
+    last = {name: tf.make_ndarray(events.Tensors(name)[-1].tensor_proto) for name in ("epoch_f1_macro", "epoch_auc")}
+    assert last["epoch_f1_macro"] == pytest.approx(classification_metrics(val.labels, probs, NAMES)["f1_macro"])
+    # The histogram's AUC (how close it is to the exact one: tests/test_keras_metrics.py).
+    histogram = ScoreHistogram(8)
+    histogram.update_state(np.eye(8)[val.labels], probs)
+    assert last["epoch_auc"] == pytest.approx(float(histogram.result()))
     for k, name in enumerate(NAMES):
         curves = events.Tensors(f"pr_curve/{tag(name)}/pr_curves")
         assert [e.step for e in curves] == [0, 1]
@@ -57,3 +82,23 @@ def test_each_epoch_writes_confusion_matrix_and_pr_curves(tmp_path):
         assert (tp[0], fp[0], recall[0]) == (positives, len(val.labels) - positives, 1.0)
         assert tp[50] == np.sum(probs[val.labels == k, k] >= 0.5)  # 101 thresholds: index 50 is 0.5
         assert np.all(tp + fn == positives) and np.all(fp + tn == len(val.labels) - positives)
+
+
+def test_the_figure_is_drawn_every_n_epochs_and_after_the_last(fit, tmp_path):
+    fit(ValidationTensorBoard(tmp_path / "logs", NAMES, image_every=2), epochs=5)
+    events = read_events(tmp_path / "logs" / "validation")
+    assert [e.step for e in events.Tensors("confusion_matrix")] == [1, 3, 4]
+    assert [e.step for e in events.Tensors(f"pr_curve/{tag(NAMES[0])}/pr_curves")] == [0, 1, 2, 3, 4]
+
+
+def test_a_worker_that_does_not_write_leaves_no_files(fit, tmp_path):
+    fit(ValidationTensorBoard(tmp_path / "logs", NAMES, write=False))
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_model_compiled_without_the_validation_metrics_is_named(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(8, activation="softmax")])
+    model.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=["accuracy"])
+    x, y = np.zeros((4, 2), "float32"), np.eye(8, dtype="float32")[:4]
+    with pytest.raises(ValueError, match="validation_metrics"):
+        model.fit(x, y, validation_data=(x, y), callbacks=[ValidationTensorBoard(tmp_path, NAMES)], verbose=0)
