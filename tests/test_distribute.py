@@ -114,6 +114,13 @@ def test_two_workers_train_one_model_and_publish_it_once(bloodmnist_root, tmp_pa
     runs = list((tmp_path / "runs" / "fnn").iterdir())
     assert len(runs) == 1 and json.loads((runs[0] / "status.json").read_text())["state"] == "finished"
     assert "Collective ops must be configured" not in out and "crashed" not in out
+    # The validation views come from metrics summed over both workers, written by the chief.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    validation = EventAccumulator(str(runs[0] / "logs" / "validation"))
+    validation.Reload()
+    assert "confusion_matrix" in validation.PluginTagToContent("images")
+    assert len(validation.PluginTagToContent("pr_curves")) == 8
 
     # The same global batch and seed in one process: the same training, but for the order
     # in which the shards deliver examples. Final training losses agree within 5% here
