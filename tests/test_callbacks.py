@@ -48,7 +48,7 @@ def read_events(log_dir):
 
 
 def test_each_epoch_writes_confusion_matrix_and_pr_curves(fit, tmp_path):
-    val, val_data, model = fit(ValidationTensorBoard(tmp_path / "logs", NAMES))
+    val, val_data, model = fit(ValidationTensorBoard(tmp_path / "logs", NAMES, image_every=1))
 
     # One event file: TensorBoard follows only a run's newest file while it is written.
     assert len(list((tmp_path / "logs" / "validation").glob("events.out.tfevents.*"))) == 1
