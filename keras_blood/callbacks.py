@@ -50,12 +50,13 @@ class ValidationTensorBoard(keras.callbacks.TensorBoard):
     TensorBoard has no TF2 op for PR curves; the plugin's ``raw_data_pb`` builds the
     summary and ``write_raw_pb`` writes it.
 
-    The figure costs about 0.2 CPU seconds (a tenth of a CNN epoch on 2 cores): it is
-    drawn in a background thread, one at a time, every ``image_every`` epochs and after
-    the last one; the PR curves and scalars are written every epoch. ``write=False`` is for workers other than the chief in
-    multi-worker training: reading a metric summed across workers is a collective op, so
-    every worker reads the same variables in the same order each epoch, and only the
-    chief (``write=True``) writes anything.
+    The PR curves and scalars are written every epoch. The figure costs about 0.2 CPU
+    seconds (a tenth of a CNN epoch on 2 cores), so it is drawn every ``image_every``
+    epochs and after the last one, in a background thread, one at a time.
+
+    ``write=False`` is for workers other than the chief in multi-worker training:
+    reading a metric summed across workers is a collective op, so every worker reads the
+    same variables in the same order each epoch, and only the chief writes anything.
     """
 
     def __init__(self, log_dir, class_names, *, write=True, image_every=5, num_thresholds=101, **kwargs):
@@ -97,7 +98,10 @@ class ValidationTensorBoard(keras.callbacks.TensorBoard):
             for name, (tp, fp, tn, fn) in zip(self.class_names, counts):
                 summary = pr_curve_summary.raw_data_pb(
                     f"pr_curve/{tag(name)}",
-                    *(tp, fp, tn, fn),
+                    tp,
+                    fp,
+                    tn,
+                    fn,
                     precision=tp / np.maximum(tp + fp, 1),
                     recall=tp / np.maximum(tp + fn, 1),
                     num_thresholds=self.num_thresholds,
