@@ -6,7 +6,8 @@ Trains best.yaml's network (built and compiled by keras_blood.train.build_compil
 the multi-worker fit workaround) on random 28x28 batches at the global batch of
 train.batch_size, each process pinned to one CPU core:
 
-1. one process (the default strategy), the whole global batch a step;
+1. one process (the default strategy), the whole global batch a step, on all cores and
+   pinned to one;
 2. two workers on 127.0.0.1 (MultiWorkerMirroredStrategy through keras_blood.launch's
    TF_CONFIG), half the batch each, the gradients all-reduced every step;
 3. in the same two workers, the all-reduce alone: a tensor the size of the model's
@@ -89,7 +90,7 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict:
     return result
 
 
-def run_pinned(workers: int, overrides: list[str], steps: int, warmup: int) -> list[dict]:
+def run_pinned(workers: int, overrides: list[str], steps: int, warmup: int, pin: bool = True) -> list[dict]:
     from keras_blood.launch import free_ports, tf_config
 
     addresses = [f"127.0.0.1:{p}" for p in free_ports(workers)]
@@ -101,8 +102,9 @@ def run_pinned(workers: int, overrides: list[str], steps: int, warmup: int) -> l
             env["TF_CONFIG"] = tf_config(addresses, index)
         command = [sys.executable, __file__, "--child", "--steps", str(steps), "--warmup", str(warmup)]
         command += [item for o in overrides for item in ("--set", o)]
-        pin = f"import os, sys; os.sched_setaffinity(0, {{{cores[index]}}}); os.execv(sys.argv[1], sys.argv[1:])"
-        procs.append(subprocess.Popen([sys.executable, "-c", pin, *command], env=env, stdout=subprocess.PIPE, text=True))
+        pinned = f"import os, sys; os.sched_setaffinity(0, {{{cores[index]}}}); os.execv(sys.argv[1], sys.argv[1:])"
+        command = [sys.executable, "-c", pinned, *command] if pin else command
+        procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True))
     results = []
     for proc in procs:
         out, _ = proc.communicate()
@@ -122,11 +124,13 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.overrides, args.steps, args.warmup)))
         return
+    (whole,) = run_pinned(1, args.overrides, args.steps, args.warmup, pin=False)
     (one,) = run_pinned(1, args.overrides, args.steps, args.warmup)
     two = run_pinned(2, args.overrides, args.steps, args.warmup)
     step2 = max(r["step_s"] for r in two)
     reduce_s = max(r["allreduce_s"] for r in two)
     print(f"network: best.yaml {' '.join(args.overrides)} ({one['params']:,} params), global batch from the config")
+    print(f"1 process ({len(os.sched_getaffinity(0))} cores):      step {whole['step_s'] * 1e3:7.1f} ms  {whole['images_per_s']:7.0f} images/s")
     print(f"1 worker  (1 core):        step {one['step_s'] * 1e3:7.1f} ms  {one['images_per_s']:7.0f} images/s")
     print(f"2 workers (1 core each):   step {step2 * 1e3:7.1f} ms  {two[0]['images_per_s']:7.0f} images/s  "
           f"(speed-up {one['step_s'] / step2:.2f}x)")  # fmt: skip
