@@ -521,18 +521,16 @@ def train(config: Config, resume: str | Path | None = None) -> TrainResult:
     data = load_checked_data(config)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
     print(f"Data: {data.name} {data.image_shape}, {data.num_classes} classes; {sizes}", flush=True)
-    if cluster is None or cluster.is_chief:
+    session = Session(config, data, strategy, cluster, run=None, run_path=Path(resume) if resume else None)
+    is_chief = session.is_chief
+    if is_chief:  # the target of the export: writable, and the same signature as its versions
         from keras_blood.export import check_export_target
 
         check_export_target(config, data.class_names, data.image_shape)
-    session = Session(config, data, strategy, cluster, run=None, run_path=Path(resume) if resume else None)
-    is_chief = session.is_chief
     # Before the run folder: a model that cannot be built leaves nothing.
     session.first_model = session.build(0)
     if is_chief:
         session.first_model.summary(print_fn=lambda line, **_: print(line))
-
-    if is_chief:
         session.run = RunFolder.open(Path(resume)) if resume else RunFolder.create(config)
         session.run_path = session.run.path
         print(f"Run folder: {session.run.path}  (tensorboard --logdir {session.run.path.parent})", flush=True)
