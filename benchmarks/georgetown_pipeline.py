@@ -2,9 +2,9 @@
 
     python benchmarks/georgetown_pipeline.py [--root DIR] [--images 2000] [--size 120x160] [--no-crop]
 
-1. Colour extraction through tf.data: pure TensorFlow (keras_blood.color.extract_colors)
+1. Colour extraction through tf.data: pure TensorFlow (keras_blood.segmentation.extract_colors)
    vs the OpenCV reference through tf.numpy_function, at the model's input size and at
-   the JPEGs' full 240x320; and the cell crop (keras_blood.color.crop_to_cell), pure TF.
+   the JPEGs' full 240x320; and the cell crop (keras_blood.segmentation.crop_to_cell), pure TF.
 2. JPEG decode + resize through tf.data: the first (cold) pass vs a pass from .cache().
 3. Training throughput of dropout03 with and without colour extraction (both on cell
    crops unless --no-crop): the first epoch (which pays the one-off preprocessing before
@@ -28,7 +28,8 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_blood.color import crop_to_cell, extract_colors, extract_colors_cv2  # noqa: E402
+from keras_blood.opencv_reference import extract_colors_cv2  # noqa: E402
+from keras_blood.segmentation import crop_to_cell, extract_colors  # noqa: E402
 from keras_blood.config import Config  # noqa: E402
 from keras_blood.data import load_data  # noqa: E402
 from keras_blood.data.blood_cell_images import RESIZE_METHOD, scan  # noqa: E402
@@ -106,7 +107,7 @@ def bench_training(config: Config, data, epochs: int, color: bool) -> list[float
     """Seconds per epoch of model.fit on the train split."""
     import keras
 
-    from keras_blood.color import make_preprocess
+    from keras_blood.segmentation import make_preprocess
 
     keras.utils.set_random_seed(0)
     model = build_model(config.model, model_input_shape(config, data.image_shape), data.num_classes)

@@ -59,7 +59,7 @@ Side = Annotated[int, Field(gt=0)]
 
 
 class ColorConfig(_Strict):
-    """Colour extraction (keras_blood/color.py): HSV thresholds on OpenCV's 8-bit scale.
+    """Colour extraction (keras_blood/segmentation.py): HSV thresholds on OpenCV's 8-bit scale.
 
     The defaults keep the purple nucleus and red/purple granules of the Kaggle images'
     white cell (hue 110-165, saturation >= 60) and drop the pale pink red cells (saturation

@@ -34,7 +34,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from keras_blood.color import make_preprocess
+from keras_blood.segmentation import make_preprocess
 from keras_blood.config import Config, save_config
 from keras_blood.errors import ExportError
 from keras_blood.preparation import Preparation, decode, prepare

@@ -5,7 +5,7 @@ summaries render into memory)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import matplotlib
 
@@ -16,6 +16,9 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, roc_curve  # noqa: E402
 
 from keras_blood.metrics import one_vs_rest_aucs  # noqa: E402
+
+if TYPE_CHECKING:
+    from keras_blood.config import DataConfig
 
 Target = Path | BinaryIO
 
@@ -101,3 +104,69 @@ def plot_image_grid(images, captions: list[str], path: Target, title: str = "", 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# ----------------------------------------------------- colour extraction and cell crop
+
+
+def sample_images(images: np.ndarray, labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+    """Indices of up to ``per_class`` images of every class, seeded, in class order."""
+    rng = np.random.default_rng(seed)
+    picks = []
+    for k in np.unique(labels):
+        (idx,) = np.nonzero(labels == k)
+        picks.extend(np.sort(rng.choice(idx, min(per_class, len(idx)), replace=False)))
+    return np.asarray(picks, dtype=np.int64)
+
+
+def color_panels(images: np.ndarray, data: "DataConfig", extract: bool = True) -> dict[str, np.ndarray]:
+    """Columns of uint8 pictures, by title: original, mask (white on black), the cell crop
+    (when data.cell_crop is on) and, with ``extract``, the colour-extraction image."""
+    from keras_blood.segmentation import color_mask, crop_to_cell, extract_colors
+
+    mask = color_mask(images, data.color).numpy()
+    panels = {"original": images, "mask": np.repeat(mask[..., None].astype(np.uint8) * 255, 3, axis=-1)}
+    seen = images
+    if data.cell_crop is not None:
+        seen = panels["cell crop"] = crop_to_cell(images, data.color, data.cell_crop).numpy()
+    if extract:
+        panels["extracted"] = extract_colors(seen, data.color).numpy()
+    return panels
+
+
+def plot_color_extraction(
+    images: np.ndarray, labels: np.ndarray, class_names: list[str], data: "DataConfig", path: Path, extract: bool = True
+) -> Path:
+    """A PNG with one row per sample and one column per :func:`color_panels` picture."""
+    panels = color_panels(images, data, extract)
+    fig, axes = plt.subplots(len(images), len(panels), figsize=(2.5 * len(panels), 1.9 * len(images)), squeeze=False)
+    for col, (title, column) in enumerate(panels.items()):
+        for row, (panel, label) in enumerate(zip(column, labels)):
+            ax = axes[row, col]
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title)
+            if col == 0:
+                ax.set_ylabel(class_names[label], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def log_color_extraction(split, class_names: list[str], data: "DataConfig", run_dir: Path, seed: int = 0) -> None:
+    """What the cell crop and colour extraction do to real training images, for a run
+    folder: a PNG (``color_extraction.png``) and the same pictures as TensorBoard images
+    (``logs/color_extraction``)."""
+    import tensorflow as tf
+
+    picks = sample_images(split.images, split.labels, per_class=2, seed=seed)
+    images, labels = split.images[picks], split.labels[picks]
+    extract = data.color_extraction
+    plot_color_extraction(images, labels, class_names, data, run_dir / "color_extraction.png", extract)
+    with tf.summary.create_file_writer(str(run_dir / "logs" / "color_extraction")).as_default():
+        for title, column in color_panels(images, data, extract).items():
+            tag = f"color_extraction/{title.replace(' ', '_')}"
+            tf.summary.image(tag, column, step=0, max_outputs=len(column))

@@ -535,10 +535,10 @@ def train(config: Config, resume: str | Path | None = None) -> TrainResult:
         session.run_path = session.run.path
         print(f"Run folder: {session.run.path}  (tensorboard --logdir {session.run.path.parent})", flush=True)
         if not resume and (config.data.color_extraction or config.data.cell_crop is not None):
-            from keras_blood.color import log_color_extraction
+            from keras_blood.plots import log_color_extraction
 
             log_color_extraction(data.splits["train"], data.class_names, config.data, session.run.path, config.seed)
-    from keras_blood.color import make_preprocess
+    from keras_blood.segmentation import make_preprocess
 
     session.preprocess = make_preprocess(config.data)
     record = session.record

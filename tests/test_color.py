@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_blood.color import (
+from keras_blood.color import main as color_main
+from keras_blood.opencv_reference import extract_colors_cv2
+from keras_blood.plots import log_color_extraction
+from keras_blood.segmentation import (
     cell_centres,
     crop_to_cell,
     extract_colors,
-    extract_colors_cv2,
-    log_color_extraction,
-    main as color_main,
     make_preprocess,
     rgb_to_hsv_opencv,
 )

@@ -128,7 +128,7 @@ def test_a_recipe_that_does_not_fit_the_model_is_refused(tiny):
         export_model(model, config, list("abcdefgh"), {}, {"resize": [64, 64]})
     assert not list((config.output.export_dir / "tiny").glob("[0-9]*"))
 def test_serving_applies_color_extraction_to_raw_pixels(tiny, tmp_path):
-    from keras_blood.color import extract_colors
+    from keras_blood.segmentation import extract_colors
 
     config, model = tiny
     config = config.model_copy(update={"data": config.data.model_copy(update={"color_extraction": True})})
@@ -149,7 +149,7 @@ def test_serving_applies_color_extraction_to_raw_pixels(tiny, tmp_path):
 
 def test_serving_crops_to_the_cell_in_graph(tmp_path):
     """A model on 16x16 cell crops serves whole 40x60 images: the crop is in the graph."""
-    from keras_blood.color import make_preprocess
+    from keras_blood.segmentation import make_preprocess
 
     config = Config.model_validate(
         {
