@@ -13,6 +13,16 @@ import numpy as np
 import tensorflow as tf
 
 
+def _weights(sample_weight, index: tf.Tensor, dtype) -> tf.Tensor:
+    """Each example's weight (1 without ``sample_weight``), in the shape of ``index``
+    (one row per example). Counting by ``unsorted_segment_sum`` keeps the traced graph
+    small: each metric is traced into the train and the test step of every fit."""
+    if sample_weight is None:
+        return tf.ones_like(index, dtype)
+    weight = tf.reshape(tf.cast(sample_weight, dtype), [-1] + [1] * (index.shape.rank - 1))
+    return tf.broadcast_to(weight, tf.shape(index))
+
+
 class ConfusionMatrix(keras.metrics.Metric):
     """Counts of (true class, predicted class) from one-hot labels and class scores.
     ``result()`` is the macro F1 of those counts, as ``classification_metrics`` (sklearn,
@@ -24,11 +34,10 @@ class ConfusionMatrix(keras.metrics.Metric):
         self.matrix = self.add_variable(shape=(num_classes, num_classes), initializer="zeros", name="matrix")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        self.matrix.assign_add(
-            tf.math.confusion_matrix(
-                tf.argmax(y_true, -1), tf.argmax(y_pred, -1), self.num_classes, weights=sample_weight, dtype=self.dtype
-            )
-        )
+        k = self.num_classes
+        cell = tf.argmax(y_true, -1, output_type=tf.int32) * k + tf.argmax(y_pred, -1, output_type=tf.int32)
+        counts = tf.math.unsorted_segment_sum(_weights(sample_weight, cell, self.dtype), cell, k * k)
+        self.matrix.assign_add(tf.reshape(counts, (k, k)))
 
     def result(self):
         true_positives = tf.linalg.diag_part(self.matrix)
@@ -68,10 +77,7 @@ class ScoreHistogram(keras.metrics.Metric):
         bucket = tf.cast(tf.clip_by_value(tf.cast(y_pred, tf.float32), 0.0, 1.0) * (n - 1), tf.int32)
         positive = tf.one_hot(tf.argmax(y_true, -1), k, dtype=tf.int32)
         index = (tf.range(k) * 2 + positive) * n + bucket  # [batch, class] -> flat histogram index
-        weights = None
-        if sample_weight is not None:
-            weights = tf.broadcast_to(tf.reshape(tf.cast(sample_weight, self.dtype), [-1, 1]), tf.shape(index))
-        counts = tf.math.bincount(index, weights, minlength=k * 2 * n, maxlength=k * 2 * n, dtype=self.dtype)
+        counts = tf.math.unsorted_segment_sum(_weights(sample_weight, index, self.dtype), index, k * 2 * n)
         self.histogram.assign_add(tf.reshape(counts, (k, 2, n)))
 
     def result(self):
