@@ -14,7 +14,7 @@ import copy
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (
@@ -231,7 +231,37 @@ Rate = Annotated[float, Field(ge=0.0, lt=1.0)]
 Positive = Annotated[int, Field(gt=0)]
 
 
-class CNNConfig(_Strict):
+class _ModelParams(_Strict):
+    """What every model family takes besides its own widths: where its weights start from
+    and what of it trains (keras_blood.transfer)."""
+
+    name: str  # each family's Literal; declared here so that it stays the first key
+    weights: str = Field(
+        default="none",
+        description="none (random init), imagenet (vgg16 only), a keras-blood run folder, "
+        "checkpoint (runs/.../checkpoints/best.weights.h5) or exported version "
+        "(layers copied by name and shape, the head mapped by class name), or a Keras "
+        "weights file of this very model",
+    )
+    fine_tune_from: str | None = Field(
+        default=None,
+        description="Freeze every layer before this one (names as model.summary() prints "
+        "them in a fresh process, e.g. conv2d_1); null: train all.",
+    )
+    imagenet_weights: ClassVar[bool] = False
+
+    @field_validator("weights")
+    @classmethod
+    def _imagenet_only_where_it_exists(cls, value: str) -> str:
+        if value.lower() == "imagenet" and not cls.imagenet_weights:
+            raise ValueError(
+                "ImageNet weights exist for vgg16 only; use none, a keras-blood run folder, "
+                "checkpoint or exported version, or a Keras weights file"
+            )
+        return value
+
+
+class CNNConfig(_ModelParams):
     """Paper 000: two conv layers, each followed by pooling and dropout, then a dense head.
 
     The paper gives no widths; 32/64 filters and a 128-unit head are the common choice
@@ -246,7 +276,7 @@ class CNNConfig(_Strict):
     dense_dropout: Rate = 0.5
 
 
-class FNNConfig(_Strict):
+class FNNConfig(_ModelParams):
     """Paper 000's baseline: flattened pixels, one hidden ReLU layer, softmax."""
 
     name: Literal["fnn"]
@@ -264,7 +294,7 @@ GEORGETOWN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class GeorgetownConfig(_Strict):
+class GeorgetownConfig(_ModelParams):
     """The Georgetown family: 3x (Conv2D + MaxPooling2D), one ReLU Dense, softmax Dense.
 
     Presets differ only in dropout and kernel regularisation. The paper gives no widths;
@@ -289,23 +319,24 @@ class GeorgetownConfig(_Strict):
         return values
 
 
-class VGG16Config(_Strict):
+class VGG16Config(_ModelParams):
     """VGG16 transfer learning: keras.applications.VGG16 without its top, new head.
 
-    ``weights``: ``imagenet`` (downloaded by Keras), ``none`` (random init) or a path to
-    a weights file. ``fine_tune_from``: ``null`` keeps the base frozen; a layer name such
-    as ``block5_conv1`` trains that layer and everything after it.
+    ``weights``: ``imagenet`` (downloaded by Keras), ``none`` (random init), a path to
+    a weights file of the VGG16 base, or a keras-blood vgg16 run (as for every model).
+    ``fine_tune_from``: ``null`` keeps the base frozen; a layer name such as
+    ``block5_conv1`` trains that layer and everything after it.
     """
 
     name: Literal["vgg16"]
     weights: str = "imagenet"
-    fine_tune_from: str | None = None
+    imagenet_weights: ClassVar[bool] = True
     min_input_size: Annotated[int, Field(ge=32)] = 32
     dense_units: Positive = 256
     dense_dropout: Rate = 0.5
 
 
-class ResNetConfig(_Strict):
+class ResNetConfig(_ModelParams):
     """A compact residual (or plain VGG-style) network with batch norm for small inputs.
 
     A 3x3 stem, then one stage per entry of ``widths`` at full, 1/2, 1/4 ... resolution
@@ -395,6 +426,17 @@ class TrainConfig(_Strict):
         "seed (train.member_seeds); their probabilities are averaged inside the evaluated and "
         "exported model",
     )
+    transfer_schedule: Literal["none", "two_stage"] = Field(
+        default="none",
+        description="two_stage (with model.weights): first head_epochs epochs train only the "
+        "head and the layers model.weights gave nothing, then the model from "
+        "model.fine_tune_from on at learning_rate * fine_tune_lr_factor, each stage with its "
+        "own optimizer and train.schedule over its own epochs",
+    )
+    head_epochs: Positive = Field(default=3, description="two_stage: epochs of the first stage")
+    fine_tune_lr_factor: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        default=0.1, description="two_stage: the second stage's learning rate, a fraction of learning_rate"
+    )
 
 
 def _folder_name(value: str) -> str:
@@ -441,6 +483,28 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _two_stage_needs_a_start(self) -> "Config":
+        train, model = self.train, self.model
+        if train.transfer_schedule != "two_stage":
+            return self
+        if model.weights.lower() == "none":
+            raise ValueError(
+                "train.transfer_schedule = 'two_stage' trains the head first on weights from "
+                "elsewhere, and model.weights is none; set model.weights or drop the schedule"
+            )
+        if train.head_epochs >= train.epochs:
+            raise ValueError(
+                f"train.head_epochs = {train.head_epochs} leaves no epoch of train.epochs = "
+                f"{train.epochs} for the second stage; use fewer head_epochs or more epochs"
+            )
+        if model.name == "vgg16" and model.fine_tune_from is None:
+            raise ValueError(
+                "train.transfer_schedule = 'two_stage' with a frozen VGG16 base (model.fine_tune_from "
+                "null) unfreezes nothing; set model.fine_tune_from, e.g. block5_conv1"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -503,7 +567,9 @@ def _format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
     if len(loc) >= 2 and loc[0] == "model" and isinstance(raw.get("model"), dict):
         if loc[1] == str(raw["model"].get("name")):
             loc.pop(1)
-    key = ".".join(loc) or "<root>"
+    if not loc:  # a check across sections: its message names the keys
+        return err["msg"].removeprefix("Value error, ")
+    key = ".".join(loc)
     if err["type"] == "union_tag_invalid":
         return f"{key}.name = {err['ctx']['tag']!r}: unknown model; allowed: {err['ctx']['expected_tags']}"
     if err["type"] == "extra_forbidden":

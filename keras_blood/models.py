@@ -7,11 +7,13 @@ needs nothing else.
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import keras
 from keras import layers
+from keras.src.utils.naming import to_snake_case  # how Keras names a layer after its class
 
 from keras_blood.config import CNNConfig, FNNConfig, GeorgetownConfig, ResNetConfig, VGG16Config
 from keras_blood.errors import ConfigError
@@ -28,9 +30,48 @@ def register(config_class: type) -> Callable[[Builder], Builder]:
     return decorator
 
 
+HEAD = "probabilities"  # every model's last layer: the classes' softmax
+
+
 def build_model(config, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    """Build the model that ``config`` (one of config.MODEL_CLASSES) describes."""
-    return BUILDERS[type(config)](config, tuple(input_shape), num_classes)
+    """Build the model that ``config`` (one of config.MODEL_CLASSES) describes, frozen
+    before ``model.fine_tune_from``. Weights other than ImageNet's are put in by
+    :mod:`keras_blood.transfer`."""
+    model = BUILDERS[type(config)](config, tuple(input_shape), num_classes)
+    if config.fine_tune_from is not None and not isinstance(config, VGG16Config):  # VGG16: its base's layers
+        freeze_before(model, config.fine_tune_from)
+    return model
+
+
+def named_layers(model: keras.Model, prefix: str = "") -> dict[str, layers.Layer]:
+    """Every layer of ``model`` in order, a nested model's after it ("vgg16/block1_conv1"),
+    under the name a freshly started process gives it. Keras numbers automatic names
+    (``conv2d``, ``conv2d_1`` ...) across all a process builds, so the second model built
+    names the same layers otherwise; these names do not depend on that."""
+    counts: Counter[str] = Counter()
+    named: dict[str, layers.Layer] = {}
+    for layer in model.layers:
+        name, automatic = layer.name, to_snake_case(type(layer).__name__)
+        if re.fullmatch(rf"{re.escape(automatic)}(_\d+)?", name):
+            name = f"{automatic}_{counts[automatic]}" if counts[automatic] else automatic
+            counts[automatic] += 1
+        named[prefix + name] = layer
+        if isinstance(layer, keras.Model):
+            named.update(named_layers(layer, f"{prefix}{name}/"))
+    return named
+
+
+def freeze_before(model: keras.Model, first: str) -> None:
+    """Make every layer before ``first`` (a :func:`named_layers` name) untrainable."""
+    named = named_layers(model)
+    if first not in named:
+        weighted = [name for name, layer in named.items() if layer.weights and not isinstance(layer, keras.Model)]
+        raise ConfigError(
+            f"model.fine_tune_from = {first!r}: not a layer of this {model.name} model; "
+            f"allowed: {', '.join(weighted)} or null (train all)"
+        )
+    for name in list(named)[: list(named).index(first)]:
+        named[name].trainable = False
 
 
 def _inputs(input_shape) -> keras.KerasTensor:
@@ -50,7 +91,7 @@ def build_cnn(cfg: CNNConfig, input_shape, num_classes) -> keras.Model:
         layers.Flatten(),
         layers.Dense(cfg.dense_units, activation="relu"),
         layers.Dropout(cfg.dense_dropout),
-        layers.Dense(num_classes, activation="softmax", name="probabilities"),
+        layers.Dense(num_classes, activation="softmax", name=HEAD),
     ]
     return keras.Sequential(stack, name="cnn")
 
@@ -63,7 +104,7 @@ def build_fnn(cfg: FNNConfig, input_shape, num_classes) -> keras.Model:
             layers.Rescaling(1 / 255),
             layers.Flatten(),
             layers.Dense(cfg.hidden_units, activation="relu"),
-            layers.Dense(num_classes, activation="softmax", name="probabilities"),
+            layers.Dense(num_classes, activation="softmax", name=HEAD),
         ],
         name="fnn",
     )
@@ -91,7 +132,7 @@ def build_georgetown(cfg: GeorgetownConfig, input_shape, num_classes) -> keras.M
     stack += [layers.Flatten(), layers.Dense(cfg.dense_units, "relu", kernel_regularizer=regularizer())]
     if cfg.dense_dropout:
         stack.append(layers.Dropout(cfg.dense_dropout))
-    stack.append(layers.Dense(num_classes, activation="softmax", name="probabilities"))
+    stack.append(layers.Dense(num_classes, activation="softmax", name=HEAD))
     return keras.Sequential(stack, name=cfg.name)
 
 
@@ -106,11 +147,10 @@ class VGG16Preprocess(layers.Layer):
 
 @register(VGG16Config)
 def build_vgg16(cfg: VGG16Config, input_shape, num_classes) -> keras.Model:
-    weights = {"imagenet": "imagenet", "none": None}.get(cfg.weights.lower(), cfg.weights)
-    if weights not in ("imagenet", None) and not Path(weights).is_file():
-        raise ConfigError(
-            f"model.weights = {cfg.weights!r}: no such file; use imagenet, none or a weights file path"
-        )
+    from keras_blood.transfer import weights_kind
+
+    # A keras-blood run's weights are copied in after the build; a plain file is the base's.
+    weights = {"imagenet": "imagenet", "file": cfg.weights}.get(weights_kind(cfg.weights))
     height, width, channels = input_shape
     size = (max(height, cfg.min_input_size), max(width, cfg.min_input_size))
     try:
@@ -147,7 +187,7 @@ def build_vgg16(cfg: VGG16Config, input_shape, num_classes) -> keras.Model:
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dense(cfg.dense_units, activation="relu")(x)
     x = layers.Dropout(cfg.dense_dropout)(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name=HEAD)(x)
     return keras.Model(inputs, outputs, name="vgg16")
 
 
@@ -180,7 +220,7 @@ def build_resnet(cfg: ResNetConfig, input_shape, num_classes) -> keras.Model:
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(cfg.dropout)(x)
     # float32 softmax keeps probabilities exact under mixed precision.
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name=HEAD)(x)
     return keras.Model(inputs, outputs, name="resnet")
 
 

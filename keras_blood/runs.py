@@ -25,6 +25,7 @@ from keras_blood.folders import new_folder
 
 STATUS = "status.json"
 RUNNING, TRAINED, FINISHED = "training", "trained", "finished"
+FINE_TUNE_BACKUP = "fine-tune"  # inside a member's backup: the second stage of a two-stage run
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -109,11 +110,15 @@ class RunFolder:
 
 
 def backed_up_epochs(backup_dir: Path) -> int:
-    """Epochs a BackupAndRestore folder holds (0 when there is none yet)."""
-    try:
-        return int(json.loads((backup_dir / "training_metadata.json").read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
-        return 0
+    """Epochs a member's BackupAndRestore folder holds (0 when there is none yet). The
+    second stage of train.transfer_schedule two_stage backs up into its ``fine-tune/``."""
+    epochs = []
+    for folder in (backup_dir, backup_dir / FINE_TUNE_BACKUP):
+        try:
+            epochs.append(int(json.loads((folder / "training_metadata.json").read_text())["epoch"]))
+        except (OSError, ValueError, KeyError):
+            epochs.append(0)
+    return max(epochs)
 
 
 def read_history(path: Path) -> dict[str, list[float]]:

@@ -154,12 +154,17 @@ def build(config: Config, input_shape: tuple[int, int, int], num_classes: int, s
 
 def build_compiled(config: Config, input_shape, num_classes: int, steps_per_epoch: int, strategy=None, member=None):
     """:func:`build`, compiled as training uses it."""
+    model = build(config, input_shape, num_classes, strategy, member)
+    compile_for_training(model, config, num_classes, steps_per_epoch, strategy)
+    return model
+
+
+def compile_for_training(model, config: Config, num_classes: int, steps_per_epoch: int, strategy=None) -> None:
     import keras
     import tensorflow as tf
 
     from keras_blood.keras_metrics import validation_metrics
 
-    model = build(config, input_shape, num_classes, strategy, member)
     with (strategy or tf.distribute.get_strategy()).scope():
         model.compile(
             optimizer=make_optimizer(config, steps_per_epoch),
@@ -168,7 +173,6 @@ def build_compiled(config: Config, input_shape, num_classes: int, steps_per_epoc
             metrics=["accuracy", *validation_metrics(num_classes)],
             jit_compile=config.train.jit_compile,
         )
-    return model
 
 
 @dataclass
@@ -184,6 +188,7 @@ class Session:
     preprocess: Any = None
     clock_start: float = 0.0  # perf_counter() at training minute 0 (earlier when resuming)
     first_model: Any = None  # member 0, built before the run folder exists
+    transfer: Any = None  # transfer.Transfer: what model.weights puts into each member
 
     @property
     def record(self) -> RunFolder | None:
@@ -243,6 +248,10 @@ class Session:
             self.strategy,
             member if self.ensemble > 1 else None,
         )
+        if self.transfer is not None:
+            what = self.transfer.apply(model, self.data.class_names)
+            if member == 0:
+                print(what, flush=True)
         return make_fit_work(model, self.strategy)
 
     def restore(self, member: int):
@@ -323,19 +332,30 @@ def fit_member(session: Session, member: int) -> dict[str, list[float]]:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
             return history if run is not None else {}
+    from keras_blood.transfer import set_trainable, training_stages
+
     model = session.build(member)
     training = _training_data(session, member)
     try:
-        model.fit(
-            training.data,
-            steps_per_epoch=training.steps,
-            validation_data=training.validation,
-            epochs=config.train.epochs,
-            callbacks=training_callbacks(session, member, backup_dir, history),
-            # One line per epoch in logs and CI; a live bar in a terminal.
-            verbose=1 if sys.stdout.isatty() else 2,
-            shuffle=False,  # the tf.data pipeline already shuffles, seeded
-        )
+        for stage in training_stages(config, model, session.transfer, backup_dir):
+            if stage.trainable is not None:  # train.transfer_schedule: other layers, another optimizer
+                set_trainable(stage.trainable)
+                compile_for_training(model, stage.config, session.data.num_classes, session.steps_per_epoch, session.strategy)
+                trainable = sum(int(math.prod(w.shape)) for w in model.trainable_weights)
+                print(f"{stage.title}; {trainable:,} trainable parameters", flush=True)
+            fitted = model.fit(
+                training.data,
+                steps_per_epoch=training.steps,
+                validation_data=training.validation,
+                initial_epoch=len(history.get("loss", [])),  # the backup's, when there is one
+                epochs=stage.epochs,
+                callbacks=training_callbacks(session, member, stage.backup_dir, history),
+                # One line per epoch in logs and CI; a live bar in a terminal.
+                verbose=1 if sys.stdout.isatty() else 2,
+                shuffle=False,  # the tf.data pipeline already shuffles, seeded
+            )
+            # What the next stage's callbacks start from, the same on every worker.
+            history = {key: history.get(key, []) + values for key, values in fitted.history.items()}
     except KeyboardInterrupt:
         where = session.run_path or "the chief's run folder"
         print(f"\nInterrupted. Continue with: python -m keras_blood.train --resume {where}", file=sys.stderr)
@@ -527,7 +547,10 @@ def train(config: Config, resume: str | Path | None = None) -> TrainResult:
         from keras_blood.export import check_export_target
 
         check_export_target(config, data.class_names, data.image_shape)
-    # Before the run folder: a model that cannot be built leaves nothing.
+    # Before the run folder: a model that cannot be built, or weights that do not fit, leave nothing.
+    from keras_blood.transfer import prepare_transfer
+
+    session.transfer = prepare_transfer(config)
     session.first_model = session.build(0)
     if is_chief:
         session.first_model.summary(print_fn=lambda line, **_: print(line))
@@ -570,6 +593,8 @@ def train(config: Config, resume: str | Path | None = None) -> TrainResult:
     members = [session.restore(member) for member in range(session.ensemble)]
     model, metrics = evaluate_on_test(session, members, histories)
     metrics["train_seconds"] = round(train_seconds, 1)
+    if session.transfer is not None:  # where the weights came from; the version's metrics.json has it too
+        metrics["transfer"] = session.transfer.record
     write_run_artefacts(session, metrics, histories)
     version = export(session, model, metrics)
     barrier(strategy)
