@@ -83,6 +83,14 @@ def main() -> None:
         f"| {config.data.name}, {name} | {valid.sum()} | {share[valid].mean():.3f} | {uniform[valid].mean():.3f} "
         f"| {(share[valid] > uniform[valid]).mean():.1%} |"
     )
+    classes = labels[kept][valid]
+    print("\n| class | correct, explained | Grad-CAM mass in the cell | uniform map | Grad-CAM > uniform |")
+    print("|---|---:|---:|---:|---:|")
+    for k, class_name in enumerate(explainer.class_names):
+        mine = classes == k
+        if mine.any():
+            s, u = share[valid][mine], uniform[valid][mine]
+            print(f"| {class_name} | {mine.sum()} | {s.mean():.3f} | {u.mean():.3f} | {(s > u).mean():.1%} |")
     print("\n| data, model | correct | Spearman, trained vs randomised top: mean | median | 90th percentile |")
     print("|---|---:|---:|---:|---:|")
     print(

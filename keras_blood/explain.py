@@ -145,7 +145,8 @@ class CamNetwork:
         _, scores = self.forward(x)
         expected = ops.convert_to_numpy(ops.cast(self.network(x, training=False), "float32"))
         got = ops.convert_to_numpy(ops.softmax(scores, axis=-1)) if scores.shape == expected.shape else None
-        if got is None or not np.allclose(got, expected, atol=1e-3):
+        # Loose: a mixed-precision head computes in bfloat16, the scores here in float32.
+        if got is None or not np.allclose(got, expected, atol=2e-2):
             raise ExportError(f"cannot compute Grad-CAM for model {self.network.name!r}: unsupported layout")
 
     def __call__(self, x, classes) -> np.ndarray:

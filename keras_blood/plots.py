@@ -101,7 +101,7 @@ def plot_image_grid(images, captions: list[str], path: Target, title: str = "", 
     if title:
         fig.suptitle(title, fontsize=12 if "\n" not in title else 10)
     lines = title.count("\n") + 1
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 * lines / fig.get_figheight()) if title else None)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.2 + 0.2 * lines) / fig.get_figheight()) if title else None)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
