@@ -65,15 +65,16 @@ def feature_layer(network):
     import keras
 
     skipped = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.Dropout, keras.layers.InputLayer)
+
+    def is_feature_map(layer) -> bool:
+        return len(layer.output.shape) == 4 and not isinstance(layer, skipped)
+
     for layer in reversed(network.layers):
         if isinstance(layer, keras.Model):
-            found = next(
-                (inner for inner in reversed(layer.layers) if len(inner.output.shape) == 4 and not isinstance(inner, skipped)),
-                None,
-            )
+            found = next((inner for inner in reversed(layer.layers) if is_feature_map(inner)), None)
             if found is not None:
                 return found, layer
-        elif len(layer.output.shape) == 4 and not isinstance(layer, skipped):
+        elif is_feature_map(layer):
             return layer, network
     raise ExportError(f"model {network.name!r} has no layer with a 4-D output to explain")
 
@@ -221,7 +222,6 @@ class Explainer:
         from keras_blood.segmentation import make_preprocess
 
         self.model = model
-        self.data_config = data_config
         self.class_names = class_names
         self.preparation = preparation
         self.preprocess = make_preprocess(data_config)
@@ -352,7 +352,9 @@ def name_version(version: Path, between: str) -> str:
     return f"{version.resolve().parent.name}{between}{version.resolve().name}"
 
 
-def explain_files(version: str | Path, inputs: Sequence[str], out_dir: Path = Path("explanations"), out=None) -> tuple[Path, int]:
+def explain_files(
+    version: str | Path, inputs: Sequence[str], out_dir: Path = Path("explanations"), out=None
+) -> tuple[Path, int]:
     """Explain the image files ``inputs``; returns the new folder and how many files failed."""
     out = out or sys.stdout
     from keras_blood.predict import expand_inputs, shown
@@ -399,7 +401,8 @@ def explain_files(version: str | Path, inputs: Sequence[str], out_dir: Path = Pa
                     label, p = names[result.predictions[k]], result.probs[k].max()
                     caption = f"{label} ({p:.2f})"
                     figure = figure_name(number, path)
-                    plot_explanation(result.inputs[k], result.cams[k], f"{Path(name).name}: {caption}", staging / figure)
+                    title = f"{Path(name).name}: {caption}"
+                    plot_explanation(result.inputs[k], result.cams[k], title, staging / figure)
                     if len(grid["images"]) < GRID_MAX:
                         grid["images"].append(result.inputs[k])
                         grid["cams"].append(result.cams[k])
@@ -407,6 +410,7 @@ def explain_files(version: str | Path, inputs: Sequence[str], out_dir: Path = Pa
                     writer.writerow([name, label, f"{p:.6f}", figure, ""])
                     print(f"{name}: {caption}", file=out)
                     k += 1
+                out.flush()
         title = f"{name_version(version, ' v')}\n{explainer.explained}"
         plot_cam_grid(grid["images"], grid["cams"], grid["captions"], staging / "grid.png", title)
         folder = new_folder(out_dir, f"{name_version(version, '-v')}-")

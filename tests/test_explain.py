@@ -222,13 +222,15 @@ def test_on_real_bloodmnist_the_maps_weigh_the_stained_cell_above_a_uniform_map(
     """Check (b) on a slice, and check (a) on real cells. dropout03 fitted for 6 epochs on
     4,000 images (accuracy about 0.76) rather than a whole training run: the maps need a
     network that has learnt something, not an export."""
-    config = load_config(REPO / "configs" / "dropout03.yaml", [f"data.root={bloodmnist_root}", "data.max_examples=4000"])
+    overrides = [f"data.root={bloodmnist_root}", "data.max_examples=4000"]
+    config = load_config(REPO / "configs" / "dropout03.yaml", overrides)
     data = train_module.load_checked_data(config)
     keras.utils.set_random_seed(0)
     model = build_model(config.model, data.image_shape, data.num_classes)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="categorical_crossentropy")
     train = data.splits["train"]
-    model.fit(train.images.astype("float32"), np.eye(data.num_classes)[train.labels], epochs=6, batch_size=128, verbose=0)
+    one_hot = np.eye(data.num_classes)[train.labels]
+    model.fit(train.images.astype("float32"), one_hot, epochs=6, batch_size=128, verbose=0)
 
     test = data.splits["test"]
     explained = Explainer(model, config.data, data.class_names).explain(test.images)
