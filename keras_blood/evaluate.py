@@ -13,6 +13,9 @@ makes the predictions. The report goes to a new folder,
     confusion_matrix.png  counts and row-normalised
     roc_curves.png      one-vs-rest ROC curve per class
     mistakes.png        the most confident mistakes: image, true and predicted class, probability
+    gradcam_mistakes.png  the same mistakes with the Grad-CAM map of the predicted class
+                        (:mod:`keras_blood.explain`); a version without model.keras gets
+                        gradcam_mistakes.txt saying why instead
 
 The last line printed is the report folder's path.
 """
@@ -113,6 +116,10 @@ def evaluate(
         for i in shown
     ]
     plot_image_grid(images[shown], captions, report_dir / "mistakes.png", f"{title}: most confident mistakes")
+    from keras_blood.explain import gradcam_panel
+
+    panel = report_dir / "gradcam_mistakes.png"
+    print(gradcam_panel(version_dir, config, images[shown], captions, panel, f"{title}: most confident mistakes"))
 
     print(f"\n{title}: {summary_line(metrics)}")
     print(per_class_table(metrics))

@@ -15,7 +15,9 @@ The ``serving_default`` signature takes raw uint8 pixels at the model's input si
 ``serving_bytes`` signature takes encoded image files of any size and applies the
 version's recorded preparation (:mod:`keras_blood.preparation`) in-graph first.
 Everything else happens in-graph too, colour extraction included when the config
-turns it on.
+turns it on. Beside them, ``model.keras`` keeps the same model (TTA and ensemble
+wrappers included) in Keras's native format (:func:`load_keras_model`); the cell crop
+and colour extraction are not in it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serving_bytes"
 OUTPUT_KEY = "probabilities"
 RUN_RECORD = "run.json"  # in assets.extra: the run folder a version came from
+# The Keras model beside the SavedModel, which keeps no Keras layers: what explanations
+# (keras_blood.explain) and other Keras-level tools load, with load_keras_model.
+KERAS_MODEL = "model.keras"
 STAGING_PREFIX = ".export-"
 LEGACY_STAGING_MAX_AGE_S = 24 * 3600  # staging folders named without host and pid
 
@@ -302,6 +307,7 @@ def export_model(
             input_signature=[tf.TensorSpec([None], tf.string, name="images")],
         )
         archive.write_out(str(staging), verbose=False)
+        model.save(staging / KERAS_MODEL)
 
         extra = staging / "assets.extra"
         extra.mkdir()
@@ -403,6 +409,30 @@ def _load_saved_model(path: Path):
         raise ExportError(
             f"{path}: this model version is damaged ({reason}); re-export it (train its config "
             "again) or use another version"
+        ) from None
+
+
+def load_keras_model(path: str | Path):
+    """A version's Keras model (``model.keras``), loaded with ``safe_mode=True``."""
+    path = Path(path)
+    if not (path / "saved_model.pb").is_file():
+        raise ExportError(f"{path} is not an exported model version (no saved_model.pb), e.g. saved_models/dropout03/1")
+    if not (path / KERAS_MODEL).is_file():
+        raise ExportError(
+            f"{path} has no {KERAS_MODEL} (it was exported before versions kept their Keras model); "
+            f"re-export it by training its config again: python -m keras_blood.train "
+            f"{path / 'assets.extra' / 'config.yaml'}"
+        )
+    import keras_blood.models  # noqa: F401  (registers the custom layers the file names)
+
+    try:
+        return keras.saving.load_model(path / KERAS_MODEL, safe_mode=True, compile=False)
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # a truncated zip, an unknown layer
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
+        raise ExportError(
+            f"{path / KERAS_MODEL}: cannot load the Keras model ({reason}); re-export the version "
+            "(train its config again) or use another version"
         ) from None
 
 

@@ -99,8 +99,9 @@ def plot_image_grid(images, captions: list[str], path: Target, title: str = "", 
     if not len(images):
         axes[0, 0].text(0, 0.5, "nothing to show", fontsize=12)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()) if title else None)
+        fig.suptitle(title, fontsize=12 if "\n" not in title else 10)
+    lines = title.count("\n") + 1
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.2 + 0.2 * lines) / fig.get_figheight()) if title else None)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -170,3 +171,36 @@ def log_color_extraction(split, class_names: list[str], data: "DataConfig", run_
         for title, column in color_panels(images, data, extract).items():
             tag = f"color_extraction/{title.replace(' ', '_')}"
             tf.summary.image(tag, column, step=0, max_outputs=len(column))
+
+
+# ----------------------------------------------------------------------------- Grad-CAM
+
+
+def overlay_heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` with a ``[0, 1]`` map ``[H, W]`` over it in the jet colours
+    (as keras-io's Grad-CAM example shows it)."""
+    colours = matplotlib.colormaps["jet"](np.clip(cam, 0.0, 1.0))[..., :3] * 255.0
+    return np.clip((1.0 - alpha) * image + alpha * colours, 0, 255).astype(np.uint8)
+
+
+def plot_explanation(image: np.ndarray, cam: np.ndarray, caption: str, path: Target) -> Target:
+    """One image: what the model saw, and the Grad-CAM map over it."""
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3.4))
+    for ax, panel, title in ((axes[0], image, "model input"), (axes[1], overlay_heatmap(image, cam), "Grad-CAM")):
+        ax.imshow(panel, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(caption, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_cam_grid(images, cams, captions: list[str], path: Target, title: str = "", columns: int = 5) -> Target:
+    """:func:`plot_image_grid` of the images with their Grad-CAM maps overlaid."""
+    import textwrap
+
+    overlays = np.asarray([overlay_heatmap(image, cam) for image, cam in zip(images, cams)])
+    title = "\n".join(textwrap.fill(line, 130) for line in title.split("\n"))
+    return plot_image_grid(overlays, captions, path, title, columns)

@@ -49,7 +49,7 @@ def test_evaluate_reproduces_the_training_metrics(trained, tmp_path, capsys):
     report = result.report_dir
     assert report.parent == tmp_path / "reports" and report.name.startswith("dropout03-v1-test-")
     assert json.loads((report / "metrics.json").read_text())["accuracy"] == result.metrics["accuracy"]
-    for name in ("confusion_matrix.png", "roc_curves.png", "mistakes.png"):
+    for name in ("confusion_matrix.png", "roc_curves.png", "mistakes.png", "gradcam_mistakes.png"):
         assert (report / name).stat().st_size > 10_000, name
     with open(report / "per_class.csv", newline="") as f:
         rows = list(csv.DictReader(f))
