@@ -482,13 +482,13 @@ def calibrate(session: Session, model, test_probs):
     temperature = fit_temperature(splits["val"].labels, val_probs)
     calibrated = with_temperature(model, temperature)
     scale = calibrated.get_layer("probabilities")  # the exported layer, on what was predicted
+    after = {split: keras.ops.convert_to_numpy(scale(p)) for split, p in (("val", val_probs), ("test", test_probs))}
     record: dict[str, Any] = {"method": "temperature", "temperature": temperature, "fitted_on": "val"}
     for split, before in (("val", val_probs), ("test", test_probs)):
-        after = keras.ops.convert_to_numpy(scale(before))
         labels = np.asarray(splits[split].labels).reshape(-1)
         record[split] = {
             name: {"accuracy": float(np.mean(p.argmax(1) == labels)), **calibration_metrics(labels, p)}
-            for name, p in (("before", before), ("after", after))
+            for name, p in (("before", before), ("after", after[split]))
         }
     test = record["test"]
     print(
@@ -496,7 +496,7 @@ def calibrate(session: Session, model, test_probs):
         f"{test['after']['ece']:.4f}, NLL {test['before']['nll']:.4f} -> {test['after']['nll']:.4f}",
         flush=True,
     )
-    return calibrated, record, after
+    return calibrated, record, after["test"]
 
 
 def write_run_artefacts(
