@@ -396,6 +396,12 @@ class EvalConfig(_Strict):
         description="test-time augmentation averaged inside the evaluated and exported model: "
         "flip (identity + horizontal flip) or d4 (the 8 flips/rotations of a square image)",
     )
+    calibration: Literal["none", "temperature"] = Field(
+        default="none",
+        description="temperature: after training, fit one temperature T on the validation split "
+        "(minimum NLL) and export softmax(log(p) / T), calibrated probabilities with the same "
+        "predictions; metrics.json records T and the test ECE/Brier/NLL before and after",
+    )
 
 
 class TrainConfig(_Strict):

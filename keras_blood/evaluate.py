@@ -8,10 +8,12 @@ training run; the exported ``serving_default`` signature, exactly what a server 
 makes the predictions. The report goes to a new folder,
 ``<output-dir>/<name>-v<version>-<split>-<timestamp>/``:
 
-    metrics.json        accuracy, macro precision / recall / F1, MedMNIST AUC, per class
+    metrics.json        accuracy, macro precision / recall / F1, MedMNIST AUC, calibration
+                        (ECE in 15 bins, Brier score, NLL), per class
     per_class.csv       class, precision, recall, f1, support, auc (one-vs-rest)
     confusion_matrix.png  counts and row-normalised
     roc_curves.png      one-vs-rest ROC curve per class
+    reliability.png     accuracy against confidence (the ECE's bins)
     mistakes.png        the most confident mistakes: image, true and predicted class, probability
     gradcam_mistakes.png  the same mistakes with the Grad-CAM map of the predicted class
                         (:mod:`keras_blood.explain`); a version without model.keras gets
@@ -39,7 +41,7 @@ from keras_blood.folders import new_folder
 MISTAKES_SHOWN = 25
 # Training reports metrics to 4 decimals; a re-evaluation that differs by more is a real difference.
 TOLERANCE = 5e-4
-COMPARED = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "auc")
+COMPARED = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "auc", "ece", "brier", "nll")
 
 
 @dataclass
@@ -76,7 +78,7 @@ def evaluate(
 
     from keras_blood.export import load_version
     from keras_blood.metrics import classification_metrics, one_vs_rest_aucs, per_class_table, summary_line
-    from keras_blood.plots import plot_confusion_matrix, plot_image_grid, plot_roc_curves
+    from keras_blood.plots import plot_confusion_matrix, plot_image_grid, plot_reliability_diagram, plot_roc_curves
 
     version = load_version(version_dir)
     if data.class_names != version.class_names:
@@ -109,6 +111,7 @@ def evaluate(
     names = data.class_names
     plot_confusion_matrix(metrics["confusion_matrix"], names, report_dir / "confusion_matrix.png", title)
     plot_roc_curves(labels, probs, names, report_dir / "roc_curves.png", title)
+    plot_reliability_diagram(labels, {"served": probs}, report_dir / "reliability.png", title)
     shown = most_confident_mistakes(labels, probs, MISTAKES_SHOWN)
     predictions = probs.argmax(1)
     captions = [

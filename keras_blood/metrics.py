@@ -1,4 +1,5 @@
-"""Classification metrics as the papers and MedMNIST report them."""
+"""Classification metrics as the papers and MedMNIST report them, and how well the
+predicted probabilities are calibrated."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
+    brier_score_loss,
     classification_report,
     confusion_matrix,
+    log_loss,
     precision_recall_fscore_support,
     roc_auc_score,
 )
@@ -33,10 +36,48 @@ def medmnist_auc(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
+ECE_BINS = 15  # as Guo et al. (2017), "On calibration of modern neural networks"
+
+
+def reliability_bins(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS):
+    """Top-label confidence (the highest probability) in ``bins`` equal-width bins
+    ``(k/bins, (k+1)/bins]``: each bin's example count, accuracy and mean confidence
+    (NaN for an empty bin)."""
+    labels = np.asarray(labels).reshape(-1)
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    which = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], confidence, side="left")
+    counts = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = np.bincount(which, weights=correct, minlength=bins) / counts
+        mean_confidence = np.bincount(which, weights=confidence, minlength=bins) / counts
+    return counts, accuracy, mean_confidence
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Top-label ECE: the example-weighted mean over bins of |accuracy - confidence|."""
+    counts, accuracy, confidence = reliability_bins(labels, probs, bins)
+    filled = counts > 0
+    return float(np.sum(counts[filled] * np.abs(accuracy[filled] - confidence[filled])) / counts.sum())
+
+
+def calibration_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """ECE (15 bins), multiclass Brier score (mean over examples of the squared distance
+    to the one-hot label, summed over classes: 0 to 2) and NLL (mean -log p(true class),
+    probabilities clipped at the dtype's epsilon by scikit-learn)."""
+    labels = np.asarray(labels).reshape(-1)
+    classes = list(range(probs.shape[1]))
+    return {
+        "ece": expected_calibration_error(labels, probs),
+        "brier": float(brier_score_loss(labels, probs, labels=classes, scale_by_half=False)),
+        "nll": float(log_loss(labels, probs, labels=classes)),
+    }
+
+
 def classification_metrics(
     labels: np.ndarray, probs: np.ndarray, class_names: list[str]
 ) -> dict[str, Any]:
-    """Accuracy, macro precision / recall / F1, MedMNIST AUC, per-class report, confusion."""
+    """Accuracy, macro precision / recall / F1, MedMNIST AUC, calibration (ECE, Brier,
+    NLL), per-class report, confusion."""
     labels = np.asarray(labels).reshape(-1)
     predictions = probs.argmax(axis=1)
     classes = list(range(len(class_names)))
@@ -58,6 +99,7 @@ def classification_metrics(
         "recall_macro": float(recall),
         "f1_macro": float(f1),
         "auc": medmnist_auc(labels, probs),
+        **calibration_metrics(labels, probs),
         "per_class": {name: report[name] for name in class_names},
         "class_names": list(class_names),
         "confusion_matrix": confusion_matrix(labels, predictions, labels=classes).tolist(),
@@ -68,7 +110,7 @@ def summary_line(metrics: dict[str, Any]) -> str:
     return (
         f"acc {metrics['accuracy']:.4f}  precision {metrics['precision_macro']:.4f}  "
         f"recall {metrics['recall_macro']:.4f}  F1 {metrics['f1_macro']:.4f}  "
-        f"AUC {metrics['auc']:.4f}  (n={metrics['num_examples']})"
+        f"AUC {metrics['auc']:.4f}  ECE {metrics['ece']:.4f}  (n={metrics['num_examples']})"
     )
 
 

@@ -1,5 +1,5 @@
 """Figures people would rather look at than read: confusion matrix, learning curves, ROC
-curves and grids of images. Each takes a path or a binary file object (TensorBoard
+curves, reliability diagrams and grids of images. Each takes a path or a binary file object (TensorBoard
 summaries render into memory)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, roc_curve  # noqa: E402
 
-from keras_blood.metrics import one_vs_rest_aucs  # noqa: E402
+from keras_blood.metrics import ECE_BINS, expected_calibration_error, one_vs_rest_aucs, reliability_bins  # noqa: E402
 
 if TYPE_CHECKING:
     from keras_blood.config import DataConfig
@@ -81,6 +81,38 @@ def plot_roc_curves(labels, probs, class_names: list[str], path: Target, title: 
     ax.set_title(f"{title} (one-vs-rest ROC)" if title else "one-vs-rest ROC")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability_diagram(labels, curves: dict[str, np.ndarray], path: Target, title: str = "") -> Target:
+    """Accuracy against top-label confidence in the ECE's 15 bins, one line per named set
+    of probabilities (e.g. before and after calibration), over how many examples each
+    bin holds. On the diagonal: calibrated; below it: over-confident."""
+    fig, (ax, below) = plt.subplots(
+        2, 1, figsize=(6.5, 7.5), sharex=True, gridspec_kw={"height_ratios": (3, 1)}
+    )
+    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="calibrated")
+    width = np.diff(edges)[0] / (len(curves) + 1)
+    for number, (name, probs) in enumerate(curves.items()):
+        counts, accuracy, confidence = reliability_bins(labels, probs)
+        filled = counts > 0
+        ece = expected_calibration_error(labels, probs)
+        ax.plot(confidence[filled], accuracy[filled], marker="o", label=f"{name} (ECE {ece:.4f})")
+        below.bar(edges[:-1] + (number + 0.5) * width, counts, width=width, align="edge", label=name)
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{title} (reliability, {ECE_BINS} bins)" if title else f"reliability, {ECE_BINS} bins")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")
+    below.set_yscale("log")
+    below.set_xlabel("confidence (highest probability)")
+    below.set_ylabel("examples")
+    below.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -432,8 +432,9 @@ def _training_data(session: Session, member: int) -> _TrainingData:
 
 
 def evaluate_on_test(session: Session, members: list, histories: list[dict[str, list[float]]]):
-    """The exported model (ensemble average and TTA inside) and its test metrics, with what
-    TTA and averaging each add, measured."""
+    """The exported model (ensemble average, TTA and calibration inside), its test metrics
+    with what TTA and averaging each add, measured, and its test probabilities (named;
+    before calibration too) for the reliability diagram."""
     import keras
 
     from keras_blood.metrics import classification_metrics
@@ -450,7 +451,15 @@ def evaluate_on_test(session: Session, members: list, histories: list[dict[str, 
     def score(m):
         return classification_metrics(test.labels, m.predict(session.pipeline("test"), verbose=0), data.class_names)
 
-    metrics = score(model_for_test)
+    probs = model_for_test.predict(session.pipeline("test"), verbose=0)
+    curves = {"model": probs}
+    exported, calibration = model_for_test, None
+    if config.eval.calibration == "temperature":
+        exported, calibration, probs = calibrate(session, model_for_test, probs)
+        curves = {"uncalibrated": curves["model"], f"temperature {calibration['temperature']:.3f}": probs}
+    metrics = classification_metrics(test.labels, probs, data.class_names)
+    if calibration:
+        metrics["calibration"] = calibration
     if model_for_test is not model:
         plain = score(model)
         metrics["without_tta"] = {k: plain[k] for k in ("accuracy", "f1_macro", "auc")}
@@ -475,15 +484,50 @@ def evaluate_on_test(session: Session, members: list, histories: list[dict[str, 
             best_val_accuracy=float(val_accuracy),
         )
     metrics.update(split="test", params=int(model.count_params()))
-    return model_for_test, metrics
+    return exported, metrics, curves
 
 
-def write_run_artefacts(session: Session, metrics: dict[str, Any], histories: list[dict[str, list[float]]]) -> None:
-    """metrics.json, the test scalars for TensorBoard, and the figures."""
+def calibrate(session: Session, model, test_probs):
+    """eval.calibration = temperature: T fitted on the validation split and folded into the
+    model. Returns that model, the record for metrics.json (T; accuracy, ECE, Brier and NLL
+    before and after, on validation and test) and its test probabilities."""
+    import keras
+    import numpy as np
+
+    from keras_blood.calibration import fit_temperature, with_temperature
+    from keras_blood.metrics import calibration_metrics
+
+    splits = session.data.splits
+    val_probs = model.predict(session.pipeline("val"), verbose=0)
+    temperature = fit_temperature(splits["val"].labels, val_probs)
+    calibrated = with_temperature(model, temperature)
+    scale = calibrated.get_layer("probabilities")  # the exported layer, on what was predicted
+    after = {split: keras.ops.convert_to_numpy(scale(p)) for split, p in (("val", val_probs), ("test", test_probs))}
+    record: dict[str, Any] = {"method": "temperature", "temperature": temperature, "fitted_on": "val"}
+    for split, before in (("val", val_probs), ("test", test_probs)):
+        labels = np.asarray(splits[split].labels).reshape(-1)
+        record[split] = {
+            name: {"accuracy": float(np.mean(p.argmax(1) == labels)), **calibration_metrics(labels, p)}
+            for name, p in (("before", before), ("after", after[split]))
+        }
+    test = record["test"]
+    print(
+        f"Temperature {temperature:.4f} (fitted on val): test ECE {test['before']['ece']:.4f} -> "
+        f"{test['after']['ece']:.4f}, NLL {test['before']['nll']:.4f} -> {test['after']['nll']:.4f}",
+        flush=True,
+    )
+    return calibrated, record, after["test"]
+
+
+def write_run_artefacts(
+    session: Session, metrics: dict[str, Any], histories: list[dict[str, list[float]]], curves: dict[str, Any]
+) -> None:
+    """metrics.json, the test scalars for TensorBoard, and the figures (``curves``: named
+    test probabilities for the reliability diagram)."""
     import tensorflow as tf
 
     from keras_blood.metrics import per_class_table, summary_line
-    from keras_blood.plots import plot_confusion_matrix, plot_learning_curves
+    from keras_blood.plots import plot_confusion_matrix, plot_learning_curves, plot_reliability_diagram
 
     config, run = session.config, session.run
     (run.path / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -492,6 +536,7 @@ def write_run_artefacts(session: Session, metrics: dict[str, Any], histories: li
             tf.summary.scalar(f"test/{key}", metrics[key], step=metrics["epochs_run"])
     plot_confusion_matrix(metrics["confusion_matrix"], session.data.class_names, run.path / "confusion_matrix.png", config.name)
     plot_learning_curves(histories, run.path / "learning_curves.png", config.name)
+    plot_reliability_diagram(session.data.splits["test"].labels, curves, run.path / "reliability.png", config.name)
 
     print(f"\nTest ({config.name}): {summary_line(metrics)}")
     print(per_class_table(metrics))
@@ -591,11 +636,11 @@ def train(config: Config, resume: str | Path | None = None) -> TrainResult:
         return TrainResult(None, {}, None, None)
 
     members = [session.restore(member) for member in range(session.ensemble)]
-    model, metrics = evaluate_on_test(session, members, histories)
+    model, metrics, curves = evaluate_on_test(session, members, histories)
     metrics["train_seconds"] = round(train_seconds, 1)
     if session.transfer is not None:  # where the weights came from; the version's metrics.json has it too
         metrics["transfer"] = session.transfer.record
-    write_run_artefacts(session, metrics, histories)
+    write_run_artefacts(session, metrics, histories, curves)
     version = export(session, model, metrics)
     barrier(strategy)
     return TrainResult(model, metrics, session.run.path, version)

@@ -17,12 +17,13 @@ from keras_blood.train import train
 from tests.conftest import REPO, capture_from, encode
 
 pytestmark = pytest.mark.e2e
-COMPARED = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "auc")
+COMPARED = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "auc", "ece", "brier", "nll")
 
 
 @pytest.fixture(scope="module")
 def trained(bloodmnist_root, tmp_path_factory):
-    """One epoch on a 512-example slice: weak, but a real model with real metrics."""
+    """One epoch on a 512-example slice: weak, but a real model with real metrics, its
+    served probabilities calibrated."""
     root = tmp_path_factory.mktemp("trained")
     overrides = [
         f"data.root={bloodmnist_root}",
@@ -30,6 +31,7 @@ def trained(bloodmnist_root, tmp_path_factory):
         "train.epochs=1",
         "train.batch_size=32",
         "train.learning_rate=3e-3",
+        "eval.calibration=temperature",
         f"output.runs_dir={root / 'runs'}",
         f"output.export_dir={root / 'saved_models'}",
         "output.publish=always",  # a smoke run (data.max_examples) is otherwise not published
@@ -49,7 +51,7 @@ def test_evaluate_reproduces_the_training_metrics(trained, tmp_path, capsys):
     report = result.report_dir
     assert report.parent == tmp_path / "reports" and report.name.startswith("dropout03-v1-test-")
     assert json.loads((report / "metrics.json").read_text())["accuracy"] == result.metrics["accuracy"]
-    for name in ("confusion_matrix.png", "roc_curves.png", "mistakes.png", "gradcam_mistakes.png"):
+    for name in ("confusion_matrix.png", "roc_curves.png", "reliability.png", "mistakes.png", "gradcam_mistakes.png"):
         assert (report / name).stat().st_size > 10_000, name
     with open(report / "per_class.csv", newline="") as f:
         rows = list(csv.DictReader(f))
