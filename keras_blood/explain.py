@@ -176,14 +176,20 @@ def base_networks(model) -> tuple[list, str | None]:
     """The network(s) to explain inside an exported model, and the test-time
     augmentation mode around them (None without).
 
-    Test-time augmentation (:class:`keras_blood.models.DihedralViews`) is unwrapped to the
+    Temperature scaling (:mod:`keras_blood.calibration`) is unwrapped first. Test-time
+    augmentation (:class:`keras_blood.models.DihedralViews`) is unwrapped to the
     network inside, explained on the image as given; an ensemble (``layers.Average`` over
     member models) to its members, whose maps are averaged.
     """
     import keras
 
+    from keras_blood.calibration import TemperatureScaling
     from keras_blood.models import DihedralViews
 
+    if any(isinstance(layer, TemperatureScaling) for layer in model.layers):
+        # Temperature scaling divides the log-probabilities by one number: it changes
+        # neither the class nor, once normalised, the map. Explain the model inside.
+        (model,) = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     tta = next((layer.mode for layer in model.layers if isinstance(layer, DihedralViews)), None)
     if tta is not None:
         (model,) = [layer for layer in model.layers if isinstance(layer, keras.Model)]

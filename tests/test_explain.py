@@ -23,6 +23,7 @@ from keras_blood.explain import (
     rank_correlation,
 )
 from keras_blood.export import KERAS_MODEL
+from keras_blood.calibration import with_temperature
 from keras_blood.models import average_models, build_model, with_tta
 from keras_blood.segmentation import color_mask
 from tests.conftest import REPO, encode
@@ -97,6 +98,12 @@ def test_tta_explains_the_base_network_and_an_ensemble_averages_its_members(tmp_
     assert "without the d4 test-time views" in tta.explained
     np.testing.assert_allclose(result.probs, tta.model(x), atol=1e-6)  # the TTA model's prediction
     base = CamNetwork.of(members[0])
+    np.testing.assert_allclose(result.cams, base(x, result.predictions), atol=1e-5)
+
+    calibrated = Explainer(round_trip(with_temperature(with_tta(members[0], "d4"), 0.5), tmp_path), data, [])
+    result = calibrated.explain(PIXELS)
+    assert calibrated.explained == tta.explained  # the base network, through the temperature
+    np.testing.assert_allclose(result.probs, calibrated.model(x), atol=1e-6)  # calibrated probabilities
     np.testing.assert_allclose(result.cams, base(x, result.predictions), atol=1e-5)
 
     ensemble = Explainer(round_trip(with_tta(average_models(members), "flip"), tmp_path), data, [])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from keras_blood import train as train_module
+from keras_blood.calibration import with_temperature
 from keras_blood.cli import run_main
 from keras_blood.config import Config, validate_config
 from keras_blood.data.bloodmnist import CLASS_NAMES
@@ -142,10 +143,11 @@ def fake_version(folder, exported, classes, run_dir=None):
     return folder
 
 
-def test_an_exported_version_gives_the_model_inside_tta_and_the_ensemble(tmp_path):
+def test_an_exported_version_gives_the_model_inside_calibration_tta_and_the_ensemble(tmp_path):
     fnn = {"name": "fnn", "hidden_units": 8}
     members = [train_module.build(make_config(tmp_path, fnn), (28, 28, 3), 8, member=k) for k in range(2)]
-    version = fake_version(tmp_path / "saved_models" / "source" / "1", with_tta(average_models(members), "flip"), CLASS_NAMES)
+    exported = with_temperature(with_tta(average_models(members), "flip"), 0.5)  # as export writes it for best.yaml
+    version = fake_version(tmp_path / "saved_models" / "source" / "1", exported, CLASS_NAMES)
     model, line, transfer = transferred(make_config(tmp_path, {**fnn, "weights": str(version)}), KAGGLE)
     assert transfer.record["kind"] == "version" and "model.keras" in line and "4 of 4 classes" in line
     np.testing.assert_array_equal(weights(model, "dense")[0], weights(members[0], "dense")[0])
