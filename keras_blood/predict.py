@@ -7,14 +7,15 @@ and glob patterns. Each image, of any size, is prepared as the model's training 
 made, by the recipe recorded at export time (:mod:`keras_blood.preparation`, the same
 function the ``serving_bytes`` signature runs), then classified by ``serving_default``.
 
-Files stream through in batches, so memory stays bounded however many there are. Each
-file gets a table row on screen and a CSV row (``path,label,probability,<one column per
-class>,error``); a file that cannot be read gets its error and the others go on. Bytes
-of a file name that are not valid UTF-8 are shown as ``\\xNN`` escapes
-(``bad\\xff.jpg``; see :func:`shown`). The CSV appears only when complete; ``--output``
-refuses an existing file unless ``--overwrite`` is given. Exit status: 0 all files
-classified, 1 some failed, 2 a usage error (nothing was classified). The last line
-printed is the CSV's path.
+Files stream through a tf.data pipeline that reads, decodes and prepares several at a
+time while the model classifies the batch before (:func:`prepared_batches`), so memory
+stays bounded however many there are. Each file gets a table row on screen and a CSV row
+(``path,label,probability,<one column per class>,error``), in input order; a file that
+cannot be read gets its error and the others go on. Bytes of a file name that are not
+valid UTF-8 are shown as ``\\xNN`` escapes (``bad\\xff.jpg``; see :func:`shown`). The
+CSV appears only when complete; ``--output`` refuses an existing file unless
+``--overwrite`` is given. Exit status: 0 all files classified, 1 some failed, 2 a usage
+error (nothing was classified). The last line printed is the CSV's path.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import itertools
 import os
+import stat
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
@@ -33,7 +36,7 @@ from keras_blood.cli import run_main
 from keras_blood.errors import ExportError, KerasBloodError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif"}
-# One file is read whole before decoding; this bounds what one bad input can take.
+# A file is read whole before decoding (a few at once); this bounds what one bad input can take.
 MAX_FILE_BYTES = 1 << 30
 PATH_WIDTH = 60  # screen table only; the CSV has full paths
 
@@ -107,6 +110,41 @@ def shown(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def unreadable(path: str) -> str:
+    """Why ``path`` is not to be read at all (no regular file, too large), or ""."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+        return "not a regular file"
+    if info.st_size > MAX_FILE_BYTES:
+        return f"larger than {MAX_FILE_BYTES >> 20} MiB"
+    return ""
+
+
+def prepared_batches(entries: Sequence[tuple[str, str]], preparation, batch_size: int):
+    """A tf.data pipeline of ``(indices, pixels)`` batches: the ``entries`` without an error,
+    read, decoded and prepared several files at a time, in order, a few batches ahead.
+
+    A file that fails there is left out of its batch (a gap in ``indices``): per-element
+    errors have no message in tf.data, so the caller reads that file again to say why.
+    """
+    import tensorflow as tf
+
+    from keras_blood.preparation import decode_any, prepare
+
+    todo = [(i, os.fsencode(path)) for i, (path, error) in enumerate(entries) if not error]
+    indices = tf.constant([i for i, _ in todo], tf.int64)
+    paths = tf.constant([path for _, path in todo], tf.string)
+    dataset = tf.data.Dataset.from_tensor_slices((indices, paths)).map(
+        lambda i, path: (i, prepare(decode_any(tf.io.read_file(path)), preparation)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    return dataset.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
 def predict(
     version_dir: str | Path,
     inputs: Sequence[str],
@@ -125,7 +163,7 @@ def predict(
         raise KerasBloodError(f"--output {output} is a folder; name a CSV file")
     if output is not None and output.exists() and not overwrite:
         raise KerasBloodError(f"--output {output} already exists; pass --overwrite to replace it")
-    entries = expand_inputs(inputs)
+    entries = [(path, error or unreadable(path)) for path, error in expand_inputs(inputs)]
     if not entries:
         raise KerasBloodError(f"no image files found in {' '.join(inputs)}")
     if not (Path(version_dir) / "saved_model.pb").is_file():
@@ -142,18 +180,32 @@ def predict(
     classes = version.class_names
     prepare = preparer(version.preparation)
 
-    def load(path: str):
-        """The prepared image, or the reason there is none (never an exception)."""
+    def classify(pixels) -> np.ndarray:
+        return version.serve(pixels=pixels)["probabilities"].numpy()
+
+    def again(index: int):
+        """``(probabilities, "")`` or ``(None, error)`` for a file that the pipeline left out,
+        read the slow way, which says what is wrong with it (never an exception)."""
+        path, error = entries[index]
+        if error:
+            return None, error
         try:
-            if not Path(path).is_file():
-                return None, "not a regular file"
-            if Path(path).stat().st_size > MAX_FILE_BYTES:
-                return None, f"larger than {MAX_FILE_BYTES >> 20} MiB"
-            return prepare(decode_file(Path(path).read_bytes())), ""
+            image = prepare(decode_file(Path(path).read_bytes()))
         except OSError as exc:
             return None, exc.strerror or str(exc)
         except (ValueError, tf.errors.OpError) as exc:
             return None, str(exc)
+        return classify(image[tf.newaxis])[0], ""  # it failed there but reads now: classify it
+
+    def results():
+        """``(probabilities or None, error)`` per entry, in order."""
+        done = 0
+        for indices, pixels in prepared_batches(entries, version.preparation, batch_size):
+            for index, probs in zip(indices.numpy(), classify(pixels)):
+                yield from map(again, range(done, index))
+                yield probs, ""
+                done = index + 1
+        yield from map(again, range(done, len(entries)))
 
     # Written under a hidden name beside the CSV and renamed when complete ("x": never
     # another's file; unlike tempfile's, it gets the usual permissions).
@@ -173,20 +225,17 @@ def predict(
         with csv_file as f:
             writer = csv.writer(f)
             writer.writerow(["path", "label", "probability", *classes, "error"])
+            rows = zip(entries, results())
             for start in range(0, len(entries), batch_size):
-                chunk = entries[start : start + batch_size]
-                loaded = [load(path) if not error else (None, error) for path, error in chunk]
-                good = [image for image, _ in loaded if image is not None]
-                probs = iter(version.serve(pixels=tf.stack(good))["probabilities"].numpy() if good else [])
+                chunk = list(itertools.islice(rows, batch_size))
                 progress.clear()
-                for (path, _), (image, error) in zip(chunk, loaded):
+                for (path, _), (p, error) in chunk:
                     name = shown(path)
-                    if image is None:
+                    if p is None:
                         failed += 1
                         writer.writerow([name, "", "", *([""] * len(classes)), error])
                         print(f"{short(name, width):<{width}}  {'-':<{label_width}}  error: {error}", file=out)
                         continue
-                    p = next(probs)
                     k = int(np.argmax(p))
                     writer.writerow([name, classes[k], f"{p[k]:.6f}", *(f"{v:.6f}" for v in p), ""])
                     print(f"{short(name, width):<{width}}  {classes[k]:<{label_width}}  {p[k]:11.4f}", file=out)

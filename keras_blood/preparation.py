@@ -20,7 +20,8 @@ from keras_blood.errors import ExportError
 
 # tf.image.resize's methods; "bicubic" and "area" are what MedMNIST-style recipes use.
 METHODS = ("bilinear", "bicubic", "nearest", "area", "lanczos3", "lanczos5", "gaussian", "mitchellcubic")
-# TensorFlow decodes all but TIFF in-graph (tf.io.decode_image); TIFF needs OpenCV (decode_file).
+# TensorFlow decodes all but TIFF in-graph (tf.io.decode_image); TIFF needs OpenCV (decode_file,
+# decode_any).
 READABLE = "JPEG, PNG, TIFF, BMP or GIF"
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 
@@ -97,6 +98,19 @@ def decode_file(data: bytes) -> tf.Tensor:
         if "Unknown image file format" in reason or not data:
             raise ValueError(f"not an image file ({READABLE} expected)") from None
         raise ValueError(f"corrupt or truncated image ({reason})") from None
+
+
+def decode_any(data: tf.Tensor) -> tf.Tensor:
+    """:func:`decode` plus TIFF (through OpenCV, as :func:`decode_file` reads it), in-graph,
+    for tf.data pipelines. An unreadable file raises an op error; :func:`decode_file` says why."""
+    is_tiff = tf.reduce_any(tf.strings.substr(data, 0, 4) == tf.constant(TIFF_MAGIC))
+    image = tf.cond(
+        is_tiff,
+        lambda: tf.numpy_function(_decode_tiff, [data], tf.uint8, stateful=False),
+        lambda: decode(data),
+    )
+    image.set_shape([None, None, 3])
+    return image
 
 
 def _decode_tiff(data: bytes) -> np.ndarray:

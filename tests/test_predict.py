@@ -15,7 +15,8 @@ from keras_blood.cli import run_main
 from keras_blood.config import Config
 from keras_blood.export import export_model
 from keras_blood.models import build_model
-from keras_blood.predict import Progress, expand_inputs, main, predict
+from keras_blood.predict import Progress, expand_inputs, main, predict, prepared_batches
+from keras_blood.preparation import decode_file, preparer
 from tests.conftest import REPO, capture_from, encode
 
 CLASSES = ["basophil", "eosinophil", "erythroblast", "immature granulocyte",
@@ -98,7 +99,7 @@ def test_every_file_gets_a_row_and_bad_ones_their_error(version, images, tmp_pat
     assert failed == len(bad)
     header, rows = read_csv(csv_path)
     assert header == HEADER
-    assert set(rows) == {str(folder / name) for name in good + bad}
+    assert list(rows) == [path for path, _ in expand_inputs([str(folder)])]  # in input order
     for name in good:
         row = rows[str(folder / name)]
         probs = np.array([float(row[c]) for c in CLASSES])
@@ -128,6 +129,32 @@ def test_predict_agrees_with_the_bytes_signature(version, images, tmp_path):
     served = serve(images=tf.constant([(folder / n).read_bytes() for n in names]))["probabilities"].numpy()
     predicted = np.array([[float(rows[str(folder / n)][c]) for c in CLASSES] for n in names])
     np.testing.assert_allclose(predicted, served, atol=1e-6)  # the CSV keeps 6 decimals
+
+
+def test_the_pipeline_prepares_every_readable_file_as_the_eager_path_and_leaves_out_the_rest(version, images):
+    from keras_blood.export import load_version
+
+    folder, good, bad = images
+    entries = [(str(folder / name), "") for name in good + bad] + [("missing.jpg", "no such file or folder")]
+    recipe = load_version(version).preparation
+    batches = list(prepared_batches(entries, recipe, batch_size=3))
+    indices = np.concatenate([i.numpy() for i, _ in batches])
+    assert indices.tolist() == list(range(len(good)))  # TIFFs included; the bad and the missing left out
+    assert [len(i) for i, _ in batches] == [3, 3, 1]
+    pixels = np.concatenate([p.numpy() for _, p in batches])
+    prepare = preparer(recipe)
+    np.testing.assert_array_equal(pixels, [prepare(decode_file((folder / n).read_bytes())) for n in good])
+
+
+def test_predict_agrees_with_the_bytes_signature_on_real_captures(version, kaggle_root, tmp_path):
+    files = sorted((kaggle_root / "TEST").glob("*/*.jpeg"))[::12][:200]  # all four classes
+    csv_path, failed = predict(version, [str(f) for f in files], tmp_path / "p.csv", out=io.StringIO())
+    _, rows = read_csv(csv_path)
+    serve = tf.saved_model.load(str(version)).signatures["serving_bytes"]
+    served = serve(images=tf.constant([f.read_bytes() for f in files]))["probabilities"].numpy()
+    predicted = np.array([[float(rows[str(f)][c]) for c in CLASSES] for f in files])
+    assert failed == 0 and len(files) == 200
+    np.testing.assert_allclose(predicted, served, atol=1e-6)
 
 
 def test_batch_size_does_not_change_the_answers(version, images, tmp_path):
@@ -200,24 +227,28 @@ def test_a_file_name_that_is_not_utf8_is_classified_and_shown_escaped(version, t
     assert "bad\\xff.jpg" in screen.buffer.read().decode("utf-8")
 
 
+def test_a_fifo_gets_an_error_row_instead_of_blocking(version, images, tmp_path):
+    folder, _, _ = images
+    os.mkfifo(tmp_path / "pipe.jpg")  # reading it would wait for a writer forever
+    inputs = [str(tmp_path / "pipe.jpg"), str(folder / "odd.jpg")]
+    csv_path, failed = predict(version, inputs, tmp_path / "p.csv", out=io.StringIO())
+    _, rows = read_csv(csv_path)
+    assert failed == 1 and rows[inputs[0]]["error"] == "not a regular file" and rows[inputs[1]]["label"]
+
+
 def test_a_crash_leaves_no_csv_and_no_temporary_file(version, images, tmp_path, monkeypatch):
-    from keras_blood import preparation
+    from keras_blood.export import ExportedVersion
 
     folder, good, _ = images
-    real = preparation.preparer
+    real, calls = ExportedVersion.serve, []
 
-    def preparer_that_crashes_on_the_second_file(recipe):
-        prepare, calls = real(recipe), []
+    def serve_that_crashes_on_every_second_batch(self):
+        calls.append(1)
+        if len(calls) % 2 == 0:
+            raise RuntimeError("out of memory")
+        return real.fget(self)
 
-        def crash(image):
-            calls.append(1)
-            if len(calls) == 2:
-                raise RuntimeError("out of memory")
-            return prepare(image)
-
-        return crash
-
-    monkeypatch.setattr(preparation, "preparer", preparer_that_crashes_on_the_second_file)
+    monkeypatch.setattr(ExportedVersion, "serve", property(serve_that_crashes_on_every_second_batch))
     monkeypatch.chdir(tmp_path)
     inputs = [str(folder / name) for name in good]
     for output in (tmp_path / "out" / "p.csv", None):  # --output, and the default predictions/
