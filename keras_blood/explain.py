@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import re
 import shutil
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -328,25 +329,6 @@ def randomized_top(network, seed: int = 0):
 # ----------------------------------------------------------------------------- the command
 
 
-def read_image(path: str, prepare) -> tuple[Any, str]:
-    """The prepared image, or the reason there is none (never an exception)."""
-    import tensorflow as tf
-
-    from keras_blood.predict import MAX_FILE_BYTES
-    from keras_blood.preparation import decode_file
-
-    try:
-        if not Path(path).is_file():
-            return None, "not a regular file"
-        if Path(path).stat().st_size > MAX_FILE_BYTES:
-            return None, f"larger than {MAX_FILE_BYTES >> 20} MiB"
-        return prepare(decode_file(Path(path).read_bytes())).numpy(), ""
-    except OSError as exc:
-        return None, exc.strerror or str(exc)
-    except (ValueError, tf.errors.OpError) as exc:
-        return None, str(exc)
-
-
 def figure_name(number: int, path: str) -> str:
     """``0001-<file name>.png``: numbered, since files in two folders may share a name."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem)[:60] or "image"
@@ -363,19 +345,16 @@ def explain_files(
 ) -> tuple[Path, int]:
     """Explain the image files ``inputs``; returns the new folder and how many files failed."""
     out = out or sys.stdout
-    from keras_blood.predict import expand_inputs, shown
+    from keras_blood.predict import expand_inputs, prepared_files, shown, unreadable
 
     version = Path(version)
-    entries = expand_inputs(inputs)
+    entries = [(path, error or unreadable(path)) for path, error in expand_inputs(inputs)]
     if not entries:
         raise KerasBloodError(f"no image files found in {' '.join(inputs)}")
     explainer = Explainer.load(version)
 
     from keras_blood.folders import new_folder
     from keras_blood.plots import plot_cam_grid, plot_explanation
-    from keras_blood.preparation import preparer
-
-    prepare = preparer(explainer.preparation)
     names = explainer.class_names
     # Written under a hidden name beside the result and renamed when complete.
     staging = out_dir / f".explain-{uuid.uuid4().hex[:8]}.part"
@@ -391,9 +370,10 @@ def explain_files(
         with (staging / CSV_NAME).open("x", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "label", "probability", "figure", "error"])
+            images = prepared_files(entries, explainer.preparation, BATCH)
             for start in range(0, len(entries), BATCH):
                 chunk = entries[start : start + BATCH]
-                loaded = [read_image(path, prepare) if not error else (None, error) for path, error in chunk]
+                loaded = list(itertools.islice(images, len(chunk)))
                 good = [image for image, _ in loaded if image is not None]
                 result = explainer.explain(np.stack(good)) if good else None
                 k = 0

@@ -145,6 +145,36 @@ def prepared_batches(entries: Sequence[tuple[str, str]], preparation, batch_size
     return dataset.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def prepared_files(entries: Sequence[tuple[str, str]], preparation, batch_size: int = 64):
+    """``(pixels, "")`` or ``(None, error)`` for every entry, in order: the files read,
+    decoded and prepared by :func:`prepared_batches`, and each file that it left out read
+    again alone, the slow way, which says what is wrong with it (never an exception)."""
+    import tensorflow as tf
+
+    from keras_blood.preparation import decode_file, preparer
+
+    prepare = preparer(preparation)
+
+    def again(index: int):
+        path, error = entries[index]
+        if error:
+            return None, error
+        try:
+            return prepare(decode_file(Path(path).read_bytes())).numpy(), ""  # failed there, reads now
+        except OSError as exc:
+            return None, exc.strerror or str(exc)
+        except (ValueError, tf.errors.OpError) as exc:
+            return None, str(exc)
+
+    done = 0
+    for indices, pixels in prepared_batches(entries, preparation, batch_size):
+        for index, image in zip(indices.numpy(), pixels.numpy()):
+            yield from map(again, range(done, index))
+            yield image, ""
+            done = index + 1
+    yield from map(again, range(done, len(entries)))
+
+
 def predict(
     version_dir: str | Path,
     inputs: Sequence[str],
@@ -170,42 +200,12 @@ def predict(
         raise ExportError(f"{version_dir} is not an exported model version (no saved_model.pb)")
 
     import numpy as np
-    import tensorflow as tf
 
     from keras_blood.export import load_version
     from keras_blood.folders import new_file
-    from keras_blood.preparation import decode_file, preparer
 
     version = load_version(version_dir)
     classes = version.class_names
-    prepare = preparer(version.preparation)
-
-    def classify(pixels) -> np.ndarray:
-        return version.serve(pixels=pixels)["probabilities"].numpy()
-
-    def again(index: int):
-        """``(probabilities, "")`` or ``(None, error)`` for a file that the pipeline left out,
-        read the slow way, which says what is wrong with it (never an exception)."""
-        path, error = entries[index]
-        if error:
-            return None, error
-        try:
-            image = prepare(decode_file(Path(path).read_bytes()))
-        except OSError as exc:
-            return None, exc.strerror or str(exc)
-        except (ValueError, tf.errors.OpError) as exc:
-            return None, str(exc)
-        return classify(image[tf.newaxis])[0], ""  # it failed there but reads now: classify it
-
-    def results():
-        """``(probabilities or None, error)`` per entry, in order."""
-        done = 0
-        for indices, pixels in prepared_batches(entries, version.preparation, batch_size):
-            for index, probs in zip(indices.numpy(), classify(pixels)):
-                yield from map(again, range(done, index))
-                yield probs, ""
-                done = index + 1
-        yield from map(again, range(done, len(entries)))
 
     # Written under a hidden name beside the CSV and renamed when complete ("x": never
     # another's file; unlike tempfile's, it gets the usual permissions).
@@ -225,11 +225,14 @@ def predict(
         with csv_file as f:
             writer = csv.writer(f)
             writer.writerow(["path", "label", "probability", *classes, "error"])
-            rows = zip(entries, results())
+            rows = zip(entries, prepared_files(entries, version.preparation, batch_size))
             for start in range(0, len(entries), batch_size):
                 chunk = list(itertools.islice(rows, batch_size))
+                good = [pixels for _, (pixels, _) in chunk if pixels is not None]
+                probs = iter(version.serve(pixels=np.stack(good))["probabilities"].numpy() if good else [])
                 progress.clear()
-                for (path, _), (p, error) in chunk:
+                for (path, _), (pixels, error) in chunk:
+                    p = None if pixels is None else next(probs)
                     name = shown(path)
                     if p is None:
                         failed += 1
