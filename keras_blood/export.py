@@ -423,7 +423,9 @@ def load_keras_model(path: str | Path):
             f"re-export it by training its config again: python -m keras_blood.train "
             f"{path / 'assets.extra' / 'config.yaml'}"
         )
-    import keras_blood.models  # noqa: F401  (registers the custom layers the file names)
+    # Register the custom layers the file may name (TTA, VGG16's input, temperature scaling).
+    import keras_blood.calibration  # noqa: F401
+    import keras_blood.models  # noqa: F401
 
     try:
         return keras.saving.load_model(path / KERAS_MODEL, safe_mode=True, compile=False)

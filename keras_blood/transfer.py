@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 
 from keras_blood.config import Config, VGG16Config, load_config
-from keras_blood.errors import ConfigError
+from keras_blood.errors import ConfigError, ExportError
+from keras_blood.export import load_keras_model
 from keras_blood.models import HEAD, build_model, named_layers
 from keras_blood.runs import FINE_TUNE_BACKUP, STATUS, RunFolder
 
@@ -158,8 +158,8 @@ def _version_source(value: str, path: Path) -> Source:
     config = load_config(extra / "config.yaml")
     try:
         class_names = json.loads((extra / "class_names.json").read_text())
-        model = keras.saving.load_model(str(keras_file), compile=False, safe_mode=True)
-    except Exception as exc:  # Keras raises many types for a damaged file
+        model = load_keras_model(path)
+    except (OSError, ValueError, ExportError) as exc:
         raise ConfigError(f"model.weights = {value!r}: cannot read the version ({_first_line(exc)})") from None
     return Source(path, "version", keras_file, config, class_names, single_model(model, value))
 
