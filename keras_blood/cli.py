@@ -25,6 +25,14 @@ def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return add_overrides(parser)
 
 
+def files_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """``VERSION PATH...``: an exported version and the image files it is to look at."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("version", help="exported version folder, e.g. saved_models/dropout03/1")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    return parser
+
+
 def add_overrides(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--set",

@@ -28,7 +28,6 @@ A file that cannot be read gets its error in its row and the others go on. Exit 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 import json
@@ -44,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_blood.cli import run_main
+from keras_blood.cli import files_parser, run_main
 from keras_blood.errors import ExportError, KerasBloodError
 
 GRID_MAX = 50  # overlays in grid.png; every file still gets its own PNG
@@ -414,12 +413,10 @@ def explain_files(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_blood.explain",
-        description="Grad-CAM maps of an exported model's predictions on image files.",
+    parser = files_parser(
+        "python -m keras_blood.explain",
+        "Grad-CAM maps of an exported model's predictions on image files.",
     )
-    parser.add_argument("version", help="exported version folder, e.g. saved_models/dropout03/1")
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     parser.add_argument(
         "--out",
         type=Path,

@@ -20,7 +20,6 @@ error (nothing was classified). The last line printed is the CSV's path.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
 import itertools
@@ -32,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from keras_blood.cli import run_main
+from keras_blood.cli import files_parser, run_main
 from keras_blood.errors import ExportError, KerasBloodError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif"}
@@ -258,12 +257,10 @@ def predict(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_blood.predict",
-        description="Classify image files (JPEG, PNG, TIFF, BMP, GIF; any size) with an exported model.",
+    parser = files_parser(
+        "python -m keras_blood.predict",
+        "Classify image files (JPEG, PNG, TIFF, BMP, GIF; any size) with an exported model.",
     )
-    parser.add_argument("version", help="exported version folder, e.g. saved_models/dropout03/1")
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     parser.add_argument(
         "--output",
         type=Path,
