@@ -25,6 +25,7 @@ Running these models needs the ``edge`` extra: ``pip install "keras-blood[edge]"
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -276,19 +277,21 @@ def export_edge(
         content = convert_litert(version_dir) if fmt == "litert" else convert_onnx(version)
 
     target = edge_file(version_dir, fmt, quantize)
+    temporary = target.parent / f".tmp-{os.getpid()}-{target.name}"  # the suffix tells the runtime
     try:
-        target.parent.mkdir(exist_ok=True)
-        target.parent.chmod(0o755)  # readable by a server running as another user, like the version
-        temporary = target.parent / f".tmp-{os.getpid()}-{target.name}"  # the suffix tells the runtime
-        temporary.write_bytes(content)
-    except OSError as exc:
-        raise ExportError(f"cannot write {target} ({exc.strerror or exc}); is the version folder writable?") from None
-    try:
-        temporary.chmod(0o644)
+        try:
+            target.parent.mkdir(exist_ok=True)
+            target.parent.chmod(0o755)  # readable by a server running as another user, like the version
+            temporary.write_bytes(content)
+            temporary.chmod(0o644)
+        except OSError as exc:
+            raise ExportError(f"cannot write {target} ({exc.strerror or exc}); is the version folder writable?") from None
         check(version, load_edge_model(temporary), data, quantize)
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # an edge/ folder this call made and left empty
+            target.parent.rmdir()
     print(f"{fmt}{' ' + quantize if quantize else ''}: {len(content) / 1e6:.2f} MB")
     return target
 
