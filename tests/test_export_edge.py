@@ -88,9 +88,14 @@ def test_parity_on_real_kaggle_images(kaggle_like, kaggle_root):
     pixels = np.stack([cv2.resize(cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB), (60, 40), interpolation=cv2.INTER_AREA) for f in files])
     for fmt in ("litert", "onnx"):
         path = edge_file(kaggle_like, fmt)
-        if not path.is_file():
-            path = export_edge(kaggle_like, fmt)
-        assert_parity(kaggle_like, path, pixels)
+        assert_parity(kaggle_like, path if path.is_file() else export_edge(kaggle_like, fmt), pixels)
+
+
+def test_parity_on_real_bloodmnist_images(bloodmnist_tta, bloodmnist_root):
+    pixels = np.load(bloodmnist_root / "bloodmnist.npz")["test_images"][::50]
+    for fmt in ("litert", "onnx"):
+        path = edge_file(bloodmnist_tta, fmt)
+        assert_parity(bloodmnist_tta, path if path.is_file() else export_edge(bloodmnist_tta, fmt), pixels)
 
 
 def op_dtypes(path):
