@@ -91,6 +91,29 @@ def test_cell_crop_cuts_the_window_around_the_cell_exactly():
     assert small.shape == (2, 8, 8, 3) and tuple(small[0, 4, 4]) == (110, 60, 200)
 
 
+def test_cell_crop_is_numpy_slicing_of_the_padded_image_at_every_edge():
+    """Windows past each edge, the last row and column included, at the Kaggle default
+    (120x160, 64-pixel windows); resized, what tf.image.resize's antialiased bilinear
+    gives, to within one level of rounding."""
+    rng = np.random.default_rng(0)
+    size = (120, 160)
+    centres = [(0, 0), (119, 159), (119, 0), (0, 159), (88, 37), (100, 150)]
+    centres += [tuple(rng.integers(0, size)) for _ in range(10)]
+    images = np.stack([cell_at(c, radius=5, size=size) for c in centres])
+    images[..., 0] ^= rng.integers(0, 8, images.shape[:3], dtype=np.uint8)  # texture: every pixel differs
+    crop, color = CellCropConfig(), ColorConfig(background=7)
+    side = crop.window_side(*size)
+    found = cell_centres(images, color, side).numpy()
+    padded = np.pad(images, [(0, 0), (side, side), (side, side), (0, 0)], constant_values=7)
+    tops = found - side // 2 + side
+    expected = np.stack([p[t : t + side, s : s + side] for p, (t, s) in zip(padded, tops)])
+    np.testing.assert_array_equal(crop_to_cell(images, color, crop).numpy(), expected)
+    for out in (40, 80):
+        resized = crop_to_cell(images, color, CellCropConfig(size=out)).numpy().astype(int)
+        reference = tf.image.resize(expected.astype(np.float32), (out, out), antialias=True).numpy()
+        assert np.abs(resized - np.clip(np.round(reference), 0, 255)).max() <= 1
+
+
 def test_preprocess_crops_first_then_extracts_colours():
     data = DataConfig(name="blood_cell_images", image_size=[40, 60], color_extraction=True)
     assert data.cell_crop == CellCropConfig() and data.model_size == (64, 64)
