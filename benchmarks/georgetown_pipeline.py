@@ -31,7 +31,8 @@ import tensorflow as tf  # noqa: E402
 from keras_blood.color import crop_to_cell, extract_colors, extract_colors_cv2  # noqa: E402
 from keras_blood.config import Config  # noqa: E402
 from keras_blood.data import load_data  # noqa: E402
-from keras_blood.data.blood_cell_images import RESIZE_METHOD, scan  # noqa: E402
+from keras_blood.data.blood_cell_images import RESIZE_METHOD  # noqa: E402
+from keras_blood.datasets.blood_cell_images import scan  # noqa: E402
 from keras_blood.data.pipeline import make_dataset  # noqa: E402
 from keras_blood.models import build_model  # noqa: E402
 from keras_blood.train import model_input_shape  # noqa: E402

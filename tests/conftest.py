@@ -17,6 +17,24 @@ KAGGLE_ROOT = SHARED_DATA / "blood-cell-images" / "dataset2-master" / "images"
 
 
 @pytest.fixture(scope="session")
+def shared_tfds_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tfds-real")
+
+
+@pytest.fixture(autouse=True)
+def tfds_dir(request, monkeypatch, tmp_path_factory) -> Path:
+    """Where this test (and the processes it starts) prepares data sets ($TFDS_DATA_DIR):
+    its own folder, so no test sees another's prepared copies; tests on the real data
+    share one, so it is prepared once per session."""
+    if {"bloodmnist_root", "kaggle_root"} & set(request.fixturenames):
+        path = request.getfixturevalue("shared_tfds_dir")
+    else:
+        path = tmp_path_factory.mktemp("tfds")
+    monkeypatch.setenv("TFDS_DATA_DIR", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
 def bloodmnist_root() -> Path:
     if not (BLOODMNIST_ROOT / "bloodmnist.npz").is_file():
         pytest.skip(f"real BloodMNIST data not found at {BLOODMNIST_ROOT}")
