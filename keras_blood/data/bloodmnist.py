@@ -55,7 +55,7 @@ def load_bloodmnist(config: DataConfig, seed: int = 0) -> DataBundle:
     bundle = DataBundle(
         name="bloodmnist",
         class_names=list(builder.info.features["label"].names),
-        splits=read_splits(builder.data_dir, stamp(builder.data_dir)),
+        splits=dict(read_splits(builder.data_dir, stamp(builder.data_dir))),
         # MedMNIST's recipe: centre crop of the 360x363 capture to 200x200, then resize.
         preparation={"center_crop_fraction": 200 / 360, "resize": [size, size], "method": "bicubic"},
     ).with_classes(config.classes)
