@@ -118,7 +118,8 @@ class DataConfig(_Strict):
     name: Literal["bloodmnist", "blood_cell_images"] = "bloodmnist"
     root: Path | None = Field(
         default=None,
-        description=f"Data folder. Default: ${DATA_ROOT_ENV}, else the data source's own "
+        description=f"Data folder (the TFDS builder's manual folder). Default: ${DATA_ROOT_ENV}, "
+        "else the data source's own "
         "default (~/.medmnist for BloodMNIST, the cache medmnist itself uses; "
         "~/blood-cell-images/dataset2-master/images for blood_cell_images).",
     )

@@ -37,10 +37,11 @@ def load_blood_cell_images(config: DataConfig, seed: int = 0) -> DataBundle:
 
     given = config.given_root()
     root = given or DEFAULT_ROOT.expanduser()
-    if given is not None or (root / "TRAIN").is_dir():
-        class_names = source.check_layout(root)  # raises unless root is the data set's folder
+    has_data = given is not None or (root / "TRAIN").is_dir()
+    if has_data:
+        folders = source.check_layout(root)  # raises unless root is the data set's folder
         if config.classes:
-            match_classes(class_names, config.classes)  # a ConfigError naming the unknown ones
+            match_classes(folders, config.classes)  # a ConfigError naming the unknown ones
         fingerprint = source.source_fingerprint(root)
         accept = lambda meta: meta.get("source_fingerprint") == fingerprint  # noqa: E731
     else:
@@ -53,9 +54,10 @@ def load_blood_cell_images(config: DataConfig, seed: int = 0) -> DataBundle:
         accept=accept,
         check=lambda: source.check_layout(root),
     )
-    prepared_from = str(builder.info.metadata.get("source", root))
+    # The files: in root, or where the copy was made from if root holds nothing.
+    files_root = str(root if has_data else builder.info.metadata.get("source", root))
     splits, class_names = _load(builder.data_dir, stamp(builder.data_dir), config.max_examples, seed,
-                                config.height_width, prepared_from)  # fmt: skip
+                                config.height_width, files_root)  # fmt: skip
     height, width = config.height_width
     return DataBundle(
         name="blood_cell_images",

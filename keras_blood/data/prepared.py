@@ -16,9 +16,8 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from collections.abc import Callable, Mapping
 from typing import Any
 
 from keras_blood.errors import DataError
@@ -74,6 +73,8 @@ def prepared_builder(
             file=sys.stderr,
             flush=True,
         )
+        if not sys.stderr.isatty():
+            tfds.disable_progress_bar()  # redrawn bars make a log unreadable; the lines here say it
         start = time.perf_counter()
         current.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir), try_download_gcs=False)
