@@ -160,7 +160,9 @@ def why_unreadable(path: str) -> str:
     try:
         tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     except Exception as exc:  # tf raises several types; the message is what matters
-        return str(getattr(exc, "message", exc)).strip().splitlines()[0]
+        message = str(getattr(exc, "message", exc)).strip().splitlines()[0]
+        # "{{function_node ...}} jpeg::Uncompress failed. Invalid JPEG data ... [Op:DecodeImage] name:"
+        return re.sub(r"^\{\{.*?\}\}\s*|\s*\[Op:.*$", "", message) or message
     return "decoding failed"
 
 
