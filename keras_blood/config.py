@@ -227,9 +227,6 @@ class DataConfig(_Strict):
             return Path(os.environ[DATA_ROOT_ENV]).expanduser()
         return None
 
-    def resolved_root(self, default: Path) -> Path:
-        return self.given_root() or default.expanduser()
-
     def resolved_tfds_dir(self) -> Path:
         if self.tfds_dir is not None:
             return self.tfds_dir.expanduser()

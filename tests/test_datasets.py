@@ -161,7 +161,7 @@ def test_a_changed_source_is_prepared_again(tmp_path, capsys):
     second = load_data(DataConfig(root=tmp_path / "b")).splits["test"].images
     np.testing.assert_array_equal(second, np.load(tmp_path / "b" / "bloodmnist.npz")["test_images"])
     assert not np.array_equal(first, second)
-    assert "again (its source changed)" in capsys.readouterr().err
+    assert "again (its source changed)" in capsys.readouterr().out
     # Unchanged: reused, and read from the memo.
     assert load_data(DataConfig(root=tmp_path / "b")).splits["test"].images is second
 

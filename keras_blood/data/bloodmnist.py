@@ -26,7 +26,7 @@ DEFAULT_ROOT = Path("~/.medmnist")
 SPLITS = {"train": "train", "validation": "val", "test": "test"}
 
 
-@register("bloodmnist")
+@register("bloodmnist", tuple(SPLITS.values()))
 def load_bloodmnist(config: DataConfig, seed: int = 0) -> DataBundle:
     from keras_blood.datasets import bloodmnist as source
 

@@ -70,7 +70,6 @@ def prepared_builder(
         print(
             f"Preparing {what} from {manual_dir} in {data_path} "
             + ("again (its source changed)" if again else "(once; later runs reuse it)"),
-            file=sys.stderr,
             flush=True,
         )
         if not sys.stderr.isatty():
@@ -79,7 +78,7 @@ def prepared_builder(
         current.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir), try_download_gcs=False)
         )
-        print(f"Prepared {what} in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        print(f"Prepared {what} in {time.perf_counter() - start:.1f} s", flush=True)
     return builder()
 
 

@@ -252,7 +252,8 @@ class BloodCellImages(tfds.core.GeneratorBasedBuilder):
             splits["test_simple"] = scan(root / "TEST_SIMPLE", class_names)
         splits = self._readable(splits)
         self.info.metadata.update(source=str(root), source_fingerprint=source_fingerprint(root))
-        return {name: self._generate_examples(folder, root) for name, folder in splits.items()}
+        # TFDS cannot write an empty split: one without images is left out.
+        return {name: self._generate_examples(folder, root) for name, folder in splits.items() if len(folder)}
 
     def _readable(self, splits: dict[str, ImageFolder]) -> dict[str, ImageFolder]:
         """``splits`` without the files that do not decode (DataError unless skip_unreadable)."""

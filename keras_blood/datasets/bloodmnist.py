@@ -206,7 +206,8 @@ class Bloodmnist(tfds.core.GeneratorBasedBuilder):
             )
         arrays = read_npz(path, size)
         self.info.metadata.update(source=str(path), md5=md5, source_fingerprint=source_fingerprint(path))
-        return {name: self._generate_examples(*arrays[split]) for split, name in SPLITS.items()}
+        # TFDS cannot write an empty split: one the file has no rows for is left out.
+        return {name: self._generate_examples(*arrays[split]) for split, name in SPLITS.items() if len(arrays[split][1])}
 
     def _source_file(self, dl_manager) -> Path:
         size = self.builder_config.size
