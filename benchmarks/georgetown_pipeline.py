@@ -32,7 +32,8 @@ from keras_blood.opencv_reference import extract_colors_cv2  # noqa: E402
 from keras_blood.segmentation import crop_to_cell, extract_colors  # noqa: E402
 from keras_blood.config import Config  # noqa: E402
 from keras_blood.data import load_data  # noqa: E402
-from keras_blood.data.blood_cell_images import RESIZE_METHOD, scan  # noqa: E402
+from keras_blood.data.blood_cell_images import RESIZE_METHOD  # noqa: E402
+from keras_blood.datasets.blood_cell_images import scan  # noqa: E402
 from keras_blood.data.pipeline import make_dataset  # noqa: E402
 from keras_blood.models import build_model  # noqa: E402
 from keras_blood.train import model_input_shape  # noqa: E402

@@ -118,7 +118,8 @@ class DataConfig(_Strict):
     name: Literal["bloodmnist", "blood_cell_images"] = "bloodmnist"
     root: Path | None = Field(
         default=None,
-        description=f"Data folder. Default: ${DATA_ROOT_ENV}, else the data source's own "
+        description=f"Data folder (the TFDS builder's manual folder). Default: ${DATA_ROOT_ENV}, "
+        "else the data source's own "
         "default (~/.medmnist for BloodMNIST, the cache medmnist itself uses; "
         "~/blood-cell-images/dataset2-master/images for blood_cell_images).",
     )
@@ -159,6 +160,11 @@ class DataConfig(_Strict):
         default=None, description="Cap on examples per split, for quick smoke runs."
     )
     download: bool = Field(default=True, description="Download missing files.")
+    tfds_dir: Path | None = Field(
+        default=None,
+        description="Where the sources are prepared (once) as TensorFlow Datasets. "
+        "Default: TFDS's own, $TFDS_DATA_DIR, else ~/tensorflow_datasets.",
+    )
     shuffle_buffer: Annotated[int, Field(gt=0)] = 20_000
 
     @model_validator(mode="before")
@@ -213,12 +219,18 @@ class DataConfig(_Strict):
         """The size the model takes: the cell crop's, if there is one."""
         return (self.cell_crop.size,) * 2 if self.cell_crop else self.height_width
 
-    def resolved_root(self, default: Path) -> Path:
+    def given_root(self) -> Path | None:
+        """data.root, else $KERAS_BLOOD_DATA_ROOT; None where neither is set."""
         if self.root is not None:
             return self.root.expanduser()
         if os.environ.get(DATA_ROOT_ENV):
             return Path(os.environ[DATA_ROOT_ENV]).expanduser()
-        return default.expanduser()
+        return None
+
+    def resolved_tfds_dir(self) -> Path:
+        if self.tfds_dir is not None:
+            return self.tfds_dir.expanduser()
+        return Path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()
 
 
 # ----------------------------------------------------------------------------- models

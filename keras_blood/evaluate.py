@@ -67,8 +67,11 @@ def evaluate(
         )
     config = load_config(recorded_config, list(overrides))
 
-    from keras_blood.data import load_data
+    from keras_blood.data import SPLIT_NAMES, load_data
 
+    possible = SPLIT_NAMES[config.data.name]
+    if split not in possible:  # said before loading, which starts TensorFlow (and its log lines)
+        raise DataError(f"--split {split!r}: data source {config.data.name!r} has splits {sorted(possible)}")
     data = load_data(config.data, config.seed)
     if split not in data.splits or len(data.splits[split]) == 0:
         raise DataError(f"--split {split!r}: data source {data.name!r} has splits {sorted(data.splits)}")

@@ -16,6 +16,26 @@ BLOODMNIST_ROOT = SHARED_DATA / "bloodmnist"
 KAGGLE_ROOT = SHARED_DATA / "blood-cell-images" / "dataset2-master" / "images"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_tfds_dir(tmp_path_factory):
+    """$TFDS_DATA_DIR for the session: where fixtures wider than one test prepare data sets."""
+    with pytest.MonkeyPatch.context() as patch:
+        path = tmp_path_factory.mktemp("tfds-shared")
+        patch.setenv("TFDS_DATA_DIR", str(path))
+        yield path
+
+
+@pytest.fixture(autouse=True)
+def tfds_dir(request, monkeypatch, tmp_path_factory, shared_tfds_dir) -> Path:
+    """Where this test (and the processes it starts) prepares data sets ($TFDS_DATA_DIR):
+    its own folder, so no test sees another's prepared copies; tests on the real data
+    share the session's, so it is prepared once."""
+    real = {"bloodmnist_root", "kaggle_root"} & set(request.fixturenames)
+    path = shared_tfds_dir if real else tmp_path_factory.mktemp("tfds")
+    monkeypatch.setenv("TFDS_DATA_DIR", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def bloodmnist_root() -> Path:
     if not (BLOODMNIST_ROOT / "bloodmnist.npz").is_file():

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from keras_blood.config import DataConfig
-from keras_blood.data import bloodmnist, load_data
+from keras_blood.data import load_data
 from keras_blood.data.download import download
+from keras_blood.datasets import bloodmnist
 from keras_blood.errors import DataError
 from tests.conftest import synthetic_npz
 
@@ -116,13 +117,13 @@ def test_missing_file_without_download_says_where_to_get_it(tmp_path):
 
 def test_unreachable_download_fails_fast_and_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(bloodmnist, "RECORD", "http://127.0.0.1:9/files")  # nothing listens
-    root = tmp_path / "new" / "root"
+    root, tfds_dir = tmp_path / "new" / "root", tmp_path / "new" / "tfds"
     with pytest.raises(DataError) as info:
-        load_data(DataConfig(root=root))
+        load_data(DataConfig(root=root, tfds_dir=tfds_dir))
     message = str(info.value)
-    for fragment in ("bloodmnist.npz", "http://127.0.0.1:9/files", bloodmnist.MD5[28], str(root)):
+    for fragment in ("bloodmnist.npz", "http://127.0.0.1:9/files", bloodmnist.MD5[28], "data.root"):
         assert fragment in message
-    assert not (tmp_path / "new").exists()
+    assert not (tmp_path / "new").exists()  # neither the download folder nor TFDS's
 
 
 def test_download_checks_md5_and_moves_into_place(tmp_path):
@@ -131,9 +132,9 @@ def test_download_checks_md5_and_moves_into_place(tmp_path):
     good = hashlib.md5(source.read_bytes()).hexdigest()
     dest = tmp_path / "out" / "file.bin"
     with pytest.raises(DataError, match="MD5"):
-        download(source.as_uri(), dest, "0" * 32)
+        download(source.as_uri(), dest, "0" * 32, "save it as DEST")
     assert not dest.exists() and not (tmp_path / "out").exists()
-    assert download(source.as_uri(), dest, good) == dest
+    assert download(source.as_uri(), dest, good, "save it as DEST") == dest
     assert dest.read_bytes() == source.read_bytes()
     assert [p.name for p in dest.parent.iterdir()] == ["file.bin"]  # no .part left over
 

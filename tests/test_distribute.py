@@ -2,6 +2,7 @@
 on 127.0.0.1 (MultiWorkerMirroredStrategy through Keras's fit)."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -88,6 +89,7 @@ def run_launcher(args, cwd, timeout=WORKER_TIMEOUT):
 def overrides(root, tmp_path, **extra):
     values = {
         "data.root": root,
+        "data.tfds_dir": os.environ["TFDS_DATA_DIR"],  # the workers' env leaves it out (conftest sets it)
         "data.max_examples": 2048,
         "train.epochs": 3,
         "train.batch_size": 128,

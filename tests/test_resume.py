@@ -75,6 +75,7 @@ def test_latest_finds_the_newest_unfinished_run_with_the_same_settings(tmp_path,
 def train_command(root, tmp_path, *extra):
     values = {
         "data.root": root,
+        "data.tfds_dir": os.environ["TFDS_DATA_DIR"],  # ENV leaves it out (conftest sets it)
         "data.max_examples": 1024,
         "train.epochs": 12,
         "train.early_stopping_patience": 0,

@@ -1,24 +1,20 @@
-"""Kaggle "Blood Cell Images" (Mooney 2018), the Georgetown study's data: 4 white-cell classes.
+"""Kaggle "Blood Cell Images" (Mooney 2018), the Georgetown study's data: 4 white-cell classes,
+read through the TFDS builder ``blood_cell_images`` (keras_blood.datasets.blood_cell_images),
+prepared once in ``data.tfds_dir``.
 
-``data.root`` holds ``TRAIN/`` and ``TEST/`` (and optionally ``TEST_SIMPLE/``), each with
-one folder of images per class; the class names are the folder names. The 320x240 JPEGs
-are decoded and resized in a parallel tf.data map, once, into the uint8 arrays of a
-:class:`Split` (the training pipeline caches those).
-
-The images are augmentations of a few hundred source cells; a file's name
-``_<source>_<rand>.jpeg`` numbers its source within its class folder. Validation is
-carved from TRAIN by source (seeded, per class, ``data.val_fraction`` of the sources), so
-augmentations of one cell never sit on both sides. TEST (71 other source cells) is the
-test split; TEST_SIMPLE, one image per TEST source, is the extra split ``test_simple``.
+``data.root`` (the builder's manual folder) holds ``TRAIN/`` and ``TEST/`` (and optionally
+``TEST_SIMPLE/``), each with one folder of images per class. The builder's config is how
+the validation split is drawn: ``data.val_fraction`` of each class's TRAIN source cells,
+seeded with the run's seed, over the ``data.classes`` kept; each such config is prepared
+once. The prepared copy holds the JPEGs' own bytes; they are decoded and resized here, in
+a parallel tf.data map, into the uint8 arrays of a :class:`Split` (the training pipeline
+caches those). ``data.max_examples`` is applied before decoding, so a smoke run decodes
+only its slice.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import re
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,192 +22,107 @@ import numpy as np
 from keras_blood.config import DataConfig
 from keras_blood.data import register
 from keras_blood.data.base import DataBundle, Split, match_classes, missing_classes
+from keras_blood.data.prepared import prepared_builder, read_all, read_only, stamp
 from keras_blood.errors import DataError
 
 DEFAULT_ROOT = Path("~/blood-cell-images/dataset2-master/images")
-SOURCE_URL = "https://www.kaggle.com/datasets/paultimothymooney/blood-cells"
-FOLDERS = {"train": "TRAIN", "test": "TEST", "test_simple": "TEST_SIMPLE"}
 RESIZE_METHOD = "area"  # averages whole pixel blocks: the cleanest large downscale
-# "_<source>_<rand>.jpeg": the source index is the number after the first underscore.
-SOURCE_PATTERN = re.compile(r"^[^_]*_(\d+)_")
+# The builder's split -> keras-blood's.
+SPLITS = {"train": "train", "validation": "val", "test": "test", "test_simple": "test_simple"}
 
 
-@dataclass(frozen=True)
-class ImageFolder:
-    """The image files of one split folder, in a fixed order (class, then file name)."""
+@register("blood_cell_images", tuple(SPLITS.values()))
+def load_blood_cell_images(config: DataConfig, seed: int = 0) -> DataBundle:
+    from keras_blood.datasets import blood_cell_images as source
 
-    paths: np.ndarray  # str, full paths
-    labels: np.ndarray  # int32, index into the class names
-    sources: np.ndarray  # str, "<class>/<source index>"; the stem where a name has none
-
-    def take(self, indices: np.ndarray) -> "ImageFolder":
-        return ImageFolder(self.paths[indices], self.labels[indices], self.sources[indices])
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-
-def class_folders(split_dir: Path) -> list[str]:
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def scan(split_dir: Path, class_names: list[str]) -> ImageFolder:
-    """List ``split_dir/<class>/*``. Hidden files (.DS_Store and the like) are not images
-    and are left out; everything else is decoded, so a stray file is reported, not lost."""
-    paths, labels, sources = [], [], []
-    for label, name in enumerate(class_names):
-        folder = split_dir / name
-        if not folder.is_dir():
-            continue
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            if entry.name.startswith(".") or not entry.is_file():
-                continue
-            match = SOURCE_PATTERN.match(entry.name)
-            paths.append(entry.path)
-            labels.append(label)
-            sources.append(f"{name}/{match.group(1) if match else Path(entry.name).stem}")
-    return ImageFolder(np.array(paths, dtype=str), np.array(labels, np.int32), np.array(sources, dtype=str))
-
-
-def split_by_source(folder: ImageFolder, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(train, val)``: per class, a seeded ``fraction`` of the source cells (at
-    least one where a class has two or more) goes to validation with all its images."""
-    rng = np.random.default_rng(seed)
-    val_sources: set[str] = set()
-    for label in np.unique(folder.labels):
-        sources = np.unique(folder.sources[folder.labels == label])
-        count = min(max(1, round(fraction * len(sources))), len(sources) - 1)
-        val_sources.update(rng.permutation(sources)[:count])
-    is_val = np.isin(folder.sources, sorted(val_sources))
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
-
-
-def _cap(folder: ImageFolder, max_examples: int | None, rng: np.random.Generator) -> ImageFolder:
-    # As DataBundle.capped does, but before decoding, so a smoke run decodes only its slice.
-    if max_examples is None or len(folder) <= max_examples:
-        return folder
-    return folder.take(np.sort(rng.permutation(len(folder))[:max_examples]))
-
-
-def _fingerprint(paths: tuple[str, ...]) -> tuple:
-    stats = [os.stat(p) for p in paths]
-    return tuple((s.st_size, s.st_mtime_ns) for s in stats)
-
-
-def decode_images(paths: list[str], size: tuple[int, int], skip_unreadable: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Decode and resize ``paths`` in a parallel tf.data map: ``(uint8 [N, H, W, 3], kept)``.
-
-    ``kept`` are the indices of the readable files. Results are memoised per process
-    (keyed by the files' sizes and modification times), so a sweep that trains many
-    models on the same data decodes it once.
-    """
-    key = tuple(paths)
-    return _decode_cached(key, _fingerprint(key), tuple(size), skip_unreadable)
+    given = config.given_root()
+    root = given or DEFAULT_ROOT.expanduser()
+    has_data = given is not None or (root / "TRAIN").is_dir()
+    if has_data:
+        folders = source.check_layout(root)  # raises unless root is the data set's folder
+        if config.classes:
+            match_classes(folders, config.classes)  # a ConfigError naming the unknown ones
+        fingerprint = source.source_fingerprint(root)
+        accept = lambda meta: meta.get("source_fingerprint") == fingerprint  # noqa: E731
+    else:
+        accept = lambda meta: True  # noqa: E731  (no data here: any prepared copy)
+    builder = prepared_builder(
+        "blood_cell_images",
+        source.builder_config(config.val_fraction, seed, config.skip_unreadable, tuple(config.classes or ())),
+        tfds_dir=config.resolved_tfds_dir(),
+        manual_dir=root,
+        accept=accept,
+        check=lambda: source.check_layout(root),
+    )
+    # The files: in root, or where the copy was made from if root holds nothing.
+    files_root = str(root if has_data else builder.info.metadata.get("source", root))
+    splits, class_names = _load(builder.data_dir, stamp(builder.data_dir), config.max_examples, seed,
+                                config.height_width, files_root)  # fmt: skip
+    height, width = config.height_width
+    return DataBundle(
+        name="blood_cell_images",
+        class_names=class_names,
+        splits=splits,
+        preparation={"resize": [height, width], "method": RESIZE_METHOD},
+    )
 
 
 @functools.lru_cache(maxsize=2)
-def _decode_cached(paths: tuple[str, ...], _stats: tuple, size: tuple[int, int], skip_unreadable: bool):
+def _load(data_dir: str, _stamp: int, max_examples, seed: int, size: tuple[int, int], root: str):
+    """``(splits, class names)``, decoded at ``size``; memoised per process, so a sweep
+    that trains many models on the same data decodes it once."""
+    # Encoded JPEGs stand in for the images while the cap picks the rows.
+    encoded = DataBundle("blood_cell_images", *_records(data_dir, _stamp))
+    # Checked on the full splits, before data.max_examples: a smoke slice may lack a class.
+    if empty := missing_classes(encoded.class_names, {name: split.labels for name, split in encoded.splits.items()}):
+        split, name = empty[0]
+        raise DataError(f"class {name!r} has no examples in the {split} split: {_why_empty(Path(root), split, name)}")
+    encoded = encoded.capped(max_examples, seed)
+    # One decode for all splits: one tf.data pass.
+    order = list(encoded.splits)
+    images = decode_images(np.concatenate([encoded.splits[name].images for name in order]), size)
+    bounds = np.cumsum([0] + [len(encoded.splits[name]) for name in order])
+    splits = {
+        name: Split(read_only(images[start:end]), read_only(encoded.splits[name].labels),
+                    read_only(np.array([str(Path(root) / f) for f in encoded.splits[name].files], dtype=str)))  # fmt: skip
+        for name, start, end in zip(order, bounds[:-1], bounds[1:])
+    }
+    return splits, list(encoded.class_names)
+
+
+@functools.lru_cache(maxsize=1)
+def _records(data_dir: str, _stamp: int) -> tuple[list[str], dict[str, Split]]:
+    """``(class names, splits)`` of a prepared copy, without decoding: each Split's images
+    are the JPEG bytes, its files the paths relative to the folder it was prepared from."""
+    import tensorflow_datasets as tfds
+
+    builder, splits = read_all(data_dir, list(SPLITS), decoders={"image": tfds.decode.SkipDecoding()})
+    records = {
+        SPLITS[name]: Split(rows["image"], rows["label"].astype(np.int32), np.array([f.decode() for f in rows["file"]], dtype=str))
+        for name, rows in splits.items()
+    }
+    return list(builder.info.features["label"].names), records
+
+
+def decode_images(encoded: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Decode and resize image files' bytes in a parallel tf.data map: uint8 ``[N, H, W, 3]``."""
     import tensorflow as tf
 
-    def load(path, index):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    def load(data):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
         image = tf.image.resize(image, size, method=RESIZE_METHOD)
-        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), index
+        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
-    ds = tf.data.Dataset.from_tensor_slices((list(paths), tf.range(len(paths), dtype=tf.int64)))
-    # A file that fails to read or decode is dropped here and reported below by name.
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
-    images, kept = [np.zeros((0, *size, 3), np.uint8)], [np.zeros(0, np.int64)]
-    for batch_images, batch_index in ds.batch(512).as_numpy_iterator():
-        images.append(batch_images)
-        kept.append(batch_index)
-    images_array, kept_array = np.concatenate(images), np.concatenate(kept)
-
-    bad = sorted(set(range(len(paths))) - set(kept_array.tolist()))
-    if bad and not skip_unreadable:
-        raise DataError(
-            f"{paths[bad[0]]}: not a readable image ({_why_unreadable(paths[bad[0]])}); "
-            f"{len(bad)} such file(s) in all. Remove them or set data.skip_unreadable: true"
-        )
-    if bad:
-        examples = ", ".join(Path(paths[i]).name for i in bad[:3])
-        print(
-            f"warning: skipped {len(bad)} of {len(paths)} files that are not readable images "
-            f"(e.g. {examples})",
-            file=sys.stderr,
-            flush=True,
-        )
-    return images_array, kept_array
-
-
-def _why_unreadable(path: str) -> str:
-    import tensorflow as tf
-
-    try:
-        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    except Exception as exc:  # tf raises several types; the message is what matters
-        return str(getattr(exc, "message", exc)).strip().splitlines()[0]
-    return "decoding failed"
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(encoded, dtype=tf.string))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    batches = [np.zeros((0, *size, 3), np.uint8)]
+    batches += list(ds.batch(512).as_numpy_iterator())
+    return np.concatenate(batches)
 
 
 def _why_empty(root: Path, split: str, name: str) -> str:
     fix = "add images, or leave the class out with data.classes"
-    if split == "val":  # split_by_source holds out whole source cells and keeps one for train
-        return f"{root / FOLDERS['train'] / name} holds images of one source cell only; {fix}"
-    folder = root / FOLDERS[split] / name
+    if split == "val":  # validation holds out whole source cells and keeps one for train
+        return f"{root / 'TRAIN' / name} holds images of one source cell only; {fix}"
+    folder = root / {"train": "TRAIN", "test": "TEST", "test_simple": "TEST_SIMPLE"}[split] / name
     return f"{folder} {'holds no files' if folder.is_dir() else 'does not exist'}; {fix}"
-
-
-@register("blood_cell_images")
-def load_blood_cell_images(config: DataConfig, seed: int = 0) -> DataBundle:
-    root = config.resolved_root(DEFAULT_ROOT)
-    for folder in ("train", "test"):
-        if not (root / FOLDERS[folder]).is_dir():
-            raise DataError(
-                f"{root} has no {FOLDERS[folder]}/ folder. data.root must hold TRAIN/ and TEST/ "
-                "with one folder of images per class, as the Kaggle data set's "
-                f"dataset2-master/images does (download it from {SOURCE_URL})"
-            )
-    all_names = class_folders(root / FOLDERS["train"])
-    if not all_names:
-        raise DataError(f"{root / FOLDERS['train']} holds no class folders")
-    for folder in ("test", "test_simple"):
-        split_dir = root / FOLDERS[folder]
-        unknown = sorted(set(class_folders(split_dir)) - set(all_names)) if split_dir.is_dir() else []
-        if unknown:
-            raise DataError(f"{split_dir} has class folders that TRAIN lacks: {unknown}")
-    # data.classes is applied here, before decoding, so only the kept images are read.
-    class_names = match_classes(all_names, config.classes) if config.classes else all_names
-
-    train = scan(root / FOLDERS["train"], class_names)
-    train_idx, val_idx = split_by_source(train, config.val_fraction, seed)
-    folders = {"train": train.take(train_idx), "val": train.take(val_idx)}
-    for name in ("test", "test_simple"):
-        if (root / FOLDERS[name]).is_dir():
-            folders[name] = scan(root / FOLDERS[name], class_names)
-    # Checked on the full folders, before data.max_examples: a smoke slice may lack a class.
-    if empty := missing_classes(class_names, {name: folder.labels for name, folder in folders.items()}):
-        split, name = empty[0]
-        raise DataError(f"class {name!r} has no examples in the {split} split: {_why_empty(root, split, name)}")
-
-    rng = np.random.default_rng(seed)
-    folders = {name: _cap(folder, config.max_examples, rng) for name, folder in folders.items()}
-    # One decode for all splits: one tf.data pass, and one entry in the memo.
-    order = list(folders)
-    paths = [p for name in order for p in folders[name].paths.tolist()]
-    images, kept = decode_images(paths, config.height_width, config.skip_unreadable)
-    owner = np.repeat(np.arange(len(order)), [len(folders[name]) for name in order])
-    offsets = np.cumsum([0] + [len(folders[name]) for name in order])
-    splits = {}
-    for i, name in enumerate(order):
-        rows = owner[kept] == i
-        local = kept[rows] - offsets[i]
-        folder = folders[name].take(local)
-        splits[name] = Split(images[rows], folder.labels, files=folder.paths)
-    height, width = config.height_width
-    return DataBundle(
-        name="blood_cell_images",
-        class_names=list(class_names),
-        splits=splits,
-        preparation={"resize": [height, width], "method": RESIZE_METHOD},
-    )

@@ -22,15 +22,20 @@ def md5sum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> Path:
-    """Fetch ``url`` to ``dest``. Nothing appears at ``dest`` unless the MD5 matches."""
+def download(url: str, dest: Path, md5: str, how_to_fix: str, timeout: float = 30.0) -> Path:
+    """Fetch ``url`` to ``dest``; a file already there is taken as is (only a download
+    whose MD5 matches ever gets there). ``how_to_fix`` ends the error message: where else
+    the file can come from.
+
+    TFDS's own downloader is not used: it waits on a dead network without a timeout
+    (retrying ten times), and checks SHA-256 only, which MedMNIST does not publish.
+    """
+    if dest.is_file():
+        return dest
     # Remember which folders we create, so that a failed download leaves nothing behind.
     created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    how_to_fix = (
-        f"Download {url} by hand (MD5 {md5}) and save it as {dest}, "
-        "or point data.root (or --set data.root=DIR) at a folder that already holds it."
-    )
+    how_to_fix = f"Download {url} by hand (MD5 {md5}) and {how_to_fix}."
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
     try:

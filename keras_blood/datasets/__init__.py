@@ -1,0 +1,17 @@
+"""TFDS builders for keras-blood's two data sources. Importing this package registers them:
+
+    import keras_blood.datasets
+    import tensorflow_datasets as tfds
+
+    train = tfds.load("bloodmnist/64", split="train", as_supervised=True, data_dir=D)
+    kaggle = tfds.load("blood_cell_images", split="validation", data_dir=D,
+                       download_and_prepare_kwargs={"download_config": tfds.download.DownloadConfig(manual_dir=M)})
+
+A prepared copy needs neither this package nor keras-blood: ``tfds.builder_from_directory(
+D / "bloodmnist" / "64" / "1.0.0")`` reads it.
+"""
+
+from keras_blood.datasets.blood_cell_images import BloodCellImages
+from keras_blood.datasets.bloodmnist import Bloodmnist
+
+__all__ = ["BloodCellImages", "Bloodmnist"]
