@@ -130,12 +130,13 @@ def _run_classes(run: Path, config: Config) -> list[str]:
     if data.classes:
         return list(data.classes)
     if data.name == "bloodmnist":
-        from keras_blood.data.bloodmnist import CLASS_NAMES
+        from keras_blood.datasets.bloodmnist import CLASS_NAMES
 
         return list(CLASS_NAMES)
-    from keras_blood.data.blood_cell_images import DEFAULT_ROOT, FOLDERS, class_folders
+    from keras_blood.data.blood_cell_images import DEFAULT_ROOT
+    from keras_blood.datasets.blood_cell_images import FOLDERS, class_folders
 
-    folder = data.resolved_root(DEFAULT_ROOT) / FOLDERS["train"]
+    folder = (data.given_root() or DEFAULT_ROOT.expanduser()) / FOLDERS["train"]
     if folder.is_dir():
         return class_folders(folder)
     raise ConfigError(

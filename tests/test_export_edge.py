@@ -11,7 +11,7 @@ import tensorflow as tf
 from keras_blood import export_edge as edge_module
 from keras_blood.cli import run_main
 from keras_blood.config import Config
-from keras_blood.data.bloodmnist import CLASS_NAMES
+from keras_blood.datasets.bloodmnist import CLASS_NAMES
 from keras_blood.export import export_model, load_version
 from keras_blood.export_edge import edge_file, export_edge, load_edge_model, predict, saved_model_predictor
 from keras_blood.models import build_model, with_tta

@@ -13,7 +13,7 @@ from keras_blood import train as train_module
 from keras_blood.calibration import with_temperature
 from keras_blood.cli import run_main
 from keras_blood.config import Config, validate_config
-from keras_blood.data.bloodmnist import CLASS_NAMES
+from keras_blood.datasets.bloodmnist import CLASS_NAMES
 from keras_blood.errors import ConfigError
 from keras_blood.models import BUILDERS, average_models, named_layers, with_tta
 from keras_blood.runs import RunFolder
