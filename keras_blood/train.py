@@ -579,11 +579,17 @@ def train(config: Config, resume: str | Path | None = None) -> TrainResult:
 
     cluster = cluster_from_env()  # before TensorFlow starts: it must know the cluster first
     strategy = select_strategy(config.train.distribute, cluster)
-    seed_everything(config.seed, config.train.deterministic)
     print(f"Device: {describe_devices(strategy, cluster)}", flush=True)
 
-    # Everything that can fail on user input happens before a run folder exists.
+    # Everything that can fail on user input happens before a run folder exists; a weights
+    # source that is not one fails even before the data is read (or prepared).
+    from keras_blood.transfer import prepare_transfer
+
+    transfer = prepare_transfer(config)
     data = load_checked_data(config)
+    # Seeded after the data is read: reading a TFDS copy draws from the global generators,
+    # and a seeded run must start from the same weights whether its copy was there or not.
+    seed_everything(config.seed, config.train.deterministic)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
     print(f"Data: {data.name} {data.image_shape}, {data.num_classes} classes; {sizes}", flush=True)
     session = Session(config, data, strategy, cluster, run=None, run_path=Path(resume) if resume else None)
@@ -593,9 +599,7 @@ def train(config: Config, resume: str | Path | None = None) -> TrainResult:
 
         check_export_target(config, data.class_names, data.image_shape)
     # Before the run folder: a model that cannot be built, or weights that do not fit, leave nothing.
-    from keras_blood.transfer import prepare_transfer
-
-    session.transfer = prepare_transfer(config)
+    session.transfer = transfer
     session.first_model = session.build(0)
     if is_chief:
         session.first_model.summary(print_fn=lambda line, **_: print(line))
