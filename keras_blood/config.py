@@ -109,6 +109,15 @@ class CellCropConfig(_Strict):
         "(0.53: 64 of 120 rows, a white cell and a margin around it).",
     )
     size: Side = Field(default=64, description="Side of the square the model takes.")
+    fit: Literal["fixed", "extent"] = Field(
+        default="fixed",
+        description="fixed: the window is `window` of the shorter side; extent: it is "
+        "`extent_scale` x the square root of the stained area around the cell, so the cell fills "
+        "the crop alike at any magnification (`window` then only sets how the centre is found).",
+    )
+    extent_scale: Annotated[float, Field(gt=0.0)] = Field(
+        default=2.0, description="extent: window side / sqrt(stained pixels near the cell)."
+    )
 
     def window_side(self, height: int, width: int) -> int:
         return max(1, round(self.window * min(height, width)))
@@ -149,6 +158,12 @@ class DataConfig(_Strict):
         "tf.data and in the exported serving graph.",
     )
     color: ColorConfig = ColorConfig()
+    stain_normalize: bool = Field(
+        default=False,
+        description="Standardise each image's channels (after the cell crop, before colour "
+        "extraction) to one mean and spread, so another lab's stain and light look alike; "
+        "in tf.data and in the exported serving graph.",
+    )
     cell_crop: CellCropConfig | None = Field(
         default=None,  # filled per source in _source_defaults
         description="Crop each image around its white cell (null: whole images). "

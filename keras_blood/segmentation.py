@@ -187,6 +187,76 @@ def crop_to_cell(images: tf.Tensor, color: ColorConfig, crop: CellCropConfig) ->
     return tf.cast(tf.clip_by_value(tf.round(windows), 0, 255), tf.uint8)
 
 
+# The stained area that sizes an extent crop is counted within this fraction of the shorter
+# side around the cell's centre: wide enough for a cell that fills most of the frame, narrow
+# enough that a second cell at the far edge of a Kaggle image counts little.
+EXTENT_REACH = 0.8
+# An extent window stays within these fractions of the shorter side, whatever the mask says
+# (an image with almost no stain, or one stained all over).
+EXTENT_LIMITS = (0.25, 1.0)
+
+
+def extent_sides(images: tf.Tensor, centres: tf.Tensor, color: ColorConfig, scale: float) -> tf.Tensor:
+    """float32 ``[N]``: ``scale`` x sqrt(stained pixels in the square of side
+    ``EXTENT_REACH`` of the shorter side around each centre), clipped to ``EXTENT_LIMITS``."""
+    height, width = images.shape[1], images.shape[2]
+    half = EXTENT_REACH * min(height, width) / 2
+    rows = tf.range(height)[None, :, None] - centres[:, 0, None, None]
+    cols = tf.range(width)[None, None, :] - centres[:, 1, None, None]
+    near = tf.logical_and(tf.abs(tf.cast(rows, tf.float32)) <= half, tf.abs(tf.cast(cols, tf.float32)) <= half)
+    area = tf.reduce_sum(tf.cast(tf.logical_and(color_mask(images, color), near), tf.float32), axis=[1, 2])
+    low, high = (limit * min(height, width) for limit in EXTENT_LIMITS)
+    return tf.clip_by_value(scale * tf.sqrt(area), low, high)
+
+
+def crop_to_cell_extent(images: tf.Tensor, color: ColorConfig, crop: CellCropConfig) -> tf.Tensor:
+    """Like :func:`crop_to_cell`, but each image's window side is sized by its own cell
+    (:func:`extent_sides`): a cell photographed 1.5x larger gets a 1.5x larger window, so
+    the model sees cells at one scale. uint8 ``[N, H, W, 3]`` -> ``[N, size, size, 3]``."""
+    images = tf.convert_to_tensor(images, tf.uint8)
+    height, width = images.shape[1], images.shape[2]
+    centres = cell_centres(images, color, crop.window_side(height, width))
+    half = (extent_sides(images, centres, color, crop.extent_scale) - 1) / 2
+    centre = tf.cast(centres, tf.float32)
+    boxes = tf.stack(
+        [
+            (centre[:, 0] - half) / max(height - 1, 1),
+            (centre[:, 1] - half) / max(width - 1, 1),
+            (centre[:, 0] + half) / max(height - 1, 1),
+            (centre[:, 1] + half) / max(width - 1, 1),
+        ],
+        axis=1,
+    )
+    windows = tf.image.crop_and_resize(
+        tf.cast(images, tf.float32),
+        boxes,
+        tf.range(tf.shape(images)[0]),
+        (crop.size, crop.size),
+        extrapolation_value=float(color.background),
+    )
+    return tf.cast(tf.clip_by_value(tf.round(windows), 0, 255), tf.uint8)
+
+
+def cut_cell(images: tf.Tensor, color: ColorConfig, crop: CellCropConfig) -> tf.Tensor:
+    """The cell crop ``crop.fit`` asks for."""
+    return (crop_to_cell_extent if crop.fit == "extent" else crop_to_cell)(images, color, crop)
+
+
+# Target of stain normalisation: per channel, mean and standard deviation in uint8 units.
+NORMAL_MEAN, NORMAL_STD = 160.0, 40.0
+
+
+def normalize_stain(images: tf.Tensor) -> tf.Tensor:
+    """uint8 ``[N, H, W, 3]`` -> uint8: each image's channels standardised to one mean and
+    spread (NORMAL_MEAN, NORMAL_STD), so that a pinker stain or a brighter lamp look alike
+    while the contrasts inside the cell stay."""
+    x = tf.cast(images, tf.float32)
+    mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    std = tf.sqrt(tf.reduce_mean(tf.square(x - mean), axis=[1, 2], keepdims=True))
+    x = NORMAL_MEAN + NORMAL_STD * (x - mean) / tf.maximum(std, 1.0)
+    return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+
+
 def make_preprocess(data: DataConfig) -> Callable | None:
     """The batch-wise uint8 -> uint8 preprocessing ``data`` asks for, or None.
 
@@ -197,7 +267,9 @@ def make_preprocess(data: DataConfig) -> Callable | None:
     """
     steps: list[Callable] = []
     if data.cell_crop is not None:
-        steps.append(lambda images: crop_to_cell(images, data.color, data.cell_crop))
+        steps.append(lambda images: cut_cell(images, data.color, data.cell_crop))
+    if data.stain_normalize:
+        steps.append(normalize_stain)
     if data.color_extraction:
         steps.append(lambda images: extract_colors(images, data.color))
     if not steps:
