@@ -158,11 +158,12 @@ class DataConfig(_Strict):
         "tf.data and in the exported serving graph.",
     )
     color: ColorConfig = ColorConfig()
-    stain_normalize: bool = Field(
-        default=False,
-        description="Standardise each image's channels (after the cell crop, before colour "
-        "extraction) to one mean and spread, so another lab's stain and light look alike; "
-        "in tf.data and in the exported serving graph.",
+    stain_normalize: Literal["none", "channels", "grey"] = Field(
+        default="none",
+        description="After the cell crop, before colour extraction: channels standardises each "
+        "image's R, G and B to one mean and spread; grey does so for its luma and repeats it in "
+        "all three channels (stain colour gone, shapes and texture kept). Either makes another "
+        "lab's stain and lamp look more alike; in tf.data and in the exported serving graph.",
     )
     cell_crop: CellCropConfig | None = Field(
         default=None,  # filled per source in _source_defaults

@@ -246,16 +246,18 @@ def cut_cell(images: tf.Tensor, color: ColorConfig, crop: CellCropConfig) -> tf.
 NORMAL_MEAN, NORMAL_STD = 160.0, 40.0
 
 
-def normalize_stain(images: tf.Tensor) -> tf.Tensor:
-    """uint8 ``[N, H, W, 3]`` -> uint8: each image's channels standardised to one mean and
-    spread (NORMAL_MEAN, NORMAL_STD), so that a pinker stain or a brighter lamp look alike
-    while the contrasts inside the cell stay."""
+def normalize_stain(images: tf.Tensor, mode: str = "channels") -> tf.Tensor:
+    """uint8 ``[N, H, W, 3]`` -> uint8: each image standardised to one mean and spread
+    (NORMAL_MEAN, NORMAL_STD), so that a pinker stain or a brighter lamp look alike while
+    the contrasts inside the cell stay. ``channels``: R, G and B each; ``grey``: the luma
+    (ITU-R BT.601 weights), repeated in the three channels."""
     x = tf.cast(images, tf.float32)
+    if mode == "grey":
+        x = tf.tile(tf.reduce_sum(x * [0.299, 0.587, 0.114], axis=-1, keepdims=True), [1, 1, 1, 3])
     mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
     std = tf.sqrt(tf.reduce_mean(tf.square(x - mean), axis=[1, 2], keepdims=True))
     x = NORMAL_MEAN + NORMAL_STD * (x - mean) / tf.maximum(std, 1.0)
     return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
-
 
 def make_preprocess(data: DataConfig) -> Callable | None:
     """The batch-wise uint8 -> uint8 preprocessing ``data`` asks for, or None.
@@ -268,8 +270,8 @@ def make_preprocess(data: DataConfig) -> Callable | None:
     steps: list[Callable] = []
     if data.cell_crop is not None:
         steps.append(lambda images: cut_cell(images, data.color, data.cell_crop))
-    if data.stain_normalize:
-        steps.append(normalize_stain)
+    if data.stain_normalize != "none":
+        steps.append(lambda images: normalize_stain(images, data.stain_normalize))
     if data.color_extraction:
         steps.append(lambda images: extract_colors(images, data.color))
     if not steps:
