@@ -13,7 +13,9 @@ These captures come from another lab (other stain, microscope, magnification and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import os
 import sys
 import tempfile
@@ -27,6 +29,8 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 def score(predictions: Path, labels: Path) -> tuple[float, list[str], list[list[int]]]:
     truth = {row["file"]: row["class"].lower() for row in csv.DictReader(labels.open(), delimiter="\t")}
     rows = list(csv.DictReader(predictions.open()))
+    if not rows:
+        sys.exit(f"error: {predictions} holds no predictions")
     classes = [name.lower() for name in rows[0] if name not in ("path", "label", "probability", "error")]
     index = {name: k for k, name in enumerate(classes)}
     matrix = [[0] * len(classes) for _ in classes]
@@ -55,7 +59,9 @@ def main() -> None:
             from keras_blood.predict import main as predict
 
             predictions = Path(tmp) / "predictions.csv"
-            if predict([args.version, str(args.captures), "--out", str(predictions)]) not in (0, None):
+            with contextlib.redirect_stdout(io.StringIO()):  # its per-file table: we print a summary
+                status = predict([args.version, str(args.captures), "--out", str(predictions)])
+            if status not in (0, None):
                 sys.exit("error: predict failed")
         accuracy, classes, matrix = score(predictions, labels)
     total = sum(map(sum, matrix))

@@ -397,12 +397,19 @@ class AugmentConfig(_Strict):
     )
     contrast: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(default=0.0, description="max factor change")
     saturation: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(default=0.0, description="max factor change")
+    channel_gain: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.0, description="max factor change of each of R, G, B on its own (another stain's tint)"
+    )
+    grayscale: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.0, description="probability of turning an image grey (shape over stain colour)"
+    )
     mixup_alpha: Annotated[float, Field(ge=0.0)] = Field(default=0.0, description="0 disables MixUp")
 
     @property
     def enabled(self) -> bool:
         return any(
-            (self.flip, self.rot90, self.brightness, self.contrast, self.saturation, self.mixup_alpha)
+            (self.flip, self.rot90, self.brightness, self.contrast, self.saturation, self.channel_gain,
+             self.grayscale, self.mixup_alpha)
         )
 
 

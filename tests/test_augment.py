@@ -57,3 +57,18 @@ def test_mixup_blends_images_and_labels_alike():
     np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-6)
     # Each image is the same blend of its two sources as its label.
     np.testing.assert_allclose(mixed.numpy()[:, 0, 0, 0], soft @ np.arange(8), rtol=1e-5)
+
+
+def test_channel_gain_tints_and_grayscale_greys_some_images():
+    tf.random.set_seed(0)
+    images = tf.fill([200, 4, 4, 3], 100.0)
+    tinted = color_jitter(images, AugmentConfig(channel_gain=0.3)).numpy()
+    ratios = tinted[:, 0, 0] / 100.0  # each channel's own factor, the same over the image
+    assert (tinted == tinted[:, :1, :1]).all() and ratios.min() >= 0.7 and ratios.max() <= 1.3
+    assert np.abs(ratios[:, 0] - ratios[:, 1]).max() > 0.2  # channels move apart: a tint
+    colour = tf.constant(np.tile([200.0, 50.0, 100.0], (200, 4, 4, 1)), tf.float32)
+    out = color_jitter(colour, AugmentConfig(grayscale=0.5)).numpy()
+    grey = (out[..., 0] == out[..., 2]).all(axis=(1, 2))
+    assert 0.35 < grey.mean() < 0.65  # about half turned grey (luma 124.2), the rest unchanged
+    np.testing.assert_allclose(out[grey][..., 0], 0.299 * 200 + 0.587 * 50 + 0.114 * 100, rtol=1e-5)
+    np.testing.assert_array_equal(out[~grey], colour.numpy()[~grey])

@@ -46,6 +46,11 @@ def color_jitter(images: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
         images = mean + factor * (images - mean)
     if cfg.brightness:
         images += 255.0 * _per_sample(images, [1, 1, 1], -cfg.brightness, cfg.brightness)
+    if cfg.channel_gain:
+        images *= _per_sample(images, [1, 1, 3], 1 - cfg.channel_gain, 1 + cfg.channel_gain)
+    if cfg.grayscale:
+        grey = tf.reduce_sum(images * [0.299, 0.587, 0.114], axis=-1, keepdims=True)
+        images = tf.where(_per_sample(images, [1, 1, 1]) < cfg.grayscale, grey, images)
     return tf.clip_by_value(images, 0.0, 255.0)
 
 
