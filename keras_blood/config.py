@@ -403,13 +403,17 @@ class AugmentConfig(_Strict):
     grayscale: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         default=0.0, description="probability of turning an image grey (shape over stain colour)"
     )
+    sharpen: Annotated[float, Field(ge=0.0)] = Field(
+        default=0.0,
+        description="max unsharp-mask amount (image + a * (image - blurred)): sharper optics than the training set's",
+    )
     mixup_alpha: Annotated[float, Field(ge=0.0)] = Field(default=0.0, description="0 disables MixUp")
 
     @property
     def enabled(self) -> bool:
         return any(
             (self.flip, self.rot90, self.brightness, self.contrast, self.saturation, self.channel_gain,
-             self.grayscale, self.mixup_alpha)
+             self.grayscale, self.sharpen, self.mixup_alpha)
         )
 
 

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from keras_blood.config import AugmentConfig
-from keras_blood.data.augment import color_jitter, make_augment, mixup, random_flips, random_rot90
+from keras_blood.data.augment import color_jitter, make_augment, mixup, random_flips, random_rot90, random_sharpen
 
 
 def _batch(n=64, h=6, w=6, seed=0):
@@ -72,3 +72,14 @@ def test_channel_gain_tints_and_grayscale_greys_some_images():
     assert 0.35 < grey.mean() < 0.65  # about half turned grey (luma 124.2), the rest unchanged
     np.testing.assert_allclose(out[grey][..., 0], 0.299 * 200 + 0.587 * 50 + 0.114 * 100, rtol=1e-5)
     np.testing.assert_array_equal(out[~grey], colour.numpy()[~grey])
+
+
+def test_sharpen_adds_detail_and_leaves_flat_images_alone():
+    tf.random.set_seed(0)
+    flat = tf.fill([8, 8, 8, 3], 120.0)
+    np.testing.assert_allclose(random_sharpen(flat, 2.0).numpy(), 120.0, atol=1e-3)
+    edge = np.full((8, 8, 8, 3), 100.0, np.float32)
+    edge[:, :, 4:] = 150.0
+    out = random_sharpen(tf.constant(edge), 2.0).numpy()
+    assert out.min() >= 0 and out.max() <= 255
+    assert (out[:, :, 3].mean(axis=(1, 2)) <= 100).all() and out[:, :, 3].min() < 95  # overshoot at the edge
