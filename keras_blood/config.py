@@ -118,6 +118,11 @@ class CellCropConfig(_Strict):
     extent_scale: Annotated[float, Field(gt=0.0)] = Field(
         default=2.0, description="extent: window side / sqrt(stained pixels near the cell)."
     )
+    extent_aspect: bool = Field(
+        default=False,
+        description="extent: give the window the stain's own aspect ratio (within 2:3 and 3:2), "
+        "so a capture squeezed to another frame's shape is cut back to round cells.",
+    )
 
     def window_side(self, height: int, width: int) -> int:
         return max(1, round(self.window * min(height, width)))

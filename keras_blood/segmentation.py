@@ -196,34 +196,55 @@ EXTENT_REACH = 0.8
 EXTENT_LIMITS = (0.25, 1.0)
 
 
-def extent_sides(images: tf.Tensor, centres: tf.Tensor, color: ColorConfig, scale: float) -> tf.Tensor:
-    """float32 ``[N]``: ``scale`` x sqrt(stained pixels in the square of side
-    ``EXTENT_REACH`` of the shorter side around each centre), clipped to ``EXTENT_LIMITS``."""
+def _near_mask(images, centres, color: ColorConfig):
+    """float32 ``[N, H, W]``: the colour mask within the square of side ``EXTENT_REACH`` of
+    the shorter side around each centre, and the row and column offsets from the centre."""
     height, width = images.shape[1], images.shape[2]
     half = EXTENT_REACH * min(height, width) / 2
-    rows = tf.range(height)[None, :, None] - centres[:, 0, None, None]
-    cols = tf.range(width)[None, None, :] - centres[:, 1, None, None]
-    near = tf.logical_and(tf.abs(tf.cast(rows, tf.float32)) <= half, tf.abs(tf.cast(cols, tf.float32)) <= half)
-    area = tf.reduce_sum(tf.cast(tf.logical_and(color_mask(images, color), near), tf.float32), axis=[1, 2])
+    rows = tf.cast(tf.range(height)[None, :, None] - centres[:, 0, None, None], tf.float32)
+    cols = tf.cast(tf.range(width)[None, None, :] - centres[:, 1, None, None], tf.float32)
+    near = tf.logical_and(tf.abs(rows) <= half, tf.abs(cols) <= half)
+    return tf.cast(tf.logical_and(color_mask(images, color), near), tf.float32), rows, cols
+
+
+def extent_sides(images: tf.Tensor, centres: tf.Tensor, color: ColorConfig, scale: float, aspect: bool = False):
+    """float32 ``[N, 2]``: each window's height and width, ``scale`` x sqrt(stained pixels
+    in the square of side ``EXTENT_REACH`` of the shorter side around each centre), clipped
+    to ``EXTENT_LIMITS``. With ``aspect``, the window takes the stain's own aspect ratio
+    (the ratio of its spreads along rows and columns, within 2:3 and 3:2) at the same area,
+    so an image squeezed or stretched on its way in is cut back to round cells."""
+    height, width = images.shape[1], images.shape[2]
+    mask, rows, cols = _near_mask(images, centres, color)
+    area = tf.reduce_sum(mask, axis=[1, 2])
     low, high = (limit * min(height, width) for limit in EXTENT_LIMITS)
-    return tf.clip_by_value(scale * tf.sqrt(area), low, high)
+    side = tf.clip_by_value(scale * tf.sqrt(area), low, high)
+    if not aspect:
+        return tf.stack([side, side], axis=1)
+
+    def spread(offsets):
+        mean = tf.reduce_sum(mask * offsets, axis=[1, 2]) / tf.maximum(area, 1.0)
+        return tf.reduce_sum(mask * tf.square(offsets - mean[:, None, None]), axis=[1, 2]) / tf.maximum(area, 1.0)
+
+    # sqrt of the ratio of standard deviations = fourth root of the variances' ratio.
+    stretch = tf.clip_by_value(tf.pow((spread(rows) + 1.0) / (spread(cols) + 1.0), 0.25), (2 / 3) ** 0.5, 1.5**0.5)
+    return tf.stack([side * stretch, side / stretch], axis=1)
 
 
 def crop_to_cell_extent(images: tf.Tensor, color: ColorConfig, crop: CellCropConfig) -> tf.Tensor:
-    """Like :func:`crop_to_cell`, but each image's window side is sized by its own cell
+    """Like :func:`crop_to_cell`, but each image's window is sized by its own cell
     (:func:`extent_sides`): a cell photographed 1.5x larger gets a 1.5x larger window, so
     the model sees cells at one scale. uint8 ``[N, H, W, 3]`` -> ``[N, size, size, 3]``."""
     images = tf.convert_to_tensor(images, tf.uint8)
     height, width = images.shape[1], images.shape[2]
     centres = cell_centres(images, color, crop.window_side(height, width))
-    half = (extent_sides(images, centres, color, crop.extent_scale) - 1) / 2
+    half = (extent_sides(images, centres, color, crop.extent_scale, crop.extent_aspect) - 1) / 2
     centre = tf.cast(centres, tf.float32)
     boxes = tf.stack(
         [
-            (centre[:, 0] - half) / max(height - 1, 1),
-            (centre[:, 1] - half) / max(width - 1, 1),
-            (centre[:, 0] + half) / max(height - 1, 1),
-            (centre[:, 1] + half) / max(width - 1, 1),
+            (centre[:, 0] - half[:, 0]) / max(height - 1, 1),
+            (centre[:, 1] - half[:, 1]) / max(width - 1, 1),
+            (centre[:, 0] + half[:, 0]) / max(height - 1, 1),
+            (centre[:, 1] + half[:, 1]) / max(width - 1, 1),
         ],
         axis=1,
     )

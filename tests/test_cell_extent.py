@@ -58,3 +58,19 @@ def test_preprocess_normalises_the_crop():
     expected = normalize_stain(crop_to_cell_extent(images, data.color, data.cell_crop), "grey").numpy()
     np.testing.assert_array_equal(out, expected)
     assert (out[..., 0] == out[..., 2]).all()  # grey: one plane, three times
+
+
+def test_extent_aspect_undoes_a_stretch():
+    # A round cell in a square capture, served at 120x160: 4/3 times wider than high.
+    yy, xx = np.mgrid[:120, :160]
+    image = np.empty((120, 160, 3), np.uint8)
+    image[:] = (225, 180, 185)
+    image[((yy - 60) / 15) ** 2 + ((xx - 80) / 20) ** 2 <= 1] = PURPLE
+    crop = CellCropConfig(fit="extent", size=48, extent_aspect=True)
+    out = crop_to_cell_extent(image[None], COLOR, crop).numpy()[0]
+    inside = out[..., 0] < (PURPLE[0] + 225) / 2
+    rows, cols = inside.any(axis=1).sum(), inside.any(axis=0).sum()
+    assert abs(rows - cols) <= 1  # round again
+    square = crop_to_cell_extent(image[None], COLOR, crop.model_copy(update={"extent_aspect": False})).numpy()[0]
+    inside = square[..., 0] < (PURPLE[0] + 225) / 2
+    assert inside.any(axis=0).sum() - inside.any(axis=1).sum() >= 6  # without: still wide
