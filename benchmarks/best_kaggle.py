@@ -13,7 +13,6 @@ accuracy, PBC accuracy, training minutes; writes them to ``best_kaggle-<timestam
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import os
@@ -34,7 +33,7 @@ def one_seed(seed: int, overrides: list[str], pbc: Path | None) -> dict:
     from benchmarks.pbc_captures import score
     from keras_blood.config import load_config
     from keras_blood.evaluate import evaluate
-    from keras_blood.predict import main as predict
+    from keras_blood.predict import predict
     from keras_blood.train import train
 
     result = train(load_config(REPO / "configs" / "best_kaggle.yaml", [*overrides, f"seed={seed}"]))
@@ -47,8 +46,7 @@ def one_seed(seed: int, overrides: list[str], pbc: Path | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         row["test_simple_acc"] = evaluate(result.export_dir, root, "test_simple", Path(tmp)).metrics["accuracy"]
         if pbc is not None:
-            with contextlib.redirect_stdout(io.StringIO()):
-                predict([str(result.export_dir), str(pbc), "--out", f"{tmp}/pbc.csv"])
+            predict(result.export_dir, [str(pbc)], Path(tmp) / "pbc.csv", out=io.StringIO())
             row["pbc_acc"] = score(Path(tmp) / "pbc.csv", pbc / "labels.tsv")[0]
     return row
 
