@@ -109,6 +109,20 @@ class CellCropConfig(_Strict):
         "(0.53: 64 of 120 rows, a white cell and a margin around it).",
     )
     size: Side = Field(default=64, description="Side of the square the model takes.")
+    fit: Literal["fixed", "extent"] = Field(
+        default="fixed",
+        description="fixed: the window is `window` of the shorter side; extent: it is "
+        "`extent_scale` x the square root of the stained area around the cell, so the cell fills "
+        "the crop alike at any magnification (`window` then only sets how the centre is found).",
+    )
+    extent_scale: Annotated[float, Field(gt=0.0)] = Field(
+        default=2.0, description="extent: window side / sqrt(stained pixels near the cell)."
+    )
+    extent_aspect: bool = Field(
+        default=False,
+        description="extent: give the window the stain's own aspect ratio (within 2:3 and 3:2), "
+        "so a capture squeezed to another frame's shape is cut back to round cells.",
+    )
 
     def window_side(self, height: int, width: int) -> int:
         return max(1, round(self.window * min(height, width)))
@@ -150,6 +164,13 @@ class DataConfig(_Strict):
         "tf.data and in the exported serving graph.",
     )
     color: ColorConfig = ColorConfig()
+    stain_normalize: Literal["none", "channels", "grey"] = Field(
+        default="none",
+        description="After the cell crop, before colour extraction: channels standardises each "
+        "image's R, G and B to one mean and spread; grey does so for its luma and repeats it in "
+        "all three channels (stain colour gone, shapes and texture kept). Either makes another "
+        "lab's stain and lamp look more alike; in tf.data and in the exported serving graph.",
+    )
     cell_crop: CellCropConfig | None = Field(
         default=None,  # filled per source in _source_defaults
         description="Crop each image around its white cell (null: whole images). "
@@ -393,12 +414,23 @@ class AugmentConfig(_Strict):
     )
     contrast: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(default=0.0, description="max factor change")
     saturation: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(default=0.0, description="max factor change")
+    channel_gain: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.0, description="max factor change of each of R, G, B on its own (another stain's tint)"
+    )
+    grayscale: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.0, description="probability of turning an image grey (shape over stain colour)"
+    )
+    sharpen: Annotated[float, Field(ge=0.0)] = Field(
+        default=0.0,
+        description="max unsharp-mask amount (image + a * (image - blurred)): sharper optics than the training set's",
+    )
     mixup_alpha: Annotated[float, Field(ge=0.0)] = Field(default=0.0, description="0 disables MixUp")
 
     @property
     def enabled(self) -> bool:
         return any(
-            (self.flip, self.rot90, self.brightness, self.contrast, self.saturation, self.mixup_alpha)
+            (self.flip, self.rot90, self.brightness, self.contrast, self.saturation, self.channel_gain,
+             self.grayscale, self.sharpen, self.mixup_alpha)
         )
 
 

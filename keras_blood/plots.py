@@ -155,13 +155,13 @@ def sample_images(images: np.ndarray, labels: np.ndarray, per_class: int, seed: 
 def color_panels(images: np.ndarray, data: "DataConfig", extract: bool = True) -> dict[str, np.ndarray]:
     """Columns of uint8 pictures, by title: original, mask (white on black), the cell crop
     (when data.cell_crop is on) and, with ``extract``, the colour-extraction image."""
-    from keras_blood.segmentation import color_mask, crop_to_cell, extract_colors
+    from keras_blood.segmentation import color_mask, cut_cell, extract_colors
 
     mask = color_mask(images, data.color).numpy()
     panels = {"original": images, "mask": np.repeat(mask[..., None].astype(np.uint8) * 255, 3, axis=-1)}
     seen = images
     if data.cell_crop is not None:
-        seen = panels["cell crop"] = crop_to_cell(images, data.color, data.cell_crop).numpy()
+        seen = panels["cell crop"] = cut_cell(images, data.color, data.cell_crop).numpy()
     if extract:
         panels["extracted"] = extract_colors(seen, data.color).numpy()
     return panels

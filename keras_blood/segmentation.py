@@ -205,6 +205,99 @@ def _resize_weights(side: int, size: int) -> np.ndarray:
         return resized.numpy().reshape(size, side)
 
 
+# The stained area that sizes an extent crop is counted within this fraction of the shorter
+# side around the cell's centre: wide enough for a cell that fills most of the frame, narrow
+# enough that a second cell at the far edge of a Kaggle image counts little.
+EXTENT_REACH = 0.8
+# An extent window stays within these fractions of the shorter side, whatever the mask says
+# (an image with almost no stain, or one stained all over).
+EXTENT_LIMITS = (0.25, 1.0)
+
+
+def _near_mask(images, centres, color: ColorConfig):
+    """float32 ``[N, H, W]``: the colour mask within the square of side ``EXTENT_REACH`` of
+    the shorter side around each centre, and the row and column offsets from the centre."""
+    height, width = images.shape[1], images.shape[2]
+    half = EXTENT_REACH * min(height, width) / 2
+    rows = tf.cast(tf.range(height)[None, :, None] - centres[:, 0, None, None], tf.float32)
+    cols = tf.cast(tf.range(width)[None, None, :] - centres[:, 1, None, None], tf.float32)
+    near = tf.logical_and(tf.abs(rows) <= half, tf.abs(cols) <= half)
+    return tf.cast(tf.logical_and(color_mask(images, color), near), tf.float32), rows, cols
+
+
+def extent_sides(images: tf.Tensor, centres: tf.Tensor, color: ColorConfig, scale: float, aspect: bool = False):
+    """float32 ``[N, 2]``: each window's height and width, ``scale`` x sqrt(stained pixels
+    in the square of side ``EXTENT_REACH`` of the shorter side around each centre), clipped
+    to ``EXTENT_LIMITS``. With ``aspect``, the window takes the stain's own aspect ratio
+    (the ratio of its spreads along rows and columns, within 2:3 and 3:2) at the same area,
+    so an image squeezed or stretched on its way in is cut back to round cells."""
+    height, width = images.shape[1], images.shape[2]
+    mask, rows, cols = _near_mask(images, centres, color)
+    area = tf.reduce_sum(mask, axis=[1, 2])
+    low, high = (limit * min(height, width) for limit in EXTENT_LIMITS)
+    side = tf.clip_by_value(scale * tf.sqrt(area), low, high)
+    if not aspect:
+        return tf.stack([side, side], axis=1)
+
+    def spread(offsets):
+        mean = tf.reduce_sum(mask * offsets, axis=[1, 2]) / tf.maximum(area, 1.0)
+        return tf.reduce_sum(mask * tf.square(offsets - mean[:, None, None]), axis=[1, 2]) / tf.maximum(area, 1.0)
+
+    # sqrt of the ratio of standard deviations = fourth root of the variances' ratio.
+    stretch = tf.clip_by_value(tf.pow((spread(rows) + 1.0) / (spread(cols) + 1.0), 0.25), (2 / 3) ** 0.5, 1.5**0.5)
+    return tf.stack([side * stretch, side / stretch], axis=1)
+
+
+def crop_to_cell_extent(images: tf.Tensor, color: ColorConfig, crop: CellCropConfig) -> tf.Tensor:
+    """Like :func:`crop_to_cell`, but each image's window is sized by its own cell
+    (:func:`extent_sides`): a cell photographed 1.5x larger gets a 1.5x larger window, so
+    the model sees cells at one scale. uint8 ``[N, H, W, 3]`` -> ``[N, size, size, 3]``."""
+    images = tf.convert_to_tensor(images, tf.uint8)
+    height, width = images.shape[1], images.shape[2]
+    centres = cell_centres(images, color, crop.window_side(height, width))
+    half = (extent_sides(images, centres, color, crop.extent_scale, crop.extent_aspect) - 1) / 2
+    centre = tf.cast(centres, tf.float32)
+    boxes = tf.stack(
+        [
+            (centre[:, 0] - half[:, 0]) / max(height - 1, 1),
+            (centre[:, 1] - half[:, 1]) / max(width - 1, 1),
+            (centre[:, 0] + half[:, 0]) / max(height - 1, 1),
+            (centre[:, 1] + half[:, 1]) / max(width - 1, 1),
+        ],
+        axis=1,
+    )
+    windows = tf.image.crop_and_resize(
+        tf.cast(images, tf.float32),
+        boxes,
+        tf.range(tf.shape(images)[0]),
+        (crop.size, crop.size),
+        extrapolation_value=float(color.background),
+    )
+    return tf.cast(tf.clip_by_value(tf.round(windows), 0, 255), tf.uint8)
+
+
+def cut_cell(images: tf.Tensor, color: ColorConfig, crop: CellCropConfig) -> tf.Tensor:
+    """The cell crop ``crop.fit`` asks for."""
+    return (crop_to_cell_extent if crop.fit == "extent" else crop_to_cell)(images, color, crop)
+
+
+# Target of stain normalisation: per channel, mean and standard deviation in uint8 units.
+NORMAL_MEAN, NORMAL_STD = 160.0, 40.0
+
+
+def normalize_stain(images: tf.Tensor, mode: str = "channels") -> tf.Tensor:
+    """uint8 ``[N, H, W, 3]`` -> uint8: each image standardised to one mean and spread
+    (NORMAL_MEAN, NORMAL_STD), so that a pinker stain or a brighter lamp look alike while
+    the contrasts inside the cell stay. ``channels``: R, G and B each; ``grey``: the luma
+    (ITU-R BT.601 weights), repeated in the three channels."""
+    x = tf.cast(images, tf.float32)
+    if mode == "grey":
+        x = tf.tile(tf.reduce_sum(x * [0.299, 0.587, 0.114], axis=-1, keepdims=True), [1, 1, 1, 3])
+    mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    std = tf.sqrt(tf.reduce_mean(tf.square(x - mean), axis=[1, 2], keepdims=True))
+    x = NORMAL_MEAN + NORMAL_STD * (x - mean) / tf.maximum(std, 1.0)
+    return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+
 def make_preprocess(data: DataConfig) -> Callable | None:
     """The batch-wise uint8 -> uint8 preprocessing ``data`` asks for, or None.
 
@@ -215,7 +308,9 @@ def make_preprocess(data: DataConfig) -> Callable | None:
     """
     steps: list[Callable] = []
     if data.cell_crop is not None:
-        steps.append(lambda images: crop_to_cell(images, data.color, data.cell_crop))
+        steps.append(lambda images: cut_cell(images, data.color, data.cell_crop))
+    if data.stain_normalize != "none":
+        steps.append(lambda images: normalize_stain(images, data.stain_normalize))
     if data.color_extraction:
         steps.append(lambda images: extract_colors(images, data.color))
     if not steps:

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from keras_blood.config import AugmentConfig
-from keras_blood.data.augment import color_jitter, make_augment, mixup, random_flips, random_rot90
+from keras_blood.data.augment import color_jitter, make_augment, mixup, random_flips, random_rot90, random_sharpen
 
 
 def _batch(n=64, h=6, w=6, seed=0):
@@ -57,3 +57,29 @@ def test_mixup_blends_images_and_labels_alike():
     np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-6)
     # Each image is the same blend of its two sources as its label.
     np.testing.assert_allclose(mixed.numpy()[:, 0, 0, 0], soft @ np.arange(8), rtol=1e-5)
+
+
+def test_channel_gain_tints_and_grayscale_greys_some_images():
+    tf.random.set_seed(0)
+    images = tf.fill([200, 4, 4, 3], 100.0)
+    tinted = color_jitter(images, AugmentConfig(channel_gain=0.3)).numpy()
+    ratios = tinted[:, 0, 0] / 100.0  # each channel's own factor, the same over the image
+    assert (tinted == tinted[:, :1, :1]).all() and ratios.min() >= 0.7 and ratios.max() <= 1.3
+    assert np.abs(ratios[:, 0] - ratios[:, 1]).max() > 0.2  # channels move apart: a tint
+    colour = tf.constant(np.tile([200.0, 50.0, 100.0], (200, 4, 4, 1)), tf.float32)
+    out = color_jitter(colour, AugmentConfig(grayscale=0.5)).numpy()
+    grey = (out[..., 0] == out[..., 2]).all(axis=(1, 2))
+    assert 0.35 < grey.mean() < 0.65  # about half turned grey (luma 124.2), the rest unchanged
+    np.testing.assert_allclose(out[grey][..., 0], 0.299 * 200 + 0.587 * 50 + 0.114 * 100, rtol=1e-5)
+    np.testing.assert_array_equal(out[~grey], colour.numpy()[~grey])
+
+
+def test_sharpen_adds_detail_and_leaves_flat_images_alone():
+    tf.random.set_seed(0)
+    flat = tf.fill([8, 8, 8, 3], 120.0)
+    np.testing.assert_allclose(random_sharpen(flat, 2.0).numpy(), 120.0, atol=1e-3)
+    edge = np.full((8, 8, 8, 3), 100.0, np.float32)
+    edge[:, :, 4:] = 150.0
+    out = random_sharpen(tf.constant(edge), 2.0).numpy()
+    assert out.min() >= 0 and out.max() <= 255
+    assert (out[:, :, 3].mean(axis=(1, 2)) <= 100).all() and out[:, :, 3].min() < 95  # overshoot at the edge

@@ -46,7 +46,21 @@ def color_jitter(images: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
         images = mean + factor * (images - mean)
     if cfg.brightness:
         images += 255.0 * _per_sample(images, [1, 1, 1], -cfg.brightness, cfg.brightness)
+    if cfg.channel_gain:
+        images *= _per_sample(images, [1, 1, 3], 1 - cfg.channel_gain, 1 + cfg.channel_gain)
+    if cfg.grayscale:
+        grey = tf.reduce_sum(images * [0.299, 0.587, 0.114], axis=-1, keepdims=True)
+        images = tf.where(_per_sample(images, [1, 1, 1]) < cfg.grayscale, grey, images)
     return tf.clip_by_value(images, 0.0, 255.0)
+
+
+def random_sharpen(images: tf.Tensor, amount: float) -> tf.Tensor:
+    """Unsharp masking by a random amount in [0, ``amount``] per image (Gaussian sigma 1):
+    images as sharp as another microscope's, from a training set's softer ones."""
+    from keras_blood.segmentation import gaussian_blur  # segmentation imports config; keep this module light
+
+    detail = images - gaussian_blur(images, 5, 1.0)
+    return tf.clip_by_value(images + _per_sample(images, [1, 1, 1], 0.0, amount) * detail, 0.0, 255.0)
 
 
 def mixup(images: tf.Tensor, labels: tf.Tensor, alpha: float) -> Batch:
@@ -72,6 +86,8 @@ def make_augment(cfg: AugmentConfig) -> Callable[[tf.Tensor, tf.Tensor], Batch] 
         if cfg.rot90:
             images = random_rot90(images)
         images = color_jitter(images, cfg)
+        if cfg.sharpen:
+            images = random_sharpen(images, cfg.sharpen)
         if cfg.mixup_alpha:
             images, labels = mixup(images, labels, cfg.mixup_alpha)
         return images, labels
