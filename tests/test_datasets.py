@@ -19,7 +19,6 @@ from keras_blood.config import DataConfig
 from keras_blood.data import load_data
 from keras_blood.datasets import bloodmnist
 from keras_blood.datasets.blood_cell_images import SOURCE_PATTERN, make_config, scan, split_by_source
-from keras_blood.errors import DataError
 from tests.conftest import REPO, image_folder, synthetic_npz
 
 LAYOUT = {

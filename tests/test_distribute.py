@@ -194,8 +194,6 @@ def test_the_keras_workaround_is_still_needed(tmp_path):
 
 def worker_pid(launcher_pid: int, index: int) -> int | None:
     """The launcher's child whose TF_CONFIG makes it worker ``index``."""
-    import os
-
     children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children")
     for pid in children.read_text().split() if children.exists() else []:
         try:
