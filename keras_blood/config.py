@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from keras_blood.errors import ConfigError
+from keras_blood.errors import ConfigError, ExportError
 
 DATA_ROOT_ENV = "KERAS_BLOOD_DATA_ROOT"
 
@@ -675,6 +675,18 @@ def validate_config(raw: dict[str, Any], where: str) -> Config:
     except ValidationError as exc:
         problems = "; ".join(_format_error(e, raw) for e in exc.errors())
         raise ConfigError(f"{where}: {problems}") from None
+
+
+def version_config_file(version_dir: Path) -> Path:
+    """The config an exported version recorded (its ``assets.extra/config.yaml``); an
+    ExportError where ``version_dir`` is not a version."""
+    recorded = version_dir / "assets.extra" / "config.yaml"
+    if not (version_dir / "saved_model.pb").is_file() or not recorded.is_file():
+        raise ExportError(
+            f"{version_dir} is not an exported model version (expected saved_model.pb and "
+            "assets.extra/config.yaml, e.g. saved_models/dropout03/1)"
+        )
+    return recorded
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from keras_blood.cli import add_overrides, run_main
-from keras_blood.config import load_config
-from keras_blood.errors import ConfigError, DataError, ExportError
+from keras_blood.config import load_config, version_config_file
+from keras_blood.errors import ConfigError, DataError
 from keras_blood.folders import new_folder
 
 MISTAKES_SHOWN = 25
@@ -59,12 +59,7 @@ def evaluate(
     output_dir: Path = Path("reports"),
 ) -> EvaluateResult:
     version_dir = Path(version_dir)
-    recorded_config = version_dir / "assets.extra" / "config.yaml"
-    if not (version_dir / "saved_model.pb").is_file() or not recorded_config.is_file():
-        raise ExportError(
-            f"{version_dir} is not an exported model version (expected saved_model.pb and "
-            "assets.extra/config.yaml, e.g. saved_models/dropout03/1)"
-        )
+    recorded_config = version_config_file(version_dir)
     config = load_config(recorded_config, list(overrides))
 
     from keras_blood.data import SPLIT_NAMES, load_data

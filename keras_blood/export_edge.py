@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_blood.cli import add_overrides, run_main
+from keras_blood.config import load_config, version_config_file
 from keras_blood.errors import ConfigError, DataError, ExportError
 
 FORMATS = ("litert", "onnx")
@@ -253,17 +254,11 @@ def export_edge(
     if representative < 1:
         raise ConfigError(f"--representative {representative}: give at least 1 calibration image")
     version_dir = Path(version_dir)
-    recorded_config = version_dir / "assets.extra" / "config.yaml"
-    if not (version_dir / "saved_model.pb").is_file() or not recorded_config.is_file():
-        raise ExportError(
-            f"{version_dir} is not an exported model version (expected saved_model.pb and "
-            "assets.extra/config.yaml, e.g. saved_models/dropout03/1)"
-        )
+    recorded_config = version_config_file(version_dir)
     # Before anything slow: the runtimes that convert and check this format.
     for module in ("ai_edge_litert.interpreter",) if fmt == "litert" else ("tf2onnx", "onnxruntime"):
         _require(module, fmt)
 
-    from keras_blood.config import load_config
     from keras_blood.export import load_version
 
     config = load_config(recorded_config, list(overrides))
