@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from keras_blood import export as export_module
-from keras_blood.config import Config, DataConfig
+from keras_blood.config import CellCropConfig, Config, DataConfig
 from keras_blood.data import load_data
 from keras_blood.errors import ExportError
 from keras_blood.export import (
@@ -175,7 +175,8 @@ def test_serving_crops_to_the_cell_in_graph(tmp_path):
     expected = keras.ops.convert_to_numpy(model(seen, training=False))
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
     preparation = json.loads((version / "assets.extra" / "preparation.json").read_text())
-    assert preparation["input_size"] == [40, 60] and preparation["cell_crop"] == {"window": 0.5, "size": 16}
+    assert preparation["input_size"] == [40, 60]
+    assert preparation["cell_crop"] == CellCropConfig(window=0.5, size=16).model_dump(mode="json")
 
 
 def damage(version, how: str) -> None:
