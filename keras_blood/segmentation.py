@@ -137,15 +137,16 @@ def extract_colors(images: tf.Tensor, cfg: ColorConfig, return_mask: bool = Fals
     return (out, mask) if return_mask else out
 
 
-def cell_centres(images: tf.Tensor, cfg: ColorConfig, window: int) -> tf.Tensor:
+def cell_centres(images: tf.Tensor, cfg: ColorConfig, window: int, mask: tf.Tensor | None = None) -> tf.Tensor:
     """int32 ``[N, 2]`` (row, column) of the white cell in uint8 RGB ``[N, H, W, 3]``.
 
     The peak of the colour mask smoothed by a Gaussian (sigma an eighth of ``window``):
     a smooth density has one clear peak in the middle of the largest stained blob (a box
     sum would have a flat top and an arbitrary corner of it), and small specks (platelets,
     stained debris) weigh little. An image with no stained pixel gives its centre.
+    ``mask``: :func:`color_mask` of ``images`` where the caller has it already.
     """
-    density = tf.cast(color_mask(images, cfg), tf.float32)[..., None]
+    density = tf.cast(color_mask(images, cfg) if mask is None else mask, tf.float32)[..., None]
     kernel = gaussian_kernel(2 * (window // 4) + 1, max(window / 8, 1.0))
     # Separable, zero-padded ("SAME"): the world past the edge holds no cell.
     density = tf.nn.conv2d(density, kernel.reshape(-1, 1, 1, 1), 1, "SAME")
@@ -214,25 +215,28 @@ EXTENT_REACH = 0.8
 EXTENT_LIMITS = (0.25, 1.0)
 
 
-def _near_mask(images, centres, color: ColorConfig):
-    """float32 ``[N, H, W]``: the colour mask within the square of side ``EXTENT_REACH`` of
+def _near_mask(images, centres, mask):
+    """float32 ``[N, H, W]``: the colour ``mask``, bool ``[N, H, W]``, within the square of side ``EXTENT_REACH`` of
     the shorter side around each centre, and the row and column offsets from the centre."""
     height, width = images.shape[1], images.shape[2]
     half = EXTENT_REACH * min(height, width) / 2
     rows = tf.cast(tf.range(height)[None, :, None] - centres[:, 0, None, None], tf.float32)
     cols = tf.cast(tf.range(width)[None, None, :] - centres[:, 1, None, None], tf.float32)
     near = tf.logical_and(tf.abs(rows) <= half, tf.abs(cols) <= half)
-    return tf.cast(tf.logical_and(color_mask(images, color), near), tf.float32), rows, cols
+    return tf.cast(tf.logical_and(mask, near), tf.float32), rows, cols
 
 
-def extent_sides(images: tf.Tensor, centres: tf.Tensor, color: ColorConfig, scale: float, aspect: bool = False):
+def extent_sides(
+    images: tf.Tensor, centres: tf.Tensor, color: ColorConfig, scale: float, aspect: bool = False, mask=None
+):
     """float32 ``[N, 2]``: each window's height and width, ``scale`` x sqrt(stained pixels
     in the square of side ``EXTENT_REACH`` of the shorter side around each centre), clipped
     to ``EXTENT_LIMITS``. With ``aspect``, the window takes the stain's own aspect ratio
     (the ratio of its spreads along rows and columns, within 2:3 and 3:2) at the same area,
-    so an image squeezed or stretched on its way in is cut back to round cells."""
+    so an image squeezed or stretched on its way in is cut back to round cells. ``mask``:
+    :func:`color_mask` of ``images`` where the caller has it already."""
     height, width = images.shape[1], images.shape[2]
-    mask, rows, cols = _near_mask(images, centres, color)
+    mask, rows, cols = _near_mask(images, centres, color_mask(images, color) if mask is None else mask)
     area = tf.reduce_sum(mask, axis=[1, 2])
     low, high = (limit * min(height, width) for limit in EXTENT_LIMITS)
     side = tf.clip_by_value(scale * tf.sqrt(area), low, high)
@@ -254,8 +258,9 @@ def crop_to_cell_extent(images: tf.Tensor, color: ColorConfig, crop: CellCropCon
     the model sees cells at one scale. uint8 ``[N, H, W, 3]`` -> ``[N, size, size, 3]``."""
     images = tf.convert_to_tensor(images, tf.uint8)
     height, width = images.shape[1], images.shape[2]
-    centres = cell_centres(images, color, crop.window_side(height, width))
-    half = (extent_sides(images, centres, color, crop.extent_scale, crop.extent_aspect) - 1) / 2
+    mask = color_mask(images, color)  # computed once, for the centre and the extent alike
+    centres = cell_centres(images, color, crop.window_side(height, width), mask)
+    half = (extent_sides(images, centres, color, crop.extent_scale, crop.extent_aspect, mask) - 1) / 2
     centre = tf.cast(centres, tf.float32)
     boxes = tf.stack(
         [
