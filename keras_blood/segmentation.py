@@ -261,24 +261,32 @@ def crop_to_cell_extent(images: tf.Tensor, color: ColorConfig, crop: CellCropCon
     mask = color_mask(images, color)  # computed once, for the centre and the extent alike
     centres = cell_centres(images, color, crop.window_side(height, width), mask)
     half = (extent_sides(images, centres, color, crop.extent_scale, crop.extent_aspect, mask) - 1) / 2
-    centre = tf.cast(centres, tf.float32)
-    boxes = tf.stack(
-        [
-            (centre[:, 0] - half[:, 0]) / max(height - 1, 1),
-            (centre[:, 1] - half[:, 1]) / max(width - 1, 1),
-            (centre[:, 0] + half[:, 0]) / max(height - 1, 1),
-            (centre[:, 1] + half[:, 1]) / max(width - 1, 1),
-        ],
-        axis=1,
-    )
-    windows = tf.image.crop_and_resize(
-        tf.cast(images, tf.float32),
-        boxes,
-        tf.range(tf.shape(images)[0]),
-        (crop.size, crop.size),
-        extrapolation_value=float(color.background),
-    )
+    # Bilinear samples at size x size points spanning each window, as crop_and_resize takes
+    # them, written as two matrix products per image ([size, H] x [H, W] x [W, size]): ops
+    # that LiteRT and ONNX have (CropAndResize converts to neither). A sample past an edge
+    # takes the background colour, as crop_and_resize's extrapolation_value.
+    steps = tf.range(crop.size, dtype=tf.float32) / max(crop.size - 1, 1)  # [size]
+    start = tf.cast(centres, tf.float32) - half  # [N, 2]
+    rows = _sample_weights(start[:, 0, None] + 2 * half[:, 0, None] * steps, height)  # [N, size, H]
+    cols = _sample_weights(start[:, 1, None] + 2 * half[:, 1, None] * steps, width)  # [N, size, W]
+    planes = tf.transpose(tf.cast(images, tf.float32), [0, 3, 1, 2])  # [N, 3, H, W]
+    windows = tf.matmul(tf.matmul(rows[:, None], planes), cols[:, None], transpose_b=True)  # [N, 3, size, size]
+    inside = tf.reduce_sum(rows, axis=2)[:, :, None] * tf.reduce_sum(cols, axis=2)[:, None, :]  # 1 or 0
+    windows = tf.transpose(windows, [0, 2, 3, 1]) + float(color.background) * (1.0 - inside)[..., None]
     return tf.cast(tf.clip_by_value(tf.round(windows), 0, 255), tf.uint8)
+
+
+def _sample_weights(positions: tf.Tensor, length: int) -> tf.Tensor:
+    """float32 ``[N, size, length]``: row i weighs the pixels that linear interpolation at
+    ``positions[:, i]`` reads (the two around it, by distance), all zero past either end."""
+    low = tf.floor(positions)
+    frac = (positions - low)[..., None]
+    low = tf.cast(low, tf.int32)[..., None]
+    high = tf.minimum(low + 1, length - 1)  # at the last pixel both reads are that pixel
+    pixels = tf.range(length)[None, None, :]
+    weights = tf.cast(tf.equal(pixels, low), tf.float32) * (1.0 - frac) + tf.cast(tf.equal(pixels, high), tf.float32) * frac
+    inside = tf.logical_and(positions >= 0.0, positions <= float(length - 1))[..., None]
+    return tf.where(inside, weights, 0.0)
 
 
 def cut_cell(images: tf.Tensor, color: ColorConfig, crop: CellCropConfig) -> tf.Tensor:

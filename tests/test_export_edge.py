@@ -53,6 +53,15 @@ def kaggle_like(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def kaggle_extent(tmp_path_factory):
+    """best_kaggle.yaml's preparation: a crop sized by the cell, with its aspect ratio,
+    and per-crop stain normalisation."""
+    data = {"name": "blood_cell_images", "image_size": [40, 60], "stain_normalize": "channels",
+            "cell_crop": {"fit": "extent", "extent_aspect": True, "size": 16}}
+    return export(tmp_path_factory.mktemp("extent"), data, {"name": "basic", "filters": [4, 4, 4], "dense_units": 8}, (16, 16, 3), 4)
+
+
+@pytest.fixture(scope="module")
 def bloodmnist_tta(tmp_path_factory):
     """best.yaml's shape: a residual network with D4 test-time views on 28x28 pixels."""
     model = {"name": "resnet", "widths": [4, 8], "blocks_per_stage": 1}
@@ -79,16 +88,23 @@ def test_float_edge_models_give_the_saved_models_probabilities(kaggle_like, bloo
     assert_parity(bloodmnist_tta, export_edge(bloodmnist_tta, fmt), rng.integers(0, 256, (9, 28, 28, 3), dtype=np.uint8))
 
 
-def test_parity_on_real_kaggle_images(kaggle_like, kaggle_root):
-    """The cell crop and colour extraction on real stains (the test split), not only on
+@pytest.mark.parametrize("fmt", ["litert", "onnx"])
+def test_the_extent_crop_converts(kaggle_extent, fmt):
+    assert_parity(kaggle_extent, export_edge(kaggle_extent, fmt), cell_pixels(70, seed=2))
+
+
+@pytest.mark.parametrize("version", ["kaggle_like", "kaggle_extent"])
+def test_parity_on_real_kaggle_images(version, kaggle_root, request):
+    """The cell crops and colour extraction on real stains (the test split), not only on
     synthetic discs: the same probabilities."""
     import cv2
 
+    version = request.getfixturevalue(version)
     files = sorted(glob.glob(str(kaggle_root / "TEST" / "*" / "*.jpeg")))[::40][:64]
     pixels = np.stack([cv2.resize(cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB), (60, 40), interpolation=cv2.INTER_AREA) for f in files])
     for fmt in ("litert", "onnx"):
-        path = edge_file(kaggle_like, fmt)
-        assert_parity(kaggle_like, path if path.is_file() else export_edge(kaggle_like, fmt), pixels)
+        path = edge_file(version, fmt)
+        assert_parity(version, path if path.is_file() else export_edge(version, fmt), pixels)
 
 
 def test_parity_on_real_bloodmnist_images(bloodmnist_tta, bloodmnist_root):
