@@ -2,16 +2,17 @@
 (not part of the tests).
 
     python benchmarks/transfer_kaggle.py --kaggle DIR --bloodmnist DIR [--models basic dropout03 resnet vgg16]
-        [--source resnet=runs/best/<timestamp>] [--runs-dir runs/transfer_kaggle]
+        [--seeds 42] [--source resnet=runs/best/<timestamp>] [--runs-dir runs/transfer_kaggle]
 
 For each model: a source run on BloodMNIST (its own config, e.g. configs/best.yaml for
 resnet; or an existing run given with ``--source``), then two runs on the Kaggle images
 with the same settings, one from a random initialisation and one from the source's
 weights (``model.weights``: layers matched by name and shape, the head mapped by class
-name; nothing else changes, so the weights are the only difference). Each Kaggle run reads
-TEST once, at its end. Prints one row per run (validation accuracy at the best epoch, TEST
-accuracy and macro F1, training minutes, layers copied) and writes them to
-``transfer_kaggle-<timestamp>.csv``.
+name; nothing else changes, so the weights are the only difference), once per seed (each
+seed its own source, unless one is given). Each Kaggle run reads TEST once, at its end.
+Prints one row per run (validation accuracy at the best epoch, TEST accuracy and macro F1,
+training minutes, layers copied) and, with several seeds, the mean +- sd of each model and
+start; writes the rows to ``transfer_kaggle-<timestamp>.csv``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--kaggle", type=Path, required=True, help="dataset2-master/images of the Kaggle set")
     parser.add_argument("--bloodmnist", type=Path, help="folder of bloodmnist.npz (to train the sources)")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--source", action="append", default=[], metavar="MODEL=RUN",
                         help="use this BloodMNIST run as MODEL's source instead of training one")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/transfer_kaggle"))
@@ -74,22 +77,33 @@ def main() -> None:
     rows = []
     for model in args.models:
         config_file, kaggle_overrides = MODELS[model]
-        if model not in sources:
-            print(f"== {model}: source on BloodMNIST ({config_file})", flush=True)
-            sources[model] = run(config_file, [f"data.root={args.bloodmnist}", *output])["run"]
-        for init, weights in (("scratch", []), ("BloodMNIST", [f"model.weights={sources[model]}"])):
-            print(f"== {model}: Kaggle, {init}", flush=True)
-            row = run(config_file, [*kaggle, *kaggle_overrides, *weights, *output])
-            rows.append({"model": model, "init": init, **row})
+        for seed in args.seeds:
+            settings = [f"seed={seed}", *output]
+            source = sources.get(model)
+            if source is None:
+                print(f"== {model}, seed {seed}: source on BloodMNIST ({config_file})", flush=True)
+                source = run(config_file, [f"data.root={args.bloodmnist}", *settings])["run"]
+            for init, weights in (("scratch", []), ("BloodMNIST", [f"model.weights={source}"])):
+                print(f"== {model}, seed {seed}: Kaggle, {init}", flush=True)
+                row = run(config_file, [*kaggle, *kaggle_overrides, *weights, *settings])
+                rows.append({"model": model, "init": init, "seed": seed, **row})
     out = Path(f"transfer_kaggle-{time.strftime('%Y%m%d-%H%M%S')}.csv")
     with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["model", "init", *COLUMNS, "copied", "run"])
+        writer = csv.DictWriter(f, fieldnames=["model", "init", "seed", *COLUMNS, "copied", "run"])
         writer.writeheader()
         writer.writerows(rows)
-    print("| model | weights | " + " | ".join(COLUMNS) + " | layers copied |\n|" + "---|" * (len(COLUMNS) + 3))
+    print("| model | weights | seed | " + " | ".join(COLUMNS) + " | layers copied (of all with weights) |\n|" + "---|" * (len(COLUMNS) + 4))
     for row in rows:
-        print(f"| {row['model']} | {row['init']} | " + " | ".join(f"{row[c]:.4f}" for c in COLUMNS)
+        print(f"| {row['model']} | {row['init']} | {row['seed']} | " + " | ".join(f"{row[c]:.4f}" for c in COLUMNS)
               + f" | {row['copied']} |")
+    if len(args.seeds) > 1:
+        print("\n| model | weights | " + " | ".join(COLUMNS) + " |\n|" + "---|" * (len(COLUMNS) + 2))
+        for model in args.models:
+            for init in ("scratch", "BloodMNIST"):
+                group = [row for row in rows if row["model"] == model and row["init"] == init]
+                cells = [f"{statistics.mean(r[c] for r in group):.4f} +- {statistics.stdev(r[c] for r in group):.4f}"
+                         for c in COLUMNS]
+                print(f"| {model} | {init} | " + " | ".join(cells) + " |")
     print(out)
 
 
