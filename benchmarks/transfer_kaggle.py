@@ -69,7 +69,9 @@ def main() -> None:
                         help="use this BloodMNIST run as MODEL's source instead of training one")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/transfer_kaggle"))
     args = parser.parse_args()
-    sources = dict(item.split("=", 1) for item in args.source)
+    sources = dict(item.split("=", 1) for item in args.source if "=" in item)
+    if len(sources) != len(args.source) or not set(sources) <= set(MODELS):
+        parser.error(f"--source takes MODEL=RUN with MODEL one of {', '.join(MODELS)}; got {args.source}")
     if any(m not in sources for m in args.models) and args.bloodmnist is None:
         parser.error("--bloodmnist is needed to train the sources not given with --source")
     output = [f"output.runs_dir={args.runs_dir}", "output.publish=never"]
