@@ -311,6 +311,7 @@ def normalize_stain(images: tf.Tensor, mode: str = "channels") -> tf.Tensor:
     x = NORMAL_MEAN + NORMAL_STD * (x - mean) / tf.maximum(std, 1.0)
     return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
 
+
 def make_preprocess(data: DataConfig) -> Callable | None:
     """The batch-wise uint8 -> uint8 preprocessing ``data`` asks for, or None.
 
