@@ -15,7 +15,6 @@ from keras_blood.datasets.bloodmnist import CLASS_NAMES
 from keras_blood.export import export_model, load_version
 from keras_blood.export_edge import edge_file, export_edge, load_edge_model, predict, saved_model_predictor
 from keras_blood.models import build_model, with_tta
-from tests.conftest import synthetic_npz
 
 for runtime in ("ai_edge_litert", "tf2onnx", "onnxruntime"):
     pytest.importorskip(runtime, reason=f"the edge extra is not installed ({runtime}): pip install -e '.[edge]'")
@@ -123,12 +122,29 @@ def op_dtypes(path):
     return [(op["op_name"], tensors[op["outputs"][0]]["dtype"]) for op in interpreter._get_ops_details()]
 
 
+def colour_corner_npz(path, n=(400, 80, 160)):
+    """A MedMNIST-format file whose 8 classes are the 8 corners of the RGB cube, with
+    noise: linearly separable by the mean colour, so a short seeded run learns them with a
+    wide margin whatever the CPU's float rounding. Classes one brightness step apart (as in
+    conftest.synthetic_npz) are not: a short run may merge two of them on another CPU."""
+    rng = np.random.default_rng(0)
+    colours = np.array([[(k >> bit) & 1 for bit in range(3)] for k in range(8)]) * 160 + 48
+    arrays = {}
+    for split, count in zip(("train", "val", "test"), n):
+        labels = np.arange(count) % 8
+        noisy = colours[labels][:, None, None, :] + rng.normal(0, 24, (count, 28, 28, 3))
+        arrays[f"{split}_images"] = np.clip(noisy, 0, 255).astype(np.uint8)
+        arrays[f"{split}_labels"] = labels.reshape(-1, 1).astype(np.uint8)
+    np.savez(path, **arrays)
+    return arrays
+
+
 def test_int8_quantizes_the_network_and_keeps_its_accuracy(tmp_path):
     """Calibrated on the training split named by the version's config; the network is
     int8, the preparation before it exact, the predictions those of the SavedModel."""
     root = tmp_path / "data"
     root.mkdir()
-    arrays = synthetic_npz(root / "bloodmnist.npz", n=(400, 80, 160))
+    arrays = colour_corner_npz(root / "bloodmnist.npz")
     config = Config.model_validate(
         {"name": "int8", "data": {"name": "bloodmnist", "root": str(root), "download": False},
          "model": {"name": "resnet", "widths": [8, 16], "blocks_per_stage": 1, "dropout": 0.0},
