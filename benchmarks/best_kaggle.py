@@ -2,7 +2,7 @@
 
     python benchmarks/best_kaggle.py --set data.root=DIR [--seeds 1 2 3] [--pbc ../shared/data/pbc-captures]
 
-Trains the config once per seed (a full ``keras_blood.train`` run: validation picks
+Trains the config once per seed (a full ``python -m keras_blood.train`` run: validation picks
 nothing here, TEST is read once at the end), evaluates the exported version on TEST_SIMPLE
 (one image per TEST source cell) and, with ``--pbc``, on the four Kaggle classes among
 another lab's captures (``benchmarks/pbc_captures.py``). Prints one row per seed and the
@@ -31,10 +31,10 @@ COLUMNS = ("val_acc", "test_acc", "test_f1", "test_simple_acc", "pbc_acc", "trai
 
 def one_seed(seed: int, overrides: list[str], pbc: Path | None) -> dict:
     from benchmarks.pbc_captures import score
-    from keras_blood.config import load_config
-    from keras_blood.evaluate import evaluate
-    from keras_blood.predict import predict
-    from keras_blood.train import train
+    from keras_blood.config.loading import load_config
+    from keras_blood.evaluation.evaluate_version import evaluate
+    from keras_blood.serving.predict import predict
+    from keras_blood.training.trainer import train
 
     result = train(load_config(REPO / "configs" / "best_kaggle.yaml", [*overrides, f"seed={seed}"]))
     import json

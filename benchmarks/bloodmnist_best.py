@@ -2,7 +2,7 @@
 
     python benchmarks/bloodmnist_best.py --set data.root=DIR [--seeds 1 2 3] [--ablation]
 
-Trains ``configs/best.yaml`` once per seed (each a full ``keras_blood.train`` run that
+Trains ``configs/best.yaml`` once per seed (each a full ``python -m keras_blood.train`` run that
 reads the test split once, at the end), then prints test ACC / AUC, ACC without
 test-time augmentation, an ensemble's members' ACC alone (``--set train.ensemble=2``)
 and training minutes per seed with their mean and standard deviation, and writes them to
@@ -42,8 +42,8 @@ ABLATIONS = {
 
 
 def run(overrides: list[str]) -> dict:
-    from keras_blood.config import load_config
-    from keras_blood.train import train
+    from keras_blood.config.loading import load_config
+    from keras_blood.training.trainer import train
 
     start = time.perf_counter()
     result = train(load_config(REPO / "configs" / "best.yaml", overrides))
@@ -56,12 +56,13 @@ def throughput(overrides: list[str], steps: int = 25, warmup: int = 5) -> None:
     (tracing) are not timed."""
     import numpy as np
 
-    from keras_blood.config import load_config
-    from keras_blood.train import build_compiled
+    from keras_blood.config.loading import load_config
+    from keras_blood.training.task import build, compile_for_training
 
     config = load_config(REPO / "configs" / "best.yaml", overrides)
     batch, classes, train_images = config.train.batch_size, 8, 11_959  # BloodMNIST train split
-    model = build_compiled(config, (*config.data.model_size, 3), classes, steps_per_epoch=-(-train_images // batch))
+    model = build(config, (*config.data.model_size, 3), classes)
+    compile_for_training(model, config, classes, steps_per_epoch=-(-train_images // batch))
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch, *config.data.model_size, 3)).astype("float32")
     y = np.eye(classes, dtype="float32")[rng.integers(0, classes, batch)]
@@ -139,12 +140,12 @@ def pooled(exports: list[str], out: Path) -> dict:
     runs' probabilities (the ensemble the runs make)."""
     import numpy as np
 
-    from keras_blood.config import load_config
+    from keras_blood.config.loading import load_config
     from keras_blood.data import load_data
-    from keras_blood.evaluate import evaluate
-    from keras_blood.folders import new_file
-    from keras_blood.metrics import classification_metrics
-    from keras_blood.plots import plot_image_grid
+    from keras_blood.evaluation.evaluate_version import evaluate
+    from keras_blood.evaluation.metrics import classification_metrics
+    from keras_blood.evaluation.plots import plot_image_grid
+    from keras_blood.files import new_file
 
     results = [evaluate(path, output_dir=out / "reports") for path in exports]
     labels = results[0].labels
@@ -230,7 +231,7 @@ def main() -> None:
     rows = {}
     # Each finished run is appended at once, so an interrupted benchmark keeps what it
     # measured; a new results-<timestamp>.csv per call, so a repeat never overwrites one.
-    from keras_blood.folders import new_file
+    from keras_blood.files import new_file
 
     results = new_file(args.out, "results-", ".csv")
     with open(results, "w", newline="") as f:

@@ -88,10 +88,10 @@ def timings(models: dict, images: np.ndarray, args) -> dict[str, tuple[float, fl
 
 
 def bench_version(version_dir: Path, overrides: list[str], args) -> list[dict]:
-    from keras_blood.config import load_config
+    from keras_blood.config.loading import load_config
     from keras_blood.data import load_data
-    from keras_blood.export import load_version
-    from keras_blood.export_edge import edge_file, export_edge, load_edge_model, predict, saved_model_predictor
+    from keras_blood.serving.edge import edge_file, export_edge, load_edge_model, predict, saved_model_predictor
+    from keras_blood.serving.version import load_version
 
     for _, fmt, quantize in EDGE:
         if not edge_file(version_dir, fmt, quantize).is_file():

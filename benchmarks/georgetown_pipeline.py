@@ -2,9 +2,9 @@
 
     python benchmarks/georgetown_pipeline.py [--root DIR] [--images 2000] [--size 120x160] [--no-crop]
 
-1. Colour extraction through tf.data: pure TensorFlow (keras_blood.segmentation.extract_colors)
+1. Colour extraction through tf.data: pure TensorFlow (keras_blood.preparation.color.extract_colors)
    vs the OpenCV reference through tf.numpy_function, at the model's input size and at
-   the JPEGs' full 240x320; and the cell crop (keras_blood.segmentation.crop_to_cell), pure TF.
+   the JPEGs' full 240x320; and the cell crop (keras_blood.preparation.cell_crop.crop_to_cell), pure TF.
 2. JPEG decode + resize through tf.data: the first (cold) pass vs a pass from .cache().
 3. Training throughput of dropout03 with and without colour extraction (both on cell
    crops unless --no-crop): the first epoch (which pays the one-off preprocessing before
@@ -28,15 +28,15 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_blood.opencv_reference import extract_colors_cv2  # noqa: E402
-from keras_blood.segmentation import crop_to_cell, extract_colors  # noqa: E402
-from keras_blood.config import Config  # noqa: E402
+from keras_blood.config.schema import Config  # noqa: E402
 from keras_blood.data import load_data  # noqa: E402
 from keras_blood.data.blood_cell_images import RESIZE_METHOD  # noqa: E402
-from keras_blood.datasets.blood_cell_images import scan  # noqa: E402
+from keras_blood.data.builders.blood_cell_images import scan  # noqa: E402
 from keras_blood.data.pipeline import make_dataset  # noqa: E402
-from keras_blood.models import build_model  # noqa: E402
-from keras_blood.train import model_input_shape  # noqa: E402
+from keras_blood.models.registry import build_model  # noqa: E402
+from keras_blood.preparation.cell_crop import crop_to_cell
+from keras_blood.preparation.color import extract_colors  # noqa: E402
+from keras_blood.preparation.opencv_reference import extract_colors_cv2  # noqa: E402
 
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "blood-cell-images" / "dataset2-master" / "images"
 
@@ -108,10 +108,10 @@ def bench_training(config: Config, data, epochs: int, color: bool) -> list[float
     """Seconds per epoch of model.fit on the train split."""
     import keras
 
-    from keras_blood.segmentation import make_preprocess
+    from keras_blood.preparation.steps import make_preprocess
 
     keras.utils.set_random_seed(0)
-    model = build_model(config.model, model_input_shape(config, data.image_shape), data.num_classes)
+    model = build_model(config.model, (*config.data.model_size, data.image_shape[-1]), data.num_classes)
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
     preprocess = make_preprocess(config.data.model_copy(update={"color_extraction": color}))
     train = data.splits["train"]

@@ -27,10 +27,11 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 import numpy as np  # noqa: E402
 
-from keras_blood.config import load_config  # noqa: E402
+from keras_blood.config.loading import load_config  # noqa: E402
 from keras_blood.data import load_data  # noqa: E402
-from keras_blood.explain import CamNetwork, Explainer, mask_share, normalise, randomized_top, rank_correlation  # noqa: E402
-from keras_blood.segmentation import color_mask  # noqa: E402
+from keras_blood.evaluation.gradcam import CamNetwork, Explainer, normalise  # noqa: E402
+from keras_blood.evaluation.gradcam_checks import mask_share, randomized_top, rank_correlation  # noqa: E402
+from keras_blood.preparation.color import color_mask  # noqa: E402
 
 
 def main() -> None:

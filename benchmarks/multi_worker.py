@@ -2,7 +2,7 @@
 
     python benchmarks/multi_worker.py [--set model.upsample=2 ...] [--steps 30]
 
-Trains best.yaml's network (built and compiled by keras_blood.train.build_compiled, with
+Trains best.yaml's network (built and compiled by keras_blood.training.task.build and compile_for_training, with
 the multi-worker fit workaround) on random 28x28 batches at the global batch of
 train.batch_size, each process pinned to one CPU core:
 
@@ -37,21 +37,23 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict:
     """Runs in each process: step times of fit, then the all-reduce alone."""
     import tensorflow as tf
 
-    from keras_blood.runtime import cluster_from_env, select_strategy
+    from keras_blood.training.runtime import cluster_from_env, select_strategy
 
     cluster = cluster_from_env()
     strategy = select_strategy("auto", cluster)  # before anything touches the devices
     import keras
     import numpy as np
 
-    from keras_blood.config import load_config
-    from keras_blood.distribute import make_fit_work
-    from keras_blood.train import build_compiled
+    from keras_blood.config.loading import load_config
+    from keras_blood.training.distribute import make_fit_work
+    from keras_blood.training.task import build, compile_for_training
 
     config = load_config(REPO / "configs" / "best.yaml", overrides)
     batch = config.train.batch_size
     keras.utils.set_random_seed(0)
-    model = make_fit_work(build_compiled(config, (28, 28, 3), 8, steps_per_epoch=100, strategy=strategy), strategy)
+    model = build(config, (28, 28, 3), 8, strategy)
+    compile_for_training(model, config, 8, steps_per_epoch=100, strategy=strategy)
+    model = make_fit_work(model, strategy)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch * 4, 28, 28, 3)).astype("float32")
     y = np.eye(8, dtype="float32")[rng.integers(0, 8, batch * 4)]

@@ -55,7 +55,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         predictions = args.csv
         if predictions is None:
-            from keras_blood.predict import predict
+            from keras_blood.serving.predict import predict
 
             predictions = Path(tmp) / "predictions.csv"
             # out: its per-file table goes nowhere; this prints a summary.

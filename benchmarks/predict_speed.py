@@ -54,8 +54,8 @@ class Clock:
 
 
 def decode_worker(version: Path, folder: Path, batch_size: int) -> dict:
-    from keras_blood.export import load_version
-    from keras_blood.predict import expand_inputs, prepared_batches
+    from keras_blood.serving.predict import expand_inputs, prepared_batches
+    from keras_blood.serving.version import load_version
 
     loaded = load_version(version)
     clock, batches = Clock(), []
@@ -84,7 +84,7 @@ class Screen(io.StringIO):
 
 
 def predict_worker(version: Path, folder: Path, batch_size: int) -> dict:
-    from keras_blood.predict import predict
+    from keras_blood.serving.predict import predict
 
     clock = Clock()
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,7 +101,7 @@ def check_worker(version: Path, folder: Path, batch_size: int) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from keras_blood.predict import predict
+    from keras_blood.serving.predict import predict
 
     with tempfile.TemporaryDirectory() as tmp:
         csv_path, _ = predict(version, [str(folder)], Path(tmp) / "p.csv", batch_size, out=io.StringIO())

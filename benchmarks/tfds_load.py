@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_blood.config import DataConfig  # noqa: E402
+from keras_blood.config.schema import DataConfig  # noqa: E402
 from keras_blood.data import blood_cell_images, bloodmnist, load_data  # noqa: E402
-from keras_blood.datasets.blood_cell_images import class_folders, scan, split_by_source  # noqa: E402
+from keras_blood.data.builders.blood_cell_images import class_folders, scan, split_by_source  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 

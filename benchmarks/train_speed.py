@@ -45,11 +45,11 @@ def plain_fit_seconds(config_path: Path, overrides: list[str]) -> float:
     import numpy as np
     import tensorflow as tf
 
-    from keras_blood.config import load_config
+    from keras_blood.config.loading import load_config
     from keras_blood.data import load_data
     from keras_blood.data.augment import make_augment
-    from keras_blood.models import build_model
-    from keras_blood.train import make_optimizer
+    from keras_blood.models.registry import build_model
+    from keras_blood.training.task import make_optimizer
 
     config = load_config(config_path, overrides)
     keras.utils.set_random_seed(config.seed)

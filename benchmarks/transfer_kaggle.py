@@ -43,8 +43,8 @@ COLUMNS = ("val_acc", "test_acc", "test_f1", "train_min")
 
 
 def run(config_file: str, overrides: list[str]) -> dict:
-    from keras_blood.config import load_config
-    from keras_blood.train import train
+    from keras_blood.config.loading import load_config
+    from keras_blood.training.trainer import train
 
     result = train(load_config(REPO / "configs" / config_file, overrides))
     metrics = json.loads((Path(result.run_dir) / "metrics.json").read_text())

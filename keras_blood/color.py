@@ -4,7 +4,7 @@
 
 writes original / mask / cell crop (when data.cell_crop is on) / extracted for a few
 training images of each class. The operations themselves are in
-:mod:`keras_blood.segmentation`; the figure in :mod:`keras_blood.plots`.
+:mod:`keras_blood.preparation`; the figure in :mod:`keras_blood.evaluation.plots`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from keras_blood.cli import config_parser, run_main
-from keras_blood.config import load_config, read_raw
-from keras_blood.sweep_config import load_sweep
+from keras_blood.config.cli import config_parser, run_main
+from keras_blood.config.loading import load_config, read_raw
+from keras_blood.config.sweep import load_sweep
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         config = load_config(args.config, args.overrides)
 
     from keras_blood.data import load_data
-    from keras_blood.plots import plot_color_extraction, sample_images
+    from keras_blood.evaluation.plots import plot_color_extraction, sample_images
 
     data = load_data(config.data, config.seed)
     split = data.splits["train"]

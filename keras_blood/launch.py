@@ -23,7 +23,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from keras_blood.cli import run_main
+from keras_blood.config.cli import run_main
 from keras_blood.errors import ConfigError
 
 STOP_GRACE_SECONDS = 10

@@ -1,259 +1,19 @@
 """Classify image files with an exported model version.
 
-    python -m keras_blood.predict saved_models/dropout03/1 cell.jpg scans/ "more/**/*.png" [--output out.csv]
+    python -m keras_blood.predict saved_models/dropout03/1 cell.jpg scans/ "more/**/*.tif" [--output out.csv [--overwrite]]
 
-PATHs are files, folders (searched recursively for .jpg/.jpeg/.png/.tif/.tiff/.bmp/.gif)
-and glob patterns. Each image, of any size, is prepared as the model's training data was
-made, by the recipe recorded at export time (:mod:`keras_blood.preparation`, the same
-function the ``serving_bytes`` signature runs), then classified by ``serving_default``.
-
-Files stream through a tf.data pipeline that reads, decodes and prepares several at a
-time while the model classifies the batch before (:func:`prepared_batches`), so memory
-stays bounded however many there are. Each file gets a table row on screen and a CSV row
-(``path,label,probability,<one column per class>,error``), in input order; a file that
-cannot be read gets its error and the others go on. Bytes of a file name that are not
-valid UTF-8 are shown as ``\\xNN`` escapes (``bad\\xff.jpg``; see :func:`shown`). The
-CSV appears only when complete; ``--output`` refuses an existing file unless
-``--overwrite`` is given. Exit status: 0 all files classified, 1 some failed, 2 a usage
-error (nothing was classified). The last line printed is the CSV's path.
+Writes one CSV row per file (label, probability, every class's probability, or why the
+file could not be read) and prints a table; the last line printed is the CSV's path. The
+work is :func:`keras_blood.serving.predict.predict`.
 """
 
 from __future__ import annotations
 
-import csv
-import glob
-import itertools
-import os
-import stat
 import sys
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
 
-from keras_blood.cli import files_parser, run_main
-from keras_blood.errors import ExportError, KerasBloodError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif"}
-# A file is read whole before decoding (a few at once); this bounds what one bad input can take.
-MAX_FILE_BYTES = 1 << 30
-PATH_WIDTH = 60  # screen table only; the CSV has full paths
-
-
-def find_images(folder: Path) -> Iterator[Path]:
-    """Image files under ``folder``, sorted, skipping hidden files and folders (.DS_Store, ._x.jpg)."""
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                yield Path(root) / name
-
-
-def expand_inputs(args: Sequence[str]) -> list[tuple[str, str]]:
-    """``(path, error)`` per input file, in order, each once; ``error`` is "" when it exists.
-
-    A named file is taken whatever its suffix (and fails later if it is no image); a
-    folder contributes its image files only.
-    """
-    entries: dict[str, str] = {}
-    for arg in args:
-        if Path(arg).exists():
-            matches = [arg]
-        elif glob.has_magic(arg):
-            matches = sorted(glob.glob(arg, recursive=True))
-        else:
-            matches = []
-        if not matches:
-            missing = "no file matches this pattern" if glob.has_magic(arg) else "no such file or folder"
-            entries.setdefault(arg, missing)
-        for match in matches:
-            found = find_images(Path(match)) if Path(match).is_dir() else [Path(match)]
-            for path in found:
-                entries.setdefault(str(path), "")
-    return list(entries.items())
-
-
-class Progress:
-    """A progress bar on stderr: redrawn in place on a terminal, a line per 10% in logs."""
-
-    def __init__(self, total: int, stream: TextIO = sys.stderr):
-        self.total, self.stream = total, stream
-        self.live = stream.isatty()
-        self.last_tenth = -1
-
-    def update(self, done: int, failed: int) -> None:
-        width = 30
-        filled = width * done // max(self.total, 1)
-        text = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} files, {failed} failed"
-        if self.live:
-            self.stream.write(f"\r{text}")
-        elif 10 * done // max(self.total, 1) > self.last_tenth:
-            self.last_tenth = 10 * done // max(self.total, 1)
-            self.stream.write(f"{text}\n")
-        self.stream.flush()
-
-    def clear(self) -> None:
-        if self.live:  # so that table rows on stdout do not land on the bar's line
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-
-
-def short(path: str, width: int = PATH_WIDTH) -> str:
-    return path if len(path) <= width else "..." + path[-(width - 3) :]
-
-
-def shown(path: str) -> str:
-    """``path`` as text for the CSV and the screen. Python holds the bytes of a name that
-    is not valid UTF-8 as lone surrogates, which no text file can hold; they are shown as
-    ``\\xNN`` escapes of those bytes instead (``bad\\xff.jpg``). Other names are unchanged."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def unreadable(path: str) -> str:
-    """Why ``path`` is not to be read at all (no regular file, too large), or ""."""
-    try:
-        info = os.stat(path)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
-        return "not a regular file"
-    if info.st_size > MAX_FILE_BYTES:
-        return f"larger than {MAX_FILE_BYTES >> 20} MiB"
-    return ""
-
-
-def prepared_batches(entries: Sequence[tuple[str, str]], preparation, batch_size: int):
-    """A tf.data pipeline of ``(indices, pixels)`` batches: the ``entries`` without an error,
-    read, decoded and prepared several files at a time, in order, a few batches ahead.
-
-    A file that fails there is left out of its batch (a gap in ``indices``): per-element
-    errors have no message in tf.data, so the caller reads that file again to say why.
-    """
-    import tensorflow as tf
-
-    from keras_blood.preparation import decode_any, prepare
-
-    todo = [(i, os.fsencode(path)) for i, (path, error) in enumerate(entries) if not error]
-    indices = tf.constant([i for i, _ in todo], tf.int64)
-    paths = tf.constant([path for _, path in todo], tf.string)
-    dataset = tf.data.Dataset.from_tensor_slices((indices, paths)).map(
-        lambda i, path: (i, prepare(decode_any(tf.io.read_file(path)), preparation)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    return dataset.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def prepared_files(entries: Sequence[tuple[str, str]], preparation, batch_size: int = 64):
-    """``(pixels, "")`` or ``(None, error)`` for every entry, in order: the files read,
-    decoded and prepared by :func:`prepared_batches`, and each file that it left out read
-    again alone, the slow way, which says what is wrong with it (never an exception)."""
-    import tensorflow as tf
-
-    from keras_blood.preparation import decode_file, preparer
-
-    prepare = preparer(preparation)
-
-    def again(index: int):
-        path, error = entries[index]
-        if error:
-            return None, error
-        try:
-            return prepare(decode_file(Path(path).read_bytes())).numpy(), ""  # failed there, reads now
-        except OSError as exc:
-            return None, exc.strerror or str(exc)
-        except (ValueError, tf.errors.OpError) as exc:
-            return None, str(exc)
-
-    done = 0
-    for indices, pixels in prepared_batches(entries, preparation, batch_size):
-        for index, image in zip(indices.numpy(), pixels.numpy()):
-            yield from map(again, range(done, index))
-            yield image, ""
-            done = index + 1
-    yield from map(again, range(done, len(entries)))
-
-
-def predict(
-    version_dir: str | Path,
-    inputs: Sequence[str],
-    output: Path | None = None,
-    batch_size: int = 64,
-    out: TextIO = sys.stdout,
-    overwrite: bool = False,
-) -> tuple[Path, int]:
-    """Classify ``inputs``; returns the CSV's path and how many files failed.
-
-    The CSV is written to a hidden temporary file beside ``output`` and renamed into place
-    when complete, so a crash leaves no partial CSV. An existing ``output`` is replaced
-    only with ``overwrite``.
-    """
-    if output is not None and output.is_dir():
-        raise KerasBloodError(f"--output {output} is a folder; name a CSV file")
-    if output is not None and output.exists() and not overwrite:
-        raise KerasBloodError(f"--output {output} already exists; pass --overwrite to replace it")
-    entries = [(path, error or unreadable(path)) for path, error in expand_inputs(inputs)]
-    if not entries:
-        raise KerasBloodError(f"no image files found in {' '.join(inputs)}")
-    if not (Path(version_dir) / "saved_model.pb").is_file():
-        raise ExportError(f"{version_dir} is not an exported model version (no saved_model.pb)")
-
-    import numpy as np
-
-    from keras_blood.export import load_version
-    from keras_blood.folders import new_file
-
-    version = load_version(version_dir)
-    classes = version.class_names
-
-    # Written under a hidden name beside the CSV and renamed when complete ("x": never
-    # another's file; unlike tempfile's, it gets the usual permissions).
-    folder = Path("predictions") if output is None else output.parent
-    temp = folder / f".{output.name if output else 'predictions'}.{uuid.uuid4().hex[:8]}.part"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        csv_file = temp.open("x", newline="", encoding="utf-8")
-    except OSError as exc:
-        raise KerasBloodError(f"cannot write a CSV in {folder}: {exc.strerror or exc}") from None
-    width = min(PATH_WIDTH, max(len(shown(path)) for path, _ in entries))
-    label_width = max(len("label"), *(len(name) for name in classes))
-    progress = Progress(len(entries))
-    failed = 0
-    print(f"{'path':<{width}}  {'label':<{label_width}}  probability", file=out)
-    try:
-        with csv_file as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "probability", *classes, "error"])
-            rows = zip(entries, prepared_files(entries, version.preparation, batch_size))
-            for start in range(0, len(entries), batch_size):
-                chunk = list(itertools.islice(rows, batch_size))
-                good = [pixels for _, (pixels, _) in chunk if pixels is not None]
-                probs = iter(version.serve(pixels=np.stack(good))["probabilities"].numpy() if good else [])
-                progress.clear()
-                for (path, _), (pixels, error) in chunk:
-                    p = None if pixels is None else next(probs)
-                    name = shown(path)
-                    if p is None:
-                        failed += 1
-                        writer.writerow([name, "", "", *([""] * len(classes)), error])
-                        print(f"{short(name, width):<{width}}  {'-':<{label_width}}  error: {error}", file=out)
-                        continue
-                    k = int(np.argmax(p))
-                    writer.writerow([name, classes[k], f"{p[k]:.6f}", *(f"{v:.6f}" for v in p), ""])
-                    print(f"{short(name, width):<{width}}  {classes[k]:<{label_width}}  {p[k]:11.4f}", file=out)
-                out.flush()
-                progress.update(start + len(chunk), failed)
-        try:
-            if output is None:  # claimed only now, so that it exists only once complete
-                output = new_file(folder, f"{version.name}-v{version.number}-", ".csv")
-            os.replace(temp, output)
-        except OSError as exc:
-            raise KerasBloodError(f"cannot write the CSV {output or folder}: {exc.strerror or exc}") from None
-    finally:
-        temp.unlink(missing_ok=True)
-    progress.clear()
-    print(f"{len(entries) - failed} of {len(entries)} files classified, {failed} failed", file=out)
-    return output, failed
+from keras_blood.config.cli import files_parser, run_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -271,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    from keras_blood.serving.predict import predict
+
     output, failed = predict(args.version, args.paths, args.output, args.batch_size, overwrite=args.overwrite)
     print(output)
     return 1 if failed else 0

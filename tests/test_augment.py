@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_blood.config import AugmentConfig
+from keras_blood.config.schema import AugmentConfig
 from keras_blood.data.augment import color_jitter, make_augment, mixup, random_flips, random_rot90, random_sharpen
 
 

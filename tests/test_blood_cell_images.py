@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_blood.config import DataConfig
+from keras_blood.config.schema import DataConfig
 from keras_blood.data import load_data
-from keras_blood.datasets.blood_cell_images import SOURCE_PATTERN
+from keras_blood.data.builders.blood_cell_images import SOURCE_PATTERN
 from keras_blood.errors import ConfigError, DataError
 from tests.conftest import image_folder, synthetic_npz
 
@@ -201,7 +201,7 @@ def test_real_kaggle_slice(kaggle_root):
 
 def test_real_kaggle_validation_holds_a_fifth_of_the_sources(kaggle_root):
     """Source counts from the data's README: 75/27/16/159 per class in TRAIN."""
-    from keras_blood.datasets.blood_cell_images import scan, split_by_source
+    from keras_blood.data.builders.blood_cell_images import scan, split_by_source
 
     folder = scan(kaggle_root / "TRAIN", CLASSES)
     assert [len(set(folder.sources[folder.labels == k])) for k in range(4)] == [75, 27, 16, 159]

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_blood import train as train_module
-from keras_blood.export import load_version
-from keras_blood.preparation import decode, prepare
-from keras_blood.calibration import TemperatureScaling, fit_temperature, scaled_probabilities
-from keras_blood.metrics import calibration_metrics, expected_calibration_error
+from keras_blood.evaluation.calibration import fit_temperature, scaled_probabilities
+from keras_blood.evaluation.metrics import calibration_metrics, expected_calibration_error
+from keras_blood.models.temperature import TemperatureScaling
+from keras_blood.preparation.decode import decode, prepare
+from keras_blood.serving.version import load_version
+from keras_blood.training import trainer as train_module
 from tests.test_train import synthetic  # noqa: F401 (a fixture)
 
 

@@ -6,13 +6,13 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
 
-from keras_blood.callbacks import ValidationTensorBoard, tag
-from keras_blood.config import Config
+from keras_blood.config.schema import Config
 from keras_blood.data.base import Split
 from keras_blood.data.pipeline import make_dataset
-from keras_blood.keras_metrics import ScoreHistogram, validation_metrics
-from keras_blood.metrics import classification_metrics
-from keras_blood.models import build_model
+from keras_blood.evaluation.metrics import classification_metrics
+from keras_blood.models.registry import build_model
+from keras_blood.training.callbacks import ValidationTensorBoard, tag
+from keras_blood.training.keras_metrics import ScoreHistogram, validation_metrics
 from tests.conftest import synthetic_npz
 
 NAMES = ["basophil", "eosinophil", "erythroblast", "immature granulocyte",

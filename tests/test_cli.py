@@ -1,7 +1,7 @@
 import pytest
 
-from keras_blood import folders
-from keras_blood.cli import run_main
+from keras_blood import files as folders
+from keras_blood.config.cli import run_main
 from keras_blood.errors import DataError
 
 

@@ -8,19 +8,15 @@ import pytest
 import tensorflow as tf
 
 from keras_blood.color import main as color_main
-from keras_blood.opencv_reference import extract_colors_cv2
-from keras_blood.plots import log_color_extraction
-from keras_blood.segmentation import (
-    cell_centres,
-    crop_to_cell,
-    extract_colors,
-    make_preprocess,
-    rgb_to_hsv_opencv,
-)
-from keras_blood.config import CellCropConfig, ColorConfig, DataConfig
+from keras_blood.config.schema import CellCropConfig, ColorConfig, DataConfig
 from keras_blood.data import load_data
 from keras_blood.data.base import Split
 from keras_blood.data.pipeline import make_dataset
+from keras_blood.evaluation.plots import log_color_extraction
+from keras_blood.preparation.cell_crop import cell_centres, crop_to_cell
+from keras_blood.preparation.color import extract_colors, rgb_to_hsv_opencv
+from keras_blood.preparation.opencv_reference import extract_colors_cv2
+from keras_blood.preparation.steps import make_preprocess
 from tests.conftest import REPO, image_folder
 
 # The defaults, a wrapping hue range with every morphology step, and no blur at all.

@@ -4,9 +4,11 @@ import sys
 import pytest
 import yaml
 
-from keras_blood.config import GEORGETOWN_PRESETS, CellCropConfig, DataConfig, apply_overrides, load_config
+from keras_blood.config.loading import apply_overrides, load_config
+from keras_blood.config.presets import GEORGETOWN_PRESETS
+from keras_blood.config.schema import CellCropConfig, DataConfig
+from keras_blood.config.sweep import load_sweep
 from keras_blood.errors import ConfigError
-from keras_blood.sweep_config import load_sweep
 from tests.conftest import REPO
 
 ALL_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -143,7 +145,7 @@ def test_cli_errors_exit_2_with_one_line_and_write_nothing(write_config, tmp_pat
 
 
 def test_cosine_schedule_warms_up_then_decays(write_config):
-    from keras_blood.train import make_learning_rate
+    from keras_blood.training.task import make_learning_rate
 
     config = load_config(
         write_config({"model": {"name": "cnn"}}),
@@ -156,7 +158,7 @@ def test_cosine_schedule_warms_up_then_decays(write_config):
 
 
 def test_ensemble_members_get_distinct_seeds_that_runs_do_not_share():
-    from keras_blood.train import member_seeds
+    from keras_blood.training.task import member_seeds
 
     assert member_seeds(7, 1) == [7]
     three = member_seeds(7, 3)

@@ -3,10 +3,10 @@ import hashlib
 import numpy as np
 import pytest
 
-from keras_blood.config import DataConfig
+from keras_blood.config.schema import DataConfig
 from keras_blood.data import load_data
-from keras_blood.data.download import download
-from keras_blood.datasets import bloodmnist
+from keras_blood.data.builders import bloodmnist
+from keras_blood.data.builders.download import download
 from keras_blood.errors import DataError
 from tests.conftest import synthetic_npz
 

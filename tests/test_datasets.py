@@ -13,12 +13,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-import keras_blood.datasets  # noqa: F401  (registers the builders)
-from keras_blood.cli import run_main
-from keras_blood.config import DataConfig
+import keras_blood.data.builders  # noqa: F401  (registers the builders)
+from keras_blood.config.cli import run_main
+from keras_blood.config.schema import DataConfig
 from keras_blood.data import load_data
-from keras_blood.datasets import bloodmnist
-from keras_blood.datasets.blood_cell_images import SOURCE_PATTERN, make_config, scan, split_by_source
+from keras_blood.data.builders import bloodmnist
+from keras_blood.data.builders.blood_cell_images import SOURCE_PATTERN, make_config, scan, split_by_source
 from tests.conftest import REPO, image_folder, synthetic_npz
 
 LAYOUT = {
@@ -88,7 +88,7 @@ def test_a_prepared_copy_needs_neither_keras_blood_nor_a_network(tmp_path):
         import atexit; atexit.register(lambda: print("CONNECT ATTEMPTS", attempts))
     """
     prepare = guard + """
-        from keras_blood.config import DataConfig
+        from keras_blood.config.schema import DataConfig
         from keras_blood.data import load_data
         load_data(DataConfig(root="{tmp}", tfds_dir="{tmp}/tfds"))
         load_data(DataConfig(name="blood_cell_images", root="{tmp}/images", tfds_dir="{tmp}/tfds"), 42)
@@ -130,9 +130,9 @@ def test_a_killed_prepare_is_prepared_again_cleanly(tmp_path):
     arrays = synthetic_npz(tmp_path / "bloodmnist.npz", n=(200, 16, 16))
     killer = textwrap.dedent(f"""
         import os, signal
-        from keras_blood.config import DataConfig
+        from keras_blood.config.schema import DataConfig
         from keras_blood.data import load_data
-        from keras_blood.datasets.bloodmnist import Bloodmnist
+        from keras_blood.data.builders.bloodmnist import Bloodmnist
         examples = Bloodmnist._generate_examples
         def killed_halfway(self, images, labels):
             for i, example in enumerate(examples(self, images, labels)):

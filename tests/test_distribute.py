@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_blood import distribute, launch
+from keras_blood import launch
 from keras_blood.errors import ConfigError
-from keras_blood.runtime import cluster_from_env
+from keras_blood.training import distribute
+from keras_blood.training.runtime import cluster_from_env
 from tests.conftest import REPO
 
 WORKER_TIMEOUT = 240  # seconds for a whole two-worker job on a 2-core machine
@@ -135,7 +136,7 @@ def test_two_workers_train_one_model_and_publish_it_once(bloodmnist_root, tmp_pa
         capture_output=True, text=True, timeout=WORKER_TIMEOUT,
     )  # fmt: skip
     assert single.returncode == 0, single.stderr[-2000:]
-    from keras_blood.runs import read_history
+    from keras_blood.training.runs import read_history
 
     multi_loss = read_history(runs[0] / "history.csv")["loss"][-1]
     single_run = next((tmp_path / "single" / "runs" / "fnn").iterdir())
@@ -149,7 +150,7 @@ PROBE = textwrap.dedent(
     import numpy as np, tensorflow as tf
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     import keras
-    from keras_blood.distribute import make_fit_work
+    from keras_blood.training.distribute import make_fit_work
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])

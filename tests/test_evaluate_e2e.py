@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from keras_blood import evaluate as evaluate_module
-from keras_blood.config import load_config
-from keras_blood.predict import predict
-from keras_blood.train import train
+from keras_blood.config.loading import load_config
+from keras_blood.evaluation import evaluate_version as evaluate_module
+from keras_blood.serving.predict import predict
+from keras_blood.training.trainer import train
 from tests.conftest import REPO, capture_from, encode
 
 pytestmark = pytest.mark.e2e
@@ -97,7 +97,7 @@ def test_raw_captures_are_classified_as_their_28x28_arrays(trained, bloodmnist_r
     assert failed == 0
     with open(csv_path, newline="") as f:
         raw = [row["label"] for row in csv.DictReader(f)]
-    from keras_blood.export import load_version
+    from keras_blood.serving.version import load_version
 
     version = load_version(trained.export_dir)
     on_arrays = version.serve(pixels=arrays)["probabilities"].numpy().argmax(1)

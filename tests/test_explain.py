@@ -10,22 +10,20 @@ import keras
 import numpy as np
 import pytest
 
-from keras_blood import train as train_module
-from keras_blood.config import Config, load_config
-from keras_blood.evaluate import evaluate
-from keras_blood.explain import (
-    CamNetwork,
-    Explainer,
-    main,
-    mask_share,
-    normalise,
-    randomized_top,
-    rank_correlation,
-)
-from keras_blood.export import KERAS_MODEL
-from keras_blood.calibration import with_temperature
-from keras_blood.models import average_models, build_model, with_tta
-from keras_blood.segmentation import color_mask
+from keras_blood.config.loading import load_config
+from keras_blood.config.schema import Config
+from keras_blood.evaluation.evaluate_version import evaluate
+from keras_blood.evaluation.gradcam import CamNetwork, Explainer, normalise
+from keras_blood.evaluation.gradcam_checks import mask_share, randomized_top, rank_correlation
+from keras_blood.explain import main
+from keras_blood.models.ensemble import average_models
+from keras_blood.models.registry import build_model
+from keras_blood.models.temperature import with_temperature
+from keras_blood.models.tta import with_tta
+from keras_blood.preparation.color import color_mask
+from keras_blood.serving.version import KERAS_MODEL
+from keras_blood.training import task as task_module
+from keras_blood.training import trainer as train_module
 from tests.conftest import REPO, encode
 from tests.test_train import marked_npz
 
@@ -200,7 +198,7 @@ def test_explain_writes_a_figure_per_file_a_grid_and_a_csv_and_goes_on_past_bad_
 
 
 def test_a_bad_version_is_one_line_and_exit_2_with_nothing_written(marked, tmp_path, capsys):
-    from keras_blood.cli import run_main
+    from keras_blood.config.cli import run_main
 
     version, images, _, _ = marked
     (tmp_path / "cell.png").write_bytes(encode(images[0], "PNG"))
@@ -231,7 +229,7 @@ def test_on_real_bloodmnist_the_maps_weigh_the_stained_cell_above_a_uniform_map(
     network that has learnt something, not an export."""
     overrides = [f"data.root={bloodmnist_root}", "data.max_examples=4000"]
     config = load_config(REPO / "configs" / "dropout03.yaml", overrides)
-    data = train_module.load_checked_data(config)
+    data = task_module.load_checked_data(config)
     keras.utils.set_random_seed(0)
     model = build_model(config.model, data.image_shape, data.num_classes)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="categorical_crossentropy")

@@ -12,22 +12,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_blood import export as export_module
-from keras_blood.config import CellCropConfig, Config, DataConfig
+from keras_blood.config.schema import CellCropConfig, Config, DataConfig
 from keras_blood.data import load_data
 from keras_blood.errors import ExportError
-from keras_blood.export import (
-    NotPublished,
-    check_export_target,
-    existing_versions,
-    export_model,
-    load_exported,
-    load_version,
-    should_publish,
-    skip_reason,
-)
-from keras_blood.models import build_model
-from keras_blood.preparation import Preparation, decode_file, preparer
+from keras_blood.models.registry import build_model
+from keras_blood.preparation.decode import Preparation, decode_file, preparer
+from keras_blood.serving import export as export_module
+from keras_blood.serving import publish as publish_module
+from keras_blood.serving import version as version_module
+from keras_blood.serving.export import export_model
+from keras_blood.serving.publish import NotPublished, check_export_target, should_publish, skip_reason
+from keras_blood.serving.version import existing_versions, load_exported, load_version
 from tests.conftest import encode, serve_in_fresh_process, synthetic_npz
 
 
@@ -129,7 +124,7 @@ def test_a_recipe_that_does_not_fit_the_model_is_refused(tiny):
         export_model(model, config, list("abcdefgh"), {}, {"resize": [64, 64]})
     assert not list((config.output.export_dir / "tiny").glob("[0-9]*"))
 def test_serving_applies_color_extraction_to_raw_pixels(tiny, tmp_path):
-    from keras_blood.segmentation import extract_colors
+    from keras_blood.preparation.color import extract_colors
 
     config, model = tiny
     config = config.model_copy(update={"data": config.data.model_copy(update={"color_extraction": True})})
@@ -150,7 +145,7 @@ def test_serving_applies_color_extraction_to_raw_pixels(tiny, tmp_path):
 
 def test_serving_crops_to_the_cell_in_graph(tmp_path):
     """A model on 16x16 cell crops serves whole 40x60 images: the crop is in the graph."""
-    from keras_blood.segmentation import make_preprocess
+    from keras_blood.preparation.steps import make_preprocess
 
     config = Config.model_validate(
         {
@@ -205,7 +200,7 @@ def test_a_damaged_version_is_named_with_the_fix(tiny, how):
 @pytest.mark.parametrize("how", DAMAGES[:2])
 def test_evaluate_and_predict_exit_2_with_one_line_on_a_damaged_version(tiny, tmp_path, capsys, how):
     from keras_blood import evaluate, predict
-    from keras_blood.cli import run_main
+    from keras_blood.config.cli import run_main
 
     config, model = tiny
     version = export_model(model, config, list("abcdefgh"), {})
@@ -248,7 +243,7 @@ def test_another_signature_is_refused_before_training_and_at_publish_time(tiny, 
     assert "\n" not in message
     # Versions exported before signature.json existed are read from their SavedModel.
     (first / "assets.extra" / "signature.json").unlink()
-    assert export_module.read_signature(first) == export_module.Signature((28, 28, 3), "uint8", tuple("abcdefgh"))
+    assert version_module.read_signature(first) == version_module.Signature((28, 28, 3), "uint8", tuple("abcdefgh"))
     with pytest.raises(ExportError, match="8 classes"):
         check_export_target(config, list("bacdefgh"), (28, 28, 3))  # the same classes, another order
     # Version 1 published after the checks before the export: refused at the rename, nothing left behind.
@@ -277,7 +272,8 @@ def test_smoke_runs_publish_only_when_asked(tiny, tmp_path):
 
 
 def test_no_export_flag_means_publish_never(monkeypatch, tmp_path):
-    from keras_blood import train as train_module
+    from keras_blood import train as train_command
+    from keras_blood.training import trainer as train_module
     from tests.conftest import REPO
 
     seen = []
@@ -286,7 +282,7 @@ def test_no_export_flag_means_publish_never(monkeypatch, tmp_path):
         return train_module.TrainResult(None, {}, tmp_path, None)
 
     monkeypatch.setattr(train_module, "train", train)
-    assert train_module.main([str(REPO / "configs" / "dropout03.yaml"), "--no-export"]) is None
+    assert train_command.main([str(REPO / "configs" / "dropout03.yaml"), "--no-export"]) is None
     assert seen[0].output.publish == "never" and not should_publish(seen[0])
 
 
@@ -336,7 +332,7 @@ def test_stale_staging_folders_of_dead_processes_are_removed(tiny):
     config, model = tiny
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    host = export_module._host()
+    host = publish_module.host_name()
     base = config.output.export_dir / "tiny"
     names = {
         "dead": f".export-{host}-{dead.pid}-k2j4h5g6",
@@ -355,8 +351,8 @@ def test_stale_staging_folders_of_dead_processes_are_removed(tiny):
 
 
 def test_train_checks_the_target_before_training_and_says_why_it_did_not_publish(tmp_path, capsys):
-    from keras_blood.config import load_config
-    from keras_blood.train import train
+    from keras_blood.config.loading import load_config
+    from keras_blood.training.trainer import train
     from tests.conftest import REPO, synthetic_npz
 
     synthetic_npz(tmp_path / "bloodmnist.npz")

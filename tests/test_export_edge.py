@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_blood import export_edge as edge_module
-from keras_blood.cli import run_main
-from keras_blood.config import Config
-from keras_blood.datasets.bloodmnist import CLASS_NAMES
-from keras_blood.export import export_model, load_version
-from keras_blood.export_edge import edge_file, export_edge, load_edge_model, predict, saved_model_predictor
-from keras_blood.models import build_model, with_tta
+from keras_blood import export_edge as edge_command
+from keras_blood.config.cli import run_main
+from keras_blood.config.schema import Config
+from keras_blood.data.builders.bloodmnist import CLASS_NAMES
+from keras_blood.models.registry import build_model
+from keras_blood.models.tta import with_tta
+from keras_blood.serving import edge as edge_module
+from keras_blood.serving.edge import edge_file, export_edge, load_edge_model, predict, saved_model_predictor
+from keras_blood.serving.export import export_model
+from keras_blood.serving.version import load_version
 
 for runtime in ("ai_edge_litert", "tf2onnx", "onnxruntime"):
     pytest.importorskip(runtime, reason=f"the edge extra is not installed ({runtime}): pip install -e '.[edge]'")
@@ -181,7 +184,7 @@ def test_the_preparation_stays_out_of_quantization(kaggle_like):
 
 
 def run(capsys, *argv):
-    status = run_main(edge_module.main, [str(a) for a in argv])
+    status = run_main(edge_command.main, [str(a) for a in argv])
     return status, capsys.readouterr().err.strip().splitlines()
 
 
@@ -213,7 +216,7 @@ def test_a_damaged_version_and_missing_data_are_one_line(kaggle_like, tmp_path, 
 def test_a_graph_that_does_not_convert_names_the_op_and_the_fix(tmp_path, capsys, monkeypatch):
     """A version exported before the preparation was convertible: its antialiased resize
     (ScaleAndTranslate) converts to neither format."""
-    from keras_blood import export as export_module
+    from keras_blood.serving import export as export_module
 
     def old_preprocess(data):
         return lambda images: tf.cast(tf.image.resize(images, (28, 28), antialias=True), tf.uint8)

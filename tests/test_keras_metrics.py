@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 
-from keras_blood.keras_metrics import ConfusionMatrix, ScoreHistogram
-from keras_blood.metrics import classification_metrics
+from keras_blood.evaluation.metrics import classification_metrics
+from keras_blood.training.keras_metrics import ConfusionMatrix, ScoreHistogram
 
 
 def predictions(n=600, k=5, seed=0, absent=None):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from keras_blood.metrics import classification_metrics, medmnist_auc
+from keras_blood.evaluation.metrics import classification_metrics, medmnist_auc
 
 NAMES = ["a", "b", "c", "d"]
 

@@ -2,9 +2,9 @@ import keras
 import numpy as np
 import pytest
 
-from keras_blood.config import MODEL_CLASSES, Config
+from keras_blood.config.schema import MODEL_CLASSES, Config
 from keras_blood.errors import ConfigError
-from keras_blood.models import BUILDERS, build_model
+from keras_blood.models.registry import BUILDERS, build_model
 
 
 def model_config(**model):
@@ -86,7 +86,7 @@ def test_vgg16_resizes_small_inputs_and_freezes_its_base():
 
 
 def test_vgg16_preprocessing_matches_keras_applications():
-    from keras_blood.models import VGG16Preprocess
+    from keras_blood.models.vgg16 import VGG16Preprocess
 
     x = np.random.default_rng(1).uniform(0, 255, (2, 5, 5, 3)).astype("float32")
     expected = keras.applications.vgg16.preprocess_input(x.copy())
@@ -142,7 +142,7 @@ def test_resnet_upsample_out_of_range_names_the_key(value):
 
 @pytest.mark.parametrize("mode, views", [("flip", 2), ("d4", 8)])
 def test_tta_averages_over_views_and_is_invariant_to_them(mode, views):
-    from keras_blood.models import with_tta
+    from keras_blood.models.tta import with_tta
 
     keras.utils.set_random_seed(0)
     base = build_model(model_config(name="resnet", widths=[4], dropout=0.0), (8, 8, 3), 3)
@@ -163,7 +163,8 @@ def _views(x, mode):
 
 
 def test_an_ensemble_averages_its_members_probabilities():
-    from keras_blood.models import average_models, with_tta
+    from keras_blood.models.ensemble import average_models
+    from keras_blood.models.tta import with_tta
 
     keras.utils.set_random_seed(0)
     members = []
@@ -185,7 +186,7 @@ def test_an_ensemble_averages_its_members_probabilities():
 
 
 def test_d4_tta_needs_square_inputs():
-    from keras_blood.models import with_tta
+    from keras_blood.models.tta import with_tta
 
     base = build_model(model_config(name="resnet", widths=[4]), (8, 6, 3), 3)
     with pytest.raises(ConfigError, match="square"):

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_blood.cli import run_main
-from keras_blood.config import Config
-from keras_blood.export import export_model
-from keras_blood.models import build_model
-from keras_blood.predict import Progress, expand_inputs, main, predict, prepared_batches
-from keras_blood.preparation import decode_file, preparer
+from keras_blood.config.cli import run_main
+from keras_blood.config.schema import Config
+from keras_blood.models.registry import build_model
+from keras_blood.predict import main
+from keras_blood.preparation.decode import decode_file, preparer
+from keras_blood.serving.export import export_model
+from keras_blood.serving.predict import Progress, expand_inputs, predict, prepared_batches
 from tests.conftest import REPO, capture_from, encode
 
 CLASSES = ["basophil", "eosinophil", "erythroblast", "immature granulocyte",
@@ -132,7 +133,7 @@ def test_predict_agrees_with_the_bytes_signature(version, images, tmp_path):
 
 
 def test_the_pipeline_prepares_every_readable_file_as_the_eager_path_and_leaves_out_the_rest(version, images):
-    from keras_blood.export import load_version
+    from keras_blood.serving.version import load_version
 
     folder, good, bad = images
     entries = [(str(folder / name), "") for name in good + bad] + [("missing.jpg", "no such file or folder")]
@@ -237,7 +238,7 @@ def test_a_fifo_gets_an_error_row_instead_of_blocking(version, images, tmp_path)
 
 
 def test_a_crash_leaves_no_csv_and_no_temporary_file(version, images, tmp_path, monkeypatch):
-    from keras_blood.export import ExportedVersion
+    from keras_blood.serving.version import ExportedVersion
 
     folder, good, _ = images
     real, calls = ExportedVersion.serve, []

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from keras_blood.errors import ExportError
-from keras_blood.preparation import Preparation, decode_file, prepare, preparer
+from keras_blood.preparation.decode import Preparation, decode_file, prepare, preparer
 from tests.conftest import capture_from, encode
 
 BLOODMNIST = Preparation.from_json(

@@ -11,11 +11,13 @@ from pathlib import Path
 import keras
 import pytest
 
-from keras_blood import runs
-from keras_blood.callbacks import ResumableEarlyStopping
-from keras_blood.config import Config, load_config
+from keras_blood.config.loading import load_config
+from keras_blood.config.schema import Config
 from keras_blood.errors import ConfigError
-from keras_blood.train import resolve_resume, schedule_done
+from keras_blood.training import runs
+from keras_blood.training.callbacks import ResumableEarlyStopping
+from keras_blood.training.runs import resolve_resume
+from keras_blood.training.trainer import schedule_done
 from tests.conftest import REPO
 
 

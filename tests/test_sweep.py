@@ -6,10 +6,11 @@ import json
 import pytest
 import tensorflow as tf
 
-from keras_blood import sweep as sweep_module
-from keras_blood.cli import run_main
+from keras_blood import sweep as sweep_command
+from keras_blood.config.cli import run_main
+from keras_blood.config.sweep import load_sweep
 from keras_blood.errors import ConfigError
-from keras_blood.sweep_config import load_sweep
+from keras_blood.training import sweep as sweep_module
 from tests.conftest import KAGGLE_ROOT, REPO, image_folder
 
 pytestmark = pytest.mark.e2e
@@ -53,7 +54,7 @@ def test_sweep_resumes_and_writes_the_table(overrides, tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(sweep_module, "run_cell", interrupted_at_third)
     with pytest.raises(KeyboardInterrupt):
-        sweep_module.main(_args(overrides))
+        sweep_command.main(_args(overrides))
     assert sorted(p.stem for p in (results / "cells").glob("*.json")) == ["basic-color_extraction", "basic-original"]
 
     def counted(cell):
@@ -62,7 +63,7 @@ def test_sweep_resumes_and_writes_the_table(overrides, tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(sweep_module, "run_cell", counted)
     capsys.readouterr()
-    assert run_main(sweep_module.main, _args(overrides)) == 1
+    assert run_main(sweep_command.main, _args(overrides)) == 1
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(results)
     vgg16 = ["vgg16-original", "vgg16-color_extraction"]
     assert trained == [
@@ -105,7 +106,7 @@ def test_sweep_resumes_and_writes_the_table(overrides, tmp_path, monkeypatch, ca
     before = sorted(p.name for p in (results / "runs").iterdir() if p.is_dir())
     trained.clear()
     capsys.readouterr()
-    assert sweep_module.main(_args(overrides)) == 1
+    assert sweep_command.main(_args(overrides)) == 1
     assert trained == vgg16
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(results)
     assert sorted(p.name for p in (results / "runs").iterdir() if p.is_dir()) == before
@@ -133,7 +134,7 @@ def test_a_failing_cell_is_reported_and_the_others_run(overrides, tmp_path, monk
         return _fake_row(cell)
 
     monkeypatch.setattr(sweep_module, "run_cell", failing)
-    assert run_main(sweep_module.main, _args(overrides)) == 1
+    assert run_main(sweep_command.main, _args(overrides)) == 1
     out, err = capsys.readouterr()
     assert out.strip().splitlines()[-1] == str(results)
     assert "Traceback" in err and "ValueError" in err  # a bug keeps its traceback; a user's mistake does not
@@ -154,7 +155,7 @@ def test_a_failing_cell_is_reported_and_the_others_run(overrides, tmp_path, monk
     # The next run tries the failed cells again, and only those.
     trained.clear()
     errors.clear()
-    assert run_main(sweep_module.main, _args(overrides)) == 0
+    assert run_main(sweep_command.main, _args(overrides)) == 0
     assert trained == ["basic-color_extraction", "dropout03-original"]
     with open(results / "results.csv") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["ok"] * 4
@@ -190,12 +191,12 @@ def test_table_shows_missing_cells_and_models_outside_the_paper(overrides):
 
 
 def test_a_cell_killed_mid_training_continues_its_run_folder(overrides, tmp_path, capsys):
-    from keras_blood.runs import RunFolder
+    from keras_blood.training.runs import RunFolder
 
     overrides = [*overrides, "sweep.models=[basic]", "sweep.inputs=[original]"]
     (cell,) = load_sweep(GEORGETOWN, overrides).cells
     interrupted = RunFolder.create(cell.config)  # what a kill during its first epoch leaves
-    assert run_main(sweep_module.main, _args(overrides)) == 0
+    assert run_main(sweep_command.main, _args(overrides)) == 0
     assert f"continuing its interrupted run {interrupted.path}" in capsys.readouterr().out
     assert [p.name for p in interrupted.path.parent.iterdir()] == [interrupted.path.name]
     assert interrupted.finished

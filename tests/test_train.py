@@ -6,10 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from keras_blood import train as train_module
-from keras_blood.config import Config
+from keras_blood.config.schema import Config
 from keras_blood.errors import DataError
-from keras_blood.runs import RunFolder
+from keras_blood.training import task as task_module
+from keras_blood.training import trainer as train_module
+from keras_blood.training.runs import RunFolder
 from tests.conftest import synthetic_npz
 
 
@@ -55,8 +56,8 @@ def test_an_ensemble_with_tta_is_evaluated_and_exported_as_one_model(synthetic):
     metrics = result.metrics
     # The classes are separable by brightness: four epochs learn them.
     assert metrics["accuracy"] > 0.9 and metrics["without_tta"]["accuracy"] > 0.9
-    assert [m["seed"] for m in metrics["members"]] == train_module.member_seeds(config.seed, 2)
-    assert metrics["epochs_run"] == 8 and metrics["params"] == 2 * train_module.build(config, (28, 28, 3), 8).count_params()
+    assert [m["seed"] for m in metrics["members"]] == task_module.member_seeds(config.seed, 2)
+    assert metrics["epochs_run"] == 8 and metrics["params"] == 2 * task_module.build(config, (28, 28, 3), 8).count_params()
     assert result.model.name.endswith("_tta_d4")
     assert json.loads((result.run_dir / "status.json").read_text()) == {
         "state": "finished",

@@ -10,8 +10,9 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from keras_blood import train as train_module
-from keras_blood.config import load_config
+from keras_blood.config.loading import load_config
+from keras_blood.training import task as task_module
+from keras_blood.training import trainer as train_module
 from tests.conftest import REPO, serve_in_fresh_process
 
 pytestmark = pytest.mark.e2e
@@ -90,11 +91,11 @@ def test_an_ensemble_trains_each_member_on_its_own_seed_and_exports_one_model(qu
     assert ends[1] > ends[0]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     members = metrics["members"]
-    assert [m["seed"] for m in members] == train_module.member_seeds(config.seed, 2)
+    assert [m["seed"] for m in members] == task_module.member_seeds(config.seed, 2)
     assert members[0]["best_val_loss"] != members[1]["best_val_loss"]  # two seeds, two models
     assert metrics["epochs_run"] == 2  # how well an ensemble learns: tests/test_train.py
     single = load_config(REPO / "configs" / "best.yaml", quick_overrides + extra[:2])
-    from keras_blood.models import build_model
+    from keras_blood.models.registry import build_model
 
     assert metrics["params"] == 2 * build_model(single.model, (28, 28, 3), 8).count_params()
 

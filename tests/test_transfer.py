@@ -9,15 +9,20 @@ import keras
 import numpy as np
 import pytest
 
-from keras_blood import train as train_module
-from keras_blood.calibration import with_temperature
-from keras_blood.cli import run_main
-from keras_blood.config import Config, validate_config
-from keras_blood.datasets.bloodmnist import CLASS_NAMES
+from keras_blood import train as train_command
+from keras_blood.config.cli import run_main
+from keras_blood.config.loading import validate_config
+from keras_blood.config.schema import Config
+from keras_blood.data.builders.bloodmnist import CLASS_NAMES
 from keras_blood.errors import ConfigError
-from keras_blood.models import BUILDERS, average_models, named_layers, with_tta
-from keras_blood.runs import RunFolder
-from keras_blood.transfer import prepare_transfer, set_trainable, training_stages
+from keras_blood.models.ensemble import average_models
+from keras_blood.models.registry import BUILDERS, named_layers
+from keras_blood.models.temperature import with_temperature
+from keras_blood.models.tta import with_tta
+from keras_blood.training import task as task_module
+from keras_blood.training import trainer as train_module
+from keras_blood.training.runs import RunFolder
+from keras_blood.training.transfer import prepare_transfer, set_trainable, training_stages
 from tests.test_train import marked_npz
 
 KAGGLE = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]  # the Kaggle folders
@@ -46,7 +51,7 @@ def source_run(tmp_path, model, classes=CLASS_NAMES, ensemble=1):
     run = RunFolder.create(config)
     members = []
     for member in range(ensemble):
-        model = train_module.build(config, (28, 28, 3), len(classes), member=member if ensemble > 1 else None)
+        model = task_module.build(config, (28, 28, 3), len(classes), member=member if ensemble > 1 else None)
         members.append(model)
         model.save_weights(str(run.checkpoint(RunFolder.tag(member, ensemble))))
     (run.path / "metrics.json").write_text(json.dumps({"class_names": list(classes)}))
@@ -56,7 +61,7 @@ def source_run(tmp_path, model, classes=CLASS_NAMES, ensemble=1):
 def transferred(config: Config, class_names, input_shape=(28, 28, 3)):
     """A model of ``config`` with model.weights put in: (model, printed line, transfer)."""
     transfer = prepare_transfer(config)
-    model = train_module.build(config, input_shape, len(class_names))
+    model = task_module.build(config, input_shape, len(class_names))
     return model, transfer.apply(model, list(class_names)), transfer
 
 
@@ -94,7 +99,7 @@ def test_other_classes_and_sizes_keep_what_does_not_fit_fresh(tmp_path):
     run, (source,) = source_run(tmp_path, basic, classes=["basophil", "platelet"])
     config = make_config(tmp_path, {**basic, "weights": str(run)}, data={"name": "blood_cell_images", "classes": KAGGLE})
     transfer = prepare_transfer(config)
-    model = train_module.build(config, (64, 64, 3), 4)  # Kaggle cell crops: 64x64
+    model = task_module.build(config, (64, 64, 3), 4)  # Kaggle cell crops: 64x64
     fresh = {name: weights(model, name) for name in ("dense", "probabilities")}
     line = transfer.apply(model, KAGGLE)
     assert "3 of 4 layers copied" in line and "head new (no class in common" in line
@@ -107,14 +112,14 @@ def test_other_classes_and_sizes_keep_what_does_not_fit_fresh(tmp_path):
 
 def test_fine_tune_from_freezes_what_comes_before_it_whatever_was_built_first(tmp_path):
     cnn = {"name": "cnn", "filters": [4, 8], "dense_units": 8, "fine_tune_from": "dense"}
-    first = train_module.build(make_config(tmp_path, cnn), (28, 28, 3), 8)
-    second = train_module.build(make_config(tmp_path, cnn), (28, 28, 3), 8)
+    first = task_module.build(make_config(tmp_path, cnn), (28, 28, 3), 8)
+    second = task_module.build(make_config(tmp_path, cnn), (28, 28, 3), 8)
     assert [l.name for l in second.layers] != [l.name for l in first.layers]  # Keras numbered them on
     assert list(named_layers(second)) == list(named_layers(first))
     trainable = [name for name, layer in named_layers(second).items() if layer.weights and layer.trainable]
     assert trainable == ["dense", "probabilities"]
     with pytest.raises(ConfigError, match=r"'dens'.*allowed: conv2d, conv2d_1, dense, probabilities"):
-        train_module.build(make_config(tmp_path, {**cnn, "fine_tune_from": "dens"}), (28, 28, 3), 8)
+        task_module.build(make_config(tmp_path, {**cnn, "fine_tune_from": "dens"}), (28, 28, 3), 8)
 
 
 def test_an_ensemble_run_gives_its_first_member_and_a_checkpoint_its_own(tmp_path):
@@ -145,7 +150,7 @@ def fake_version(folder, exported, classes, run_dir=None):
 
 def test_an_exported_version_gives_the_model_inside_calibration_tta_and_the_ensemble(tmp_path):
     fnn = {"name": "fnn", "hidden_units": 8}
-    members = [train_module.build(make_config(tmp_path, fnn), (28, 28, 3), 8, member=k) for k in range(2)]
+    members = [task_module.build(make_config(tmp_path, fnn), (28, 28, 3), 8, member=k) for k in range(2)]
     exported = with_temperature(with_tta(average_models(members), "flip"), 0.5)  # as export writes it for best.yaml
     version = fake_version(tmp_path / "saved_models" / "source" / "1", exported, CLASS_NAMES)
     model, line, transfer = transferred(make_config(tmp_path, {**fnn, "weights": str(version)}), KAGGLE)
@@ -159,7 +164,7 @@ def test_vgg16_on_a_base_weights_file_trains_its_top_first(tmp_path):
     keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(str(base))
     config = make_config(tmp_path, {**SMALL["vgg16"], "weights": str(base)}, train={"transfer_schedule": "two_stage"})
     assert prepare_transfer(config) is None  # keras.applications reads it into the base
-    model = train_module.build(config, (28, 28, 3), 8)
+    model = task_module.build(config, (28, 28, 3), 8)
     first, second = training_stages(config, model, None, tmp_path / "backup")
     set_trainable(first.trainable)
     assert len(model.trainable_weights) == 4  # the top's two Dense layers
@@ -184,7 +189,7 @@ def cli(tmp_path, write_config, capsys):
             }
         )
         capsys.readouterr()
-        status = run_main(train_module.main, [str(path), *[f"--set={item}" for item in overrides]])
+        status = run_main(train_command.main, [str(path), *[f"--set={item}" for item in overrides]])
         assert not (tmp_path / "runs" / "new").exists()  # stopped before the run folder
         return status, capsys.readouterr().err
 
@@ -263,8 +268,8 @@ def test_two_stages_train_the_head_first_and_resume_where_they_stopped(tmp_path,
         output={"export_dir": str(tmp_path / "saved_models"), "publish": "always" if killed_after else "never"},
     )  # fmt: skip
     seen, kill = [], {"after": killed_after}
-    callbacks = train_module.training_callbacks
-    monkeypatch.setattr(train_module, "training_callbacks", lambda *args: callbacks(*args) + [Probe(seen, kill)])
+    callbacks = train_module.Trainer.callbacks
+    monkeypatch.setattr(train_module.Trainer, "callbacks", lambda *args: callbacks(*args) + [Probe(seen, kill)])
     with pytest.raises(KeyboardInterrupt):
         train_module.train(config)
     (run_dir,) = (tmp_path / "runs" / "target").iterdir()

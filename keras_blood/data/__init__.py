@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from keras_blood.config import DataConfig
+from keras_blood.config.schema import DataConfig
 from keras_blood.data.base import DataBundle, Split
 from keras_blood.errors import ConfigError
 

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from keras_blood.config import AugmentConfig
+from keras_blood.config.schema import AugmentConfig
+from keras_blood.preparation.color import gaussian_blur
 
 Batch = tuple[tf.Tensor, tf.Tensor]
 
@@ -57,7 +58,6 @@ def color_jitter(images: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
 def random_sharpen(images: tf.Tensor, amount: float) -> tf.Tensor:
     """Unsharp masking by a random amount in [0, ``amount``] per image (Gaussian sigma 1):
     images as sharp as another microscope's, from a training set's softer ones."""
-    from keras_blood.segmentation import gaussian_blur  # segmentation imports config; keep this module light
 
     detail = images - gaussian_blur(images, 5, 1.0)
     return tf.clip_by_value(images + _per_sample(images, [1, 1, 1], 0.0, amount) * detail, 0.0, 255.0)

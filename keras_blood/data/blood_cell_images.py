@@ -1,5 +1,5 @@
 """Kaggle "Blood Cell Images" (Mooney 2018), the Georgetown study's data: 4 white-cell classes,
-read through the TFDS builder ``blood_cell_images`` (keras_blood.datasets.blood_cell_images),
+read through the TFDS builder ``blood_cell_images`` (keras_blood.data.builders.blood_cell_images),
 prepared once in ``data.tfds_dir``.
 
 ``data.root`` (the builder's manual folder) holds ``TRAIN/`` and ``TEST/`` (and optionally
@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_blood.config import DataConfig
+from keras_blood.config.schema import DataConfig
 from keras_blood.data import register
 from keras_blood.data.base import DataBundle, Split, match_classes, missing_classes
+from keras_blood.data.builders import blood_cell_images as source
 from keras_blood.data.prepared import prepared_builder, read_all, read_only, stamp
 from keras_blood.errors import DataError
 
@@ -33,7 +34,6 @@ SPLITS = {"train": "train", "validation": "val", "test": "test", "test_simple": 
 
 @register("blood_cell_images", tuple(SPLITS.values()))
 def load_blood_cell_images(config: DataConfig, seed: int = 0) -> DataBundle:
-    from keras_blood.datasets import blood_cell_images as source
 
     given = config.given_root()
     root = given or DEFAULT_ROOT.expanduser()

@@ -1,5 +1,5 @@
 """BloodMNIST (MedMNIST v2): 8 blood-cell classes, read through the TFDS builder
-``bloodmnist/<size>`` (keras_blood.datasets.bloodmnist), prepared once in ``data.tfds_dir``.
+``bloodmnist/<size>`` (keras_blood.data.builders.bloodmnist), prepared once in ``data.tfds_dir``.
 
 ``data.root`` is the builder's manual folder. Where it holds the size's ``.npz``, the
 prepared copy is made from that file (again if the file changes). Where it does not: with
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_blood.config import DataConfig
+from keras_blood.config.schema import DataConfig
 from keras_blood.data import register
 from keras_blood.data.base import DataBundle, Split, missing_classes
+from keras_blood.data.builders import bloodmnist as source
 from keras_blood.data.prepared import prepared_builder, read_all, read_only, stamp
 from keras_blood.errors import DataError
 
@@ -28,7 +29,6 @@ SPLITS = {"train": "train", "validation": "val", "test": "test"}
 
 @register("bloodmnist", tuple(SPLITS.values()))
 def load_bloodmnist(config: DataConfig, seed: int = 0) -> DataBundle:
-    from keras_blood.datasets import bloodmnist as source
 
     size = config.image_size
     given = config.given_root()

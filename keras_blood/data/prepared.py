@@ -1,11 +1,11 @@
-"""A TFDS builder of keras_blood.datasets, prepared once in ``data.tfds_dir`` and reused.
+"""A TFDS builder of keras_blood.data.builders, prepared once in ``data.tfds_dir`` and reused.
 
 A prepared copy is reused while the source it was made from is unchanged; a source that
 changed (another ``data.root``, files added or replaced) is prepared again. Preparing
 takes a lock, so workers that start together prepare once; it first removes what a
 killed prepare left (TFDS's ``incomplete.*`` folder), and on failure removes what it
 created. No GCS look-up: TFDS is told not to try its bucket, and the builders never ask it
-for metadata (keras_blood.datasets.info).
+for metadata (keras_blood.data.builders.info).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def prepared_builder(
     """
     import tensorflow_datasets as tfds
 
-    import keras_blood.datasets  # noqa: F401  (registers the builders)
+    import keras_blood.data.builders  # noqa: F401  (registers the builders)
 
     def builder():
         return tfds.builder(name, config=config, data_dir=os.fspath(tfds_dir))

@@ -1,6 +1,6 @@
 """TFDS builders for keras-blood's two data sources. Importing this package registers them:
 
-    import keras_blood.datasets
+    import keras_blood.data.builders
     import tensorflow_datasets as tfds
 
     train = tfds.load("bloodmnist/64", split="train", as_supervised=True, data_dir=D)
@@ -11,7 +11,7 @@ A prepared copy needs neither this package nor keras-blood: ``tfds.builder_from_
 D / "bloodmnist" / "64" / "1.0.0")`` reads it.
 """
 
-from keras_blood.datasets.blood_cell_images import BloodCellImages
-from keras_blood.datasets.bloodmnist import Bloodmnist
+from keras_blood.data.builders.blood_cell_images import BloodCellImages
+from keras_blood.data.builders.bloodmnist import Bloodmnist
 
 __all__ = ["BloodCellImages", "Bloodmnist"]

@@ -1,6 +1,6 @@
 """Kaggle "Blood Cell Images" (Mooney 2018) as a TFDS builder: 4 white-cell classes, 320x240 JPEGs.
 
-    import keras_blood.datasets, tensorflow_datasets as tfds
+    import keras_blood.data.builders, tensorflow_datasets as tfds
     val = tfds.load("blood_cell_images", split="validation", data_dir=D,
                     download_and_prepare_kwargs={"download_config": tfds.download.DownloadConfig(manual_dir=M)})
 
@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from keras_blood.datasets.info import LocalDatasetInfo, manual_folder
+from keras_blood.data.base import match_classes
+from keras_blood.data.builders.info import LocalDatasetInfo, manual_folder
 from keras_blood.errors import DataError
 
 SOURCE_URL = "https://www.kaggle.com/datasets/paultimothymooney/blood-cells"
@@ -240,7 +241,6 @@ class BloodCellImages(tfds.core.GeneratorBasedBuilder):
         root = manual_folder(dl_manager)
         class_names = check_layout(root)
         if config.classes:
-            from keras_blood.data.base import match_classes
 
             class_names = match_classes(class_names, list(config.classes))
         self.info.features["label"].names = class_names

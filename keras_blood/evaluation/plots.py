@@ -5,7 +5,7 @@ summaries render into memory)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import matplotlib
 
@@ -15,10 +15,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, roc_curve  # noqa: E402
 
-from keras_blood.metrics import ECE_BINS, expected_calibration_error, one_vs_rest_aucs, reliability_bins  # noqa: E402
-
-if TYPE_CHECKING:
-    from keras_blood.config import DataConfig
+from keras_blood.config.schema import DataConfig  # noqa: E402
+from keras_blood.evaluation.metrics import ECE_BINS, expected_calibration_error, one_vs_rest_aucs, reliability_bins  # noqa: E402
+from keras_blood.preparation.cell_crop import cut_cell  # noqa: E402
+from keras_blood.preparation.color import color_mask, extract_colors  # noqa: E402
 
 Target = Path | BinaryIO
 
@@ -152,11 +152,9 @@ def sample_images(images: np.ndarray, labels: np.ndarray, per_class: int, seed: 
     return np.asarray(picks, dtype=np.int64)
 
 
-def color_panels(images: np.ndarray, data: "DataConfig", extract: bool = True) -> dict[str, np.ndarray]:
+def color_panels(images: np.ndarray, data: DataConfig, extract: bool = True) -> dict[str, np.ndarray]:
     """Columns of uint8 pictures, by title: original, mask (white on black), the cell crop
     (when data.cell_crop is on) and, with ``extract``, the colour-extraction image."""
-    from keras_blood.segmentation import color_mask, cut_cell, extract_colors
-
     mask = color_mask(images, data.color).numpy()
     panels = {"original": images, "mask": np.repeat(mask[..., None].astype(np.uint8) * 255, 3, axis=-1)}
     seen = images
@@ -168,7 +166,7 @@ def color_panels(images: np.ndarray, data: "DataConfig", extract: bool = True) -
 
 
 def plot_color_extraction(
-    images: np.ndarray, labels: np.ndarray, class_names: list[str], data: "DataConfig", path: Path, extract: bool = True
+    images: np.ndarray, labels: np.ndarray, class_names: list[str], data: DataConfig, path: Path, extract: bool = True
 ) -> Path:
     """A PNG with one row per sample and one column per :func:`color_panels` picture."""
     panels = color_panels(images, data, extract)
@@ -189,7 +187,7 @@ def plot_color_extraction(
     return path
 
 
-def log_color_extraction(split, class_names: list[str], data: "DataConfig", run_dir: Path, seed: int = 0) -> None:
+def log_color_extraction(split, class_names: list[str], data: DataConfig, run_dir: Path, seed: int = 0) -> None:
     """What the cell crop and colour extraction do to real training images, for a run
     folder: a PNG (``color_extraction.png``) and the same pictures as TensorBoard images
     (``logs/color_extraction``)."""

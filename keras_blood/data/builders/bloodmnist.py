@@ -1,6 +1,6 @@
 """BloodMNIST (MedMNIST v2) as a TFDS builder: 8 blood-cell classes at 28, 64, 128 or 224 px.
 
-    import keras_blood.datasets, tensorflow_datasets as tfds
+    import keras_blood.data.builders, tensorflow_datasets as tfds
     train = tfds.load("bloodmnist/64", split="train", as_supervised=True, data_dir=D)
 
 One config per size (``28`` ... ``224``), one MedMNIST ``.npz`` each, read with NumPy (the
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from keras_blood.data.download import download, md5sum
-from keras_blood.datasets.info import LocalDatasetInfo, manual_folder
+from keras_blood.data.builders.download import download, md5sum
+from keras_blood.data.builders.info import LocalDatasetInfo, manual_folder
 from keras_blood.errors import DataError
 
 RECORD = "https://zenodo.org/records/10519652/files"

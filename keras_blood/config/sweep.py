@@ -1,7 +1,7 @@
 """Sweep files: an experiment config without `model`, plus a `sweep` section.
 
 The section names the models and inputs to cross; every cell (model x input) is a full
-:class:`~keras_blood.config.Config`, validated before anything runs. Like config.py,
+:class:`~keras_blood.config.schema.Config`, validated before anything runs. Like keras_blood.config.loading,
 this module imports no TensorFlow, so a bad sweep file is reported in a fraction of a
 second.
 """
@@ -14,17 +14,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from keras_blood.config import (
-    Config,
-    ModelConfig,
-    _format_error,
+from keras_blood.config.loading import (
     _read_file,
     _source,
-    _Strict,
     apply_overrides,
+    describe_error,
     validate_config,
     with_output_name,
 )
+from keras_blood.config.schema import Config, ModelConfig, _Strict
 from keras_blood.errors import ConfigError
 
 SWEEP_INPUTS = ("original", "color_extraction")
@@ -85,23 +83,17 @@ class Sweep(BaseModel):
     cells: list[SweepCell]
 
 
-def _format_sweep_error(err: dict[str, Any], raw_sweep: dict[str, Any]) -> str:
+def _describe_sweep_error(err: dict[str, Any], raw_sweep: dict[str, Any]) -> str:
     loc = [str(p) for p in err["loc"]]
     # As validated: a list of models keyed by name, so its errors name the model too.
     models = SweepSpec._name_defaults_to_label(raw_sweep.get("models"))
-    in_a_model = len(loc) >= 2 and loc[0] == "models" and isinstance(models, dict)
-    if in_a_model and isinstance(models.get(loc[1]), dict | None):
-        # Reuse the experiment formatter as if this were the `model` section.
+    if len(loc) >= 2 and loc[0] == "models" and isinstance(models, dict) and isinstance(models.get(loc[1]), dict | None):
+        # An error inside one model: described as the `model` section of an experiment.
         label = loc[1]
         model_raw = {"model": {"name": label, **(models.get(label) or {})}}
-        message = _format_error({**err, "loc": ("model", *err["loc"][2:])}, model_raw)
+        message = describe_error({**err, "loc": ("model", *err["loc"][2:])}, model_raw)
         return f"sweep.models.{label}{message.removeprefix('model')}"
-    key = "sweep." + ".".join(loc) if loc else "sweep"
-    if err["type"] == "extra_forbidden":
-        return f"{key}: unknown key; allowed keys here: {', '.join(SweepSpec.model_fields)}"
-    if err["type"] == "missing":
-        return f"{key}: required key is missing"
-    return f"{key} = {err['input']!r}: {err['msg'].removeprefix('Value error, ')}"
+    return describe_error(err, raw_sweep, root=SweepSpec, prefix="sweep.")
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
@@ -116,7 +108,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     try:
         spec = SweepSpec.model_validate(raw_sweep)
     except ValidationError as exc:
-        problems = "; ".join(_format_sweep_error(e, raw_sweep) for e in exc.errors())
+        problems = "; ".join(_describe_sweep_error(e, raw_sweep) for e in exc.errors())
         raise ConfigError(f"{path}: {problems}") from None
     base = validate_config({**raw, "model": next(iter(spec.models.values())).model_dump()}, str(path))
     results_dir = spec.results_dir or base.output.runs_dir / base.name

@@ -1,6 +1,6 @@
 """Data-parallel training over several processes with MultiWorkerMirroredStrategy.
 
-Every worker runs the same command; ``TF_CONFIG`` (see :mod:`keras_blood.runtime`) tells
+Every worker runs the same command; ``TF_CONFIG`` (see :mod:`keras_blood.training.runtime`) tells
 each which one it is. Each worker reads its own shard of the training split and computes
 gradients on ``train.batch_size / workers`` images a step; the strategy all-reduces the
 gradients, so every worker applies the same update and holds the same weights.

@@ -1,4 +1,4 @@
-"""Keras metrics that keep what the validation views need (keras_blood.callbacks), so they
+"""Keras metrics that keep what the validation views need (keras_blood.training.callbacks), so they
 come from the validation pass Keras already makes each epoch instead of a second one.
 
 Compiled with the model, they also report on the training batches (``f1_macro``,
@@ -58,7 +58,7 @@ class ScoreHistogram(keras.metrics.Metric):
     ``floor(score * (buckets - 1))``, so the last holds a score of exactly 1.
 
     ``result()`` is the mean one-vs-rest ROC AUC over the classes that have positives and
-    negatives, i.e. MedMNIST's AUC (keras_blood.metrics.medmnist_auc), except that scores
+    negatives, i.e. MedMNIST's AUC (keras_blood.evaluation.metrics.medmnist_auc), except that scores
     in one bucket count as ties: with the default 1,001 buckets (width 1e-3) it agrees
     with the exact figure to about 1e-4 on a trained model's scores (less where most
     scores fall in a few buckets, as an untrained model's do). Ten times the buckets

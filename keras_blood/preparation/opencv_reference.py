@@ -1,5 +1,5 @@
 """OpenCV reference for colour extraction: the same steps as
-:func:`keras_blood.segmentation.extract_colors`, written with cv2 calls, one image at a
+:func:`keras_blood.preparation.color.extract_colors`, written with cv2 calls, one image at a
 time. Tests check the TensorFlow version against it; benchmarks time both."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from keras_blood.config import ColorConfig
+from keras_blood.config.schema import ColorConfig
 
 
 def extract_colors_cv2(image: np.ndarray, cfg: ColorConfig, return_mask: bool = False):

@@ -12,8 +12,8 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 
-from keras_blood.keras_metrics import ConfusionMatrix, ScoreHistogram
-from keras_blood.plots import plot_confusion_matrix
+from keras_blood.evaluation.plots import plot_confusion_matrix
+from keras_blood.training.keras_metrics import ConfusionMatrix, ScoreHistogram
 
 
 def tag(name: str) -> str:
@@ -29,7 +29,7 @@ def compiled_metric(model: keras.Model, kind: type) -> keras.metrics.Metric:
         if isinstance(metric, kind):
             return metric
         stack += getattr(metric, "metrics", [])  # Keras's container of the compiled metrics
-    raise ValueError(f"compile the model with keras_blood.keras_metrics.validation_metrics(): no {kind.__name__}")
+    raise ValueError(f"compile the model with keras_blood.training.keras_metrics.validation_metrics(): no {kind.__name__}")
 
 
 class ValidationTensorBoard(keras.callbacks.TensorBoard):
@@ -40,7 +40,7 @@ class ValidationTensorBoard(keras.callbacks.TensorBoard):
     - ``epoch_f1_macro`` and ``epoch_auc`` scalars beside Keras's ``epoch_accuracy``.
 
     All of them come from the validation pass Keras already makes: the model is compiled
-    with ``keras_blood.keras_metrics.validation_metrics``, whose variables hold that
+    with ``keras_blood.training.keras_metrics.validation_metrics``, whose variables hold that
     pass's confusion matrix and score histogram when the epoch ends (nothing is predicted
     again), and Keras's own scalars include their results, ``f1_macro`` and ``auc``.
 

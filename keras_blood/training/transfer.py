@@ -30,50 +30,18 @@ from typing import Any
 
 import keras
 
-from keras_blood.config import Config, VGG16Config, load_config
+from keras_blood.config.loading import load_config
+from keras_blood.config.paths import weights_kind
+from keras_blood.config.schema import Config, VGG16Config
+from keras_blood.data.blood_cell_images import DEFAULT_ROOT
+from keras_blood.data.builders.blood_cell_images import FOLDERS, class_folders
+from keras_blood.data.builders.bloodmnist import CLASS_NAMES
 from keras_blood.errors import ConfigError, ExportError
-from keras_blood.export import load_keras_model
-from keras_blood.models import HEAD, build_model, named_layers
-from keras_blood.runs import FINE_TUNE_BACKUP, STATUS, RunFolder
-
+from keras_blood.models.registry import HEAD, build_model, named_layers
+from keras_blood.serving.version import load_keras_model
+from keras_blood.training.runs import FINE_TUNE_BACKUP, RunFolder
 
 # ----------------------------------------------------------------------------- sources
-
-
-def _is_run(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and (path / STATUS).is_file()
-
-
-def _is_version(path: Path) -> bool:
-    return (path / "saved_model.pb").is_file() and (path / "assets.extra" / "config.yaml").is_file()
-
-
-def _is_checkpoint(path: Path) -> bool:
-    return path.name.endswith(".weights.h5") and path.parent.name == "checkpoints" and _is_run(path.parent.parent)
-
-
-def weights_kind(value: str) -> str:
-    """What ``model.weights`` names: ``none``, ``imagenet``, ``run``, ``checkpoint``,
-    ``version`` or ``file`` (a plain Keras weights file)."""
-    if value.lower() in ("none", "imagenet"):
-        return value.lower()
-    path = Path(value).expanduser()
-    if path.is_file():
-        return "checkpoint" if _is_checkpoint(path) else "file"
-    if not path.is_dir():
-        raise ConfigError(
-            f"model.weights = {value!r}: no such file or folder; use none, a keras-blood run folder, "
-            "checkpoint or exported version, or a Keras weights file"
-        )
-    if _is_run(path):
-        return "run"
-    if _is_version(path):
-        return "version"
-    raise ConfigError(
-        f"model.weights = {value!r}: not a keras-blood run folder (config.yaml and {STATUS}) nor an "
-        "exported version (saved_model.pb and assets.extra/); e.g. runs/best/20250101-120000 "
-        "or saved_models/best/3"
-    )
 
 
 @dataclass
@@ -130,11 +98,8 @@ def _run_classes(run: Path, config: Config) -> list[str]:
     if data.classes:
         return list(data.classes)
     if data.name == "bloodmnist":
-        from keras_blood.datasets.bloodmnist import CLASS_NAMES
 
         return list(CLASS_NAMES)
-    from keras_blood.data.blood_cell_images import DEFAULT_ROOT
-    from keras_blood.datasets.blood_cell_images import FOLDERS, class_folders
 
     folder = (data.given_root() or DEFAULT_ROOT.expanduser()) / FOLDERS["train"]
     if folder.is_dir():

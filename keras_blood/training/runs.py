@@ -13,26 +13,18 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from keras_blood.config import Config, load_config
+from keras_blood.config.loading import load_config, save_config
+from keras_blood.config.paths import STATUS
+from keras_blood.config.schema import Config
 from keras_blood.errors import ConfigError
-from keras_blood.folders import new_folder
+from keras_blood.files import new_folder, write_atomic
 
-STATUS = "status.json"
 RUNNING, TRAINED, FINISHED = "training", "trained", "finished"
 FINE_TUNE_BACKUP = "fine-tune"  # inside a member's backup: the second stage of a two-stage run
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class RunFolder:
@@ -43,8 +35,6 @@ class RunFolder:
 
     @classmethod
     def create(cls, config: Config) -> "RunFolder":
-        from keras_blood.config import save_config
-
         run = cls(new_folder(config.output.runs_dir / config.name))
         save_config(config, run.path / "config.yaml")
         (run.path / "checkpoints").mkdir()
@@ -164,3 +154,28 @@ def first_difference(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> 
         elif left != right:
             return f"{prefix}{key} ({left!r} in the run, {right!r} now)"
     return None
+
+
+def resolve_resume(resume: str, config_path: str | None, overrides: list[str]) -> tuple[Config, RunFolder]:
+    """``--resume RUN_DIR`` or ``--resume latest CONFIG``: the run to continue and its config."""
+    if resume != "latest":
+        if config_path or overrides:
+            raise ConfigError(
+                f"--resume {resume}: the run's own config.yaml is used; drop the CONFIG/--set "
+                "arguments (or use --resume latest CONFIG to find the run from a config)"
+            )
+        run = RunFolder.open(Path(resume))
+        return run.config, run
+    if not config_path:
+        raise ConfigError("--resume latest needs the CONFIG whose newest unfinished run to continue")
+    config = load_config(config_path, overrides)
+    run = latest_unfinished(config)
+    if run is None:
+        raise ConfigError(
+            f"--resume latest: no unfinished run of {config.name!r} under {config.output.runs_dir / config.name}; "
+            f"start one with: python -m keras_blood.train {config_path}"
+        )
+    difference = first_difference(run.config.to_dict(), config.to_dict())
+    if difference:
+        raise ConfigError(f"--resume latest: {run.path} was started with other settings: {difference}")
+    return run.config, run

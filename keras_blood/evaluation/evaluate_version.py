@@ -1,0 +1,180 @@
+"""Evaluate an exported model version again, on a split of the data its config names.
+
+    python -m keras_blood.evaluate saved_models/dropout03/1 [--split test] [--set data.root=DIR ...]
+
+The version's recorded config (``assets.extra/config.yaml``, ``--set`` overrides applied)
+says which data to load, with the same seed and ``data.max_examples`` slice as the
+training run; the exported ``serving_default`` signature, exactly what a server runs,
+makes the predictions. The report goes to a new folder,
+``<output-dir>/<name>-v<version>-<split>-<timestamp>/``:
+
+    metrics.json        accuracy, macro precision / recall / F1, MedMNIST AUC, calibration
+                        (ECE in 15 bins, Brier score, NLL), per class
+    per_class.csv       class, precision, recall, f1, support, auc (one-vs-rest)
+    confusion_matrix.png  counts and row-normalised
+    roc_curves.png      one-vs-rest ROC curve per class
+    reliability.png     accuracy against confidence (the ECE's bins)
+    mistakes.png        the most confident mistakes: image, true and predicted class, probability
+    gradcam_mistakes.png  the same mistakes with the Grad-CAM map of the predicted class
+                        (:mod:`keras_blood.explain`); a version without model.keras gets
+                        gradcam_mistakes.txt saying why instead
+
+The last line printed is the report folder's path.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from keras_blood.config.loading import load_config
+from keras_blood.config.paths import version_config_file
+from keras_blood.data import SPLIT_NAMES, load_data
+from keras_blood.errors import ConfigError, DataError
+from keras_blood.evaluation.gradcam import gradcam_panel
+from keras_blood.evaluation.metrics import classification_metrics, one_vs_rest_aucs, per_class_table, summary_line
+from keras_blood.evaluation.plots import (
+    plot_confusion_matrix,
+    plot_image_grid,
+    plot_reliability_diagram,
+    plot_roc_curves,
+)
+from keras_blood.files import new_folder
+from keras_blood.serving.version import load_version
+
+MISTAKES_SHOWN = 25
+# Training reports metrics to 4 decimals; a re-evaluation that differs by more is a real difference.
+TOLERANCE = 5e-4
+COMPARED = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "auc", "ece", "brier", "nll")
+
+
+@dataclass
+class EvaluateResult:
+    report_dir: Path
+    metrics: dict[str, Any]
+    labels: Any  # int [N], in the split's order
+    probs: Any  # float [N, classes]
+
+
+def evaluate(
+    version_dir: str | Path,
+    overrides: Sequence[str] = (),
+    split: str = "test",
+    output_dir: Path = Path("reports"),
+) -> EvaluateResult:
+    version_dir = Path(version_dir)
+    recorded_config = version_config_file(version_dir)
+    config = load_config(recorded_config, list(overrides))
+
+    possible = SPLIT_NAMES[config.data.name]
+    if split not in possible:  # said before loading, which starts TensorFlow (and its log lines)
+        raise DataError(f"--split {split!r}: data source {config.data.name!r} has splits {sorted(possible)}")
+    data = load_data(config.data, config.seed)
+    if split not in data.splits or len(data.splits[split]) == 0:
+        raise DataError(f"--split {split!r}: data source {data.name!r} has splits {sorted(data.splits)}")
+
+    import numpy as np
+    import tensorflow as tf
+
+    version = load_version(version_dir)
+    if data.class_names != version.class_names:
+        raise DataError(
+            f"{version_dir} predicts {version.class_names} but the data has classes {data.class_names}"
+        )
+    expected = tuple(version.serve.structured_input_signature[1]["pixels"].shape[1:])
+    if data.image_shape != expected:
+        raise ConfigError(
+            f"the data gives {data.image_shape} images but {version_dir} takes {expected}; "
+            "check data.image_size"
+        )
+
+    images, labels = data.splits[split].images, data.splits[split].labels
+    batch = config.train.batch_size
+    print(f"Evaluating {version_dir} on {data.name} {split} ({len(labels)} images) ...", flush=True)
+    probs = np.concatenate(
+        [
+            version.serve(pixels=tf.constant(images[i : i + batch]))["probabilities"].numpy()
+            for i in range(0, len(labels), batch)
+        ]
+    )
+    metrics = classification_metrics(labels, probs, data.class_names)
+    metrics.update(split=split, model_version=str(version_dir))
+
+    title = f"{version.name} v{version.number} {split}"
+    report_dir = new_folder(output_dir, f"{version.name}-v{version.number}-{split}-")
+    (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_per_class_csv(metrics, one_vs_rest_aucs(labels, probs), report_dir / "per_class.csv")
+    names = data.class_names
+    plot_confusion_matrix(metrics["confusion_matrix"], names, report_dir / "confusion_matrix.png", title)
+    plot_roc_curves(labels, probs, names, report_dir / "roc_curves.png", title)
+    plot_reliability_diagram(labels, {"served": probs}, report_dir / "reliability.png", title)
+    shown = most_confident_mistakes(labels, probs, MISTAKES_SHOWN)
+    predictions = probs.argmax(1)
+    captions = [
+        f"#{i} true {names[labels[i]]}\npred {names[predictions[i]]} ({probs[i].max():.2f})"
+        for i in shown
+    ]
+    plot_image_grid(images[shown], captions, report_dir / "mistakes.png", f"{title}: most confident mistakes")
+
+    panel = report_dir / "gradcam_mistakes.png"
+    print(gradcam_panel(version_dir, config, images[shown], captions, panel, f"{title}: most confident mistakes"))
+
+    print(f"\n{title}: {summary_line(metrics)}")
+    print(per_class_table(metrics))
+    print(compare_with_training(metrics, version.extra / "metrics.json"))
+    return EvaluateResult(report_dir, metrics, labels, probs)
+
+
+def most_confident_mistakes(labels, probs, count: int):
+    """Indices of wrong predictions, the most confident first."""
+    import numpy as np
+
+    predictions = probs.argmax(1)
+    wrong = np.flatnonzero(predictions != labels)
+    return wrong[np.argsort(-probs[wrong, predictions[wrong]], kind="stable")][:count]
+
+
+def write_per_class_csv(metrics: dict[str, Any], aucs: list[float], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "precision", "recall", "f1", "support", "auc"])
+        for (name, row), auc in zip(metrics["per_class"].items(), aucs):
+            writer.writerow(
+                [
+                    name,
+                    f"{row['precision']:.6f}",
+                    f"{row['recall']:.6f}",
+                    f"{row['f1-score']:.6f}",
+                    int(row["support"]),
+                    "" if math.isnan(auc) else f"{auc:.6f}",
+                ]
+            )
+
+
+def compare_with_training(metrics: dict[str, Any], recorded_path: Path) -> str:
+    """One line: do these figures equal those the training run recorded for this split?"""
+    try:
+        recorded = json.loads(recorded_path.read_text())
+    except (OSError, ValueError):
+        return "The training run's metrics are not recorded with this version; nothing to compare."
+    if (recorded.get("split"), recorded.get("num_examples")) != (metrics["split"], metrics["num_examples"]):
+        return (
+            f"Training recorded metrics for {recorded.get('split')} (n={recorded.get('num_examples')}), "
+            f"not this {metrics['split']} set (n={metrics['num_examples']}); nothing to compare."
+        )
+    gaps = {key: _gap(metrics[key], recorded[key]) for key in COMPARED if key in recorded}
+    worst = max(gaps, key=gaps.__getitem__)
+    verdict = "match" if all(gap <= TOLERANCE for gap in gaps.values()) else "DIFFER from"
+    return f"These figures {verdict} the training run's (largest gap: {worst} {gaps[worst]:.6f})."
+
+
+def _gap(a: float, b: float) -> float:
+    # AUC is NaN on both sides when a tiny slice lacks a class: that is agreement.
+    if math.isnan(a) or math.isnan(b):
+        return 0.0 if math.isnan(a) and math.isnan(b) else math.inf
+    return abs(a - b)

@@ -1,0 +1,152 @@
+"""The serving graph: a trained model exported as a SavedModel in TensorFlow Serving's layout
+(``<export_dir>/<output.name>/<version>/``), published by :mod:`keras_blood.serving.publish`.
+
+The ``serving_default`` signature takes raw uint8 pixels at the model's input size; the
+``serving_bytes`` signature takes encoded image files of any size and applies the
+version's recorded preparation (:mod:`keras_blood.preparation.decode`) in-graph first.
+Everything else happens in-graph too: the cell crop and colour extraction when the config
+turns them on. Beside them, ``model.keras`` keeps the same model (TTA and ensemble
+wrappers included) in Keras's native format
+(:func:`keras_blood.serving.version.load_keras_model`); the cell crop and colour
+extraction are not in it. ``assets.extra/`` records the config, metrics, class names,
+preparation, signature and the run the version came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from keras_blood.config.loading import save_config
+from keras_blood.config.schema import Config
+from keras_blood.errors import ExportError
+from keras_blood.files import make_readable, staging
+from keras_blood.preparation.decode import Preparation, decode, prepare
+from keras_blood.preparation.steps import make_preprocess
+from keras_blood.serving.publish import (
+    STAGING_PREFIX,
+    NotPublished,
+    check_export_target,
+    export_base,
+    host_name,
+    not_better_reason,
+    publish_version,
+    remove_stale_staging,
+    skip_reason,
+)
+from keras_blood.serving.version import BYTES_SIGNATURE, KERAS_MODEL, OUTPUT_KEY, RUN_RECORD, SIGNATURE, Signature
+
+
+def export_model(
+    model: keras.Model,
+    config: Config,
+    class_names: list[str],
+    metrics: dict[str, Any],
+    preparation: dict[str, Any] | None = None,
+    run: Path | None = None,
+) -> Path:
+    """Publish a new version of ``output.name`` and return its folder.
+
+    ``run``: the run folder that trained the model, recorded in ``assets.extra/run.json``
+    (:func:`keras_blood.serving.publish.find_run_version` finds the version again, so a resumed run publishes once).
+
+    Raises :class:`NotPublished` (its message the reason, one line) when ``output.publish``
+    or ``output.publish_if_better`` declines, and :class:`ExportError` when the name's
+    published versions have another signature or the folder is not writable.
+    """
+    reason = skip_reason(config)
+    if reason:
+        raise NotPublished(reason)
+    # A server sends whole images at the data's size; a cell crop (if any) happens in-graph.
+    height, width = config.data.height_width
+    channels = model.input_shape[-1]
+    signature = Signature((height, width, channels), "uint8", tuple(class_names))
+    recipe = {"input_size": [height, width], **(preparation or {})}
+    prep = Preparation.from_json(recipe)
+    if prep.size != (height, width):
+        raise ExportError(f"preparation resizes to {list(prep.size)} but the model takes {height}x{width}")
+    check_export_target(config, class_names, signature.input_shape)
+    reason = not_better_reason(config, metrics)
+    if reason:
+        raise NotPublished(reason)
+    base = export_base(config)
+    base.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(base)
+    recipe.update(in_graph_steps(config))
+    with staging(base, prefix=f"{STAGING_PREFIX}{host_name()}-{os.getpid()}-", folder=True) as stage:
+        serving_archive(model, config, prep).write_out(str(stage.path), verbose=False)
+        model.save(stage.path / KERAS_MODEL)
+        write_records(stage.path / "assets.extra", config, metrics, class_names, recipe, signature, run)
+        make_readable(stage.path)
+        return publish_version(stage, config, signature)
+
+
+def in_graph_steps(config: Config) -> dict[str, Any]:
+    """The preparation the serving graph does itself, recorded so that a reader of the
+    version knows it."""
+    steps: dict[str, Any] = {}
+    if config.data.cell_crop is not None:
+        steps["cell_crop"] = config.data.cell_crop.model_dump(mode="json")
+    if config.data.color_extraction:
+        steps["color_extraction"] = config.data.color.model_dump(mode="json")
+    return steps
+
+
+def serving_archive(model: keras.Model, config: Config, prep: Preparation) -> keras.export.ExportArchive:
+    """``model`` behind its two signatures: uint8 pixels at the data's size, and image files."""
+    height, width = config.data.height_width
+    channels = model.input_shape[-1]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    preprocess = make_preprocess(config.data)
+
+    def serve(pixels):
+        if preprocess is not None:  # the same uint8 -> uint8 steps as in training
+            pixels = preprocess(pixels)
+        probabilities = model(tf.cast(pixels, tf.float32), training=False)
+        return {OUTPUT_KEY: probabilities}
+
+    def serve_bytes(images):
+        pixels = tf.map_fn(
+            lambda data: prepare(decode(data), prep),
+            images,
+            fn_output_signature=tf.TensorSpec([height, width, channels], tf.uint8),
+        )
+        return serve(pixels)
+
+    archive.add_endpoint(
+        SIGNATURE,
+        serve,
+        input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="pixels")],
+    )
+    archive.add_endpoint(
+        BYTES_SIGNATURE,
+        serve_bytes,
+        input_signature=[tf.TensorSpec([None], tf.string, name="images")],
+    )
+    return archive
+
+
+def write_records(
+    extra: Path,
+    config: Config,
+    metrics: dict[str, Any],
+    class_names: list[str],
+    recipe: dict[str, Any],
+    signature: Signature,
+    run: Path | None,
+) -> None:
+    """``assets.extra/``: what a server, an evaluation or a later run reads about the version."""
+    extra.mkdir()
+    save_config(config, extra / "config.yaml")
+    (extra / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (extra / "class_names.json").write_text(json.dumps(class_names, indent=2))
+    (extra / "preparation.json").write_text(json.dumps(recipe, indent=2))
+    (extra / "signature.json").write_text(json.dumps(signature.to_json(), indent=2))
+    if run is not None:
+        (extra / RUN_RECORD).write_text(json.dumps({"run_dir": str(Path(run).resolve())}, indent=2))
