@@ -7,7 +7,7 @@ the same model (not part of the tests).
 For each config, ``--repeats`` times, alternately (plain, keras_blood, plain, ...: the two
 share the machine's load alike), each in a fresh process:
 
-- plain: the model from ``keras_blood.models.build_model``, compiled with train.py's
+- plain: the model from ``keras_blood.models.build_model``, compiled with the Task's
   optimizer, loss and ``metrics=["accuracy"]``; NumPy arrays (float32 pixels, one-hot
   labels) into ``model.fit(batch_size=..., shuffle=True, validation_data=...)``, no
   callbacks. A config with augmentation (best.yaml) does the same work per step as
@@ -18,10 +18,15 @@ share the machine's load alike), each in a fresh process:
   train.early_stopping_patience=0`` with output folders in a temporary folder. Timed: its
   ``train_seconds`` from metrics.json (the fits alone, not the test pass or the export).
 
+- plain + backup (``--backup``): the plain script with Keras's ``BackupAndRestore`` callback
+  as keras_blood sets it (a backup at the end of every epoch), and nothing else: what the
+  backup alone costs per epoch.
+
 Both validate every epoch. Test-time augmentation only changes the test pass, so it does
-not enter either figure. ``--set`` overrides apply to both sides. Prints, per config, each
+not enter either figure. ``--set`` overrides apply to every side. Prints, per config, each
 repeat's seconds and the ratio plain / keras_blood (throughput of keras_blood relative to
-plain: 1.0 is as fast, above 1.0 faster), then the medians.
+plain: 1.0 is as fast, above 1.0 faster), then the medians; with ``--backup`` also the
+backup's seconds per epoch (plain + backup minus plain, over the epochs).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def plain_fit_seconds(config_path: Path, overrides: list[str]) -> float:
+def plain_fit_seconds(config_path: Path, overrides: list[str], backup: bool = False) -> float:
     """The plain Keras script: train as train.py's model and compile would, time the fit."""
     import keras
     import numpy as np
@@ -76,9 +81,11 @@ def plain_fit_seconds(config_path: Path, overrides: list[str]) -> float:
     else:
         ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=config.seed).batch(t.batch_size)
         fit_data = {"x": ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)}
-    start = time.perf_counter()
-    model.fit(**fit_data, validation_data=arrays(val), epochs=t.epochs, verbose=2)
-    return time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        callbacks = [keras.callbacks.BackupAndRestore(tmp, delete_checkpoint=False)] if backup else []
+        start = time.perf_counter()
+        model.fit(**fit_data, validation_data=arrays(val), epochs=t.epochs, verbose=2, callbacks=callbacks)
+        return time.perf_counter() - start
 
 
 def run(command: list[str]) -> None:
@@ -90,8 +97,8 @@ def run(command: list[str]) -> None:
     return proc
 
 
-def time_plain(config_path: Path, overrides: list[str]) -> float:
-    command = [sys.executable, __file__, "--plain", str(config_path)]
+def time_plain(config_path: Path, overrides: list[str], backup: bool = False) -> float:
+    command = [sys.executable, __file__, "--plain", str(config_path), *["--backup"] * backup]
     for item in overrides:
         command += ["--set", item]
     return json.loads(run(command).stdout.strip().splitlines()[-1])["fit_seconds"]
@@ -113,28 +120,38 @@ def main() -> None:
     parser.add_argument("--epochs", nargs="+", type=int, default=[10, 3], help="one for all, or one per config")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--backup", action="store_true", help="also time the plain script with BackupAndRestore alone")
     parser.add_argument("--plain", metavar="CONFIG", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.plain:
-        print(json.dumps({"fit_seconds": plain_fit_seconds(Path(args.plain), args.overrides)}))
+        print(json.dumps({"fit_seconds": plain_fit_seconds(Path(args.plain), args.overrides, args.backup)}))
         return
     if len(args.epochs) not in (1, len(args.configs)):
         parser.error("--epochs: one value, or one per config")
     epochs = args.epochs * len(args.configs) if len(args.epochs) == 1 else args.epochs
 
-    print(f"{'config':<8} {'epochs':>6} {'repeat':>6} {'plain s':>8} {'keras_blood s':>13} {'ratio':>6}", flush=True)
+    backup_header = f" {'+backup s':>9}" if args.backup else ""
+    print(f"{'config':<8} {'epochs':>6} {'repeat':>6} {'plain s':>8}{backup_header} {'keras_blood s':>13} {'ratio':>6}", flush=True)
     for name, n in zip(args.configs, epochs):
         path = Path(name) if name.endswith((".yaml", ".yml")) else REPO / "configs" / f"{name}.yaml"
         overrides = [f"train.epochs={n}", "train.early_stopping_patience=0", *args.overrides]
         rows = []
         for repeat in range(1, args.repeats + 1):
-            plain, ours = time_plain(path, overrides), time_keras_blood(path, overrides)
-            rows.append((plain, ours))
-            print(f"{path.stem:<8} {n:>6} {repeat:>6} {plain:>8.1f} {ours:>13.1f} {plain / ours:>6.2f}", flush=True)
-        plain, ours = (statistics.median(column) for column in zip(*rows))
-        ratio = statistics.median(p / o for p, o in rows)
-        print(f"{path.stem:<8} {n:>6} {'median':>6} {plain:>8.1f} {ours:>13.1f} {ratio:>6.2f}", flush=True)
-
+            plain = time_plain(path, overrides)
+            backed_up = time_plain(path, overrides, backup=True) if args.backup else None
+            ours = time_keras_blood(path, overrides)
+            rows.append((plain, ours, backed_up))
+            extra = f" {backed_up:>9.1f}" if args.backup else ""
+            print(f"{path.stem:<8} {n:>6} {repeat:>6} {plain:>8.1f}{extra} {ours:>13.1f} {plain / ours:>6.2f}", flush=True)
+        plain, ours = (statistics.median(column) for column in list(zip(*rows))[:2])
+        ratio = statistics.median(p / o for p, o, _ in rows)
+        extra = ""
+        if args.backup:
+            per_epoch = statistics.median((b - p) / n for p, _, b in rows)
+            extra = f" {statistics.median(b for _, _, b in rows):>9.1f}"
+        print(f"{path.stem:<8} {n:>6} {'median':>6} {plain:>8.1f}{extra} {ours:>13.1f} {ratio:>6.2f}", flush=True)
+        if args.backup:
+            print(f"{path.stem:<8} BackupAndRestore alone: {per_epoch:+.2f} s per epoch (median over repeats)", flush=True)
 
 if __name__ == "__main__":
     main()

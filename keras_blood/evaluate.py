@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from keras_blood.config.cli import add_overrides, run_main
+from keras_blood.config.loading import load_config
+from keras_blood.config.paths import version_config_file
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -32,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
     add_overrides(parser)
     args = parser.parse_args(argv)
+    # A split the source lacks is said before anything starts TensorFlow (and its log lines).
+    load_config(version_config_file(Path(args.version)), args.overrides).data.check_split(args.split)
+
     from keras_blood.evaluation.evaluate_version import evaluate
 
     result = evaluate(args.version, args.overrides, args.split, args.output_dir)

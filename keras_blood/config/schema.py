@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from keras_blood.config.presets import GEORGETOWN_PRESETS
+from keras_blood.errors import DataError
 
 DATA_ROOT_ENV = "KERAS_BLOOD_DATA_ROOT"
 
@@ -48,6 +49,11 @@ class _Strict(BaseModel):
 BLOODMNIST_SIZES = (28, 64, 128, 224)
 DEFAULT_IMAGE_SIZE: dict[str, Any] = {"bloodmnist": 28, "blood_cell_images": (120, 160)}
 DEFAULT_CELL_CROP: dict[str, Any] = {"bloodmnist": None, "blood_cell_images": {}}
+# The splits each source can have, known without loading it (which starts TensorFlow).
+SOURCE_SPLITS: dict[str, tuple[str, ...]] = {
+    "bloodmnist": ("train", "val", "test"),
+    "blood_cell_images": ("train", "val", "test", "test_simple"),
+}
 
 HueValue = Annotated[int, Field(ge=0, le=179)]
 Byte = Annotated[int, Field(ge=0, le=255)]
@@ -236,6 +242,12 @@ class DataConfig(_Strict):
     def model_size(self) -> tuple[int, int]:
         """The size the model takes: the cell crop's, if there is one."""
         return (self.cell_crop.size,) * 2 if self.cell_crop else self.height_width
+
+    def check_split(self, split: str) -> None:
+        """A DataError unless this source has ``split`` (said before any data is loaded)."""
+        possible = SOURCE_SPLITS[self.name]
+        if split not in possible:
+            raise DataError(f"--split {split!r}: data source {self.name!r} has splits {sorted(possible)}")
 
     def given_root(self) -> Path | None:
         """data.root, else $KERAS_BLOOD_DATA_ROOT; None where neither is set."""

@@ -10,14 +10,11 @@ from keras_blood.errors import ConfigError
 
 DataLoader = Callable[[DataConfig, int], DataBundle]
 DATA_SOURCES: dict[str, DataLoader] = {}
-# The splits each source can have, known without loading it (which starts TensorFlow).
-SPLIT_NAMES: dict[str, tuple[str, ...]] = {}
 
 
-def register(name: str, splits: tuple[str, ...]) -> Callable[[DataLoader], DataLoader]:
+def register(name: str) -> Callable[[DataLoader], DataLoader]:
     def decorator(fn: DataLoader) -> DataLoader:
         DATA_SOURCES[name] = fn
-        SPLIT_NAMES[name] = splits
         return fn
 
     return decorator
@@ -42,4 +39,4 @@ def load_data(config: DataConfig, seed: int = 0) -> DataBundle:
 # Importing the modules registers their sources.
 from keras_blood.data import blood_cell_images, bloodmnist  # noqa: E402,F401
 
-__all__ = ["DATA_SOURCES", "SPLIT_NAMES", "DataBundle", "Split", "load_data", "register"]
+__all__ = ["DATA_SOURCES", "DataBundle", "Split", "load_data", "register"]

@@ -32,7 +32,7 @@ RESIZE_METHOD = "area"  # averages whole pixel blocks: the cleanest large downsc
 SPLITS = {"train": "train", "validation": "val", "test": "test", "test_simple": "test_simple"}
 
 
-@register("blood_cell_images", tuple(SPLITS.values()))
+@register("blood_cell_images")
 def load_blood_cell_images(config: DataConfig, seed: int = 0) -> DataBundle:
 
     given = config.given_root()

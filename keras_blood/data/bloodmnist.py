@@ -27,7 +27,7 @@ DEFAULT_ROOT = Path("~/.medmnist")
 SPLITS = {"train": "train", "validation": "val", "test": "test"}
 
 
-@register("bloodmnist", tuple(SPLITS.values()))
+@register("bloodmnist")
 def load_bloodmnist(config: DataConfig, seed: int = 0) -> DataBundle:
 
     size = config.image_size

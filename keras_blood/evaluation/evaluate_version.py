@@ -34,7 +34,7 @@ from typing import Any
 
 from keras_blood.config.loading import load_config
 from keras_blood.config.paths import version_config_file
-from keras_blood.data import SPLIT_NAMES, load_data
+from keras_blood.data import load_data
 from keras_blood.errors import ConfigError, DataError
 from keras_blood.evaluation.gradcam import gradcam_panel
 from keras_blood.evaluation.metrics import classification_metrics, one_vs_rest_aucs, per_class_table, summary_line
@@ -71,9 +71,7 @@ def evaluate(
     recorded_config = version_config_file(version_dir)
     config = load_config(recorded_config, list(overrides))
 
-    possible = SPLIT_NAMES[config.data.name]
-    if split not in possible:  # said before loading, which starts TensorFlow (and its log lines)
-        raise DataError(f"--split {split!r}: data source {config.data.name!r} has splits {sorted(possible)}")
+    config.data.check_split(split)
     data = load_data(config.data, config.seed)
     if split not in data.splits or len(data.splits[split]) == 0:
         raise DataError(f"--split {split!r}: data source {data.name!r} has splits {sorted(data.splits)}")
