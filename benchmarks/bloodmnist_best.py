@@ -52,7 +52,7 @@ def run(overrides: list[str]) -> dict:
 
 def throughput(overrides: list[str], steps: int = 25, warmup: int = 5) -> None:
     """Training steps alone (no input pipeline, no validation) of best.yaml's network,
-    built and compiled as train.py does, on one random batch; the first ``warmup`` steps
+    built and compiled as the Task does (keras_blood.training.task), on one random batch; the first ``warmup`` steps
     (tracing) are not timed."""
     import numpy as np
 

@@ -54,7 +54,8 @@ class Clock:
 
 
 def decode_worker(version: Path, folder: Path, batch_size: int) -> dict:
-    from keras_blood.serving.predict import expand_inputs, prepared_batches
+    from keras_blood.serving.predict import prepared_batches
+    from keras_blood.serving.request import expand_inputs
     from keras_blood.serving.version import load_version
 
     loaded = load_version(version)

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def plain_fit_seconds(config_path: Path, overrides: list[str], backup: bool = False) -> float:
-    """The plain Keras script: train as train.py's model and compile would, time the fit."""
+    """The plain Keras script: build and compile as the Task does (keras_blood.training.task), time the fit."""
     import keras
     import numpy as np
     import tensorflow as tf

@@ -34,12 +34,17 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
     add_overrides(parser)
     args = parser.parse_args(argv)
-    # A split the source lacks is said before anything starts TensorFlow (and its log lines).
-    load_config(version_config_file(Path(args.version)), args.overrides).data.check_split(args.split)
+    # A split the source lacks, or data that is not there, is said before TensorFlow starts
+    # (and prints its log lines): reading the data needs no TensorFlow until it is prepared.
+    config = load_config(version_config_file(Path(args.version)), args.overrides)
+    config.data.check_split(args.split)
+    from keras_blood.data import load_data
+
+    data = load_data(config.data, config.seed)
 
     from keras_blood.evaluation.evaluate_version import evaluate
 
-    result = evaluate(args.version, args.overrides, args.split, args.output_dir)
+    result = evaluate(args.version, args.overrides, args.split, args.output_dir, data=data)
     print(result.report_dir)
     return result.report_dir
 

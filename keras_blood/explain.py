@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from keras_blood.config.cli import files_parser, run_main
+from keras_blood.serving.request import check_request
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="folder under which a new <name>-v<version>-<timestamp>/ is written (default: explanations)",
     )
     args = parser.parse_args(argv)
+    check_request(args.version, args.paths)  # a bad argument: one line, before TensorFlow starts
+
     from keras_blood.evaluation.gradcam import explain_files
 
     folder, failed = explain_files(args.version, args.paths, args.out)

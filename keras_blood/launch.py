@@ -8,7 +8,7 @@ unchanged. Each worker gets a ``TF_CONFIG`` naming all workers on free 127.0.0.1
 and its own index (worker 0 is the chief), exactly what a cluster manager sets on N
 machines. Their output is streamed with a ``[worker-N]`` prefix; if one fails, the
 others are stopped and the launcher exits with its status. The last line printed is the
-chief's last line: the exported version.
+chief's last line on stdout: the exported version (warnings on stderr come before it).
 """
 
 from __future__ import annotations
@@ -45,10 +45,12 @@ def tf_config(addresses: list[str], index: int) -> str:
     return json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
 
 
-def _stream(process: subprocess.Popen, prefix: str, lines: list[str], lock: threading.Lock) -> None:
-    for line in process.stdout:
+def _stream(pipe, prefix: str, lines: list[str] | None, lock: threading.Lock) -> None:
+    """Echo a worker's pipe line by line with its prefix; keep the lines of its stdout."""
+    for line in pipe:
         line = line.rstrip("\n")
-        lines.append(line)
+        if lines is not None:
+            lines.append(line)
         with lock:
             print(f"{prefix} {line}", flush=True)
 
@@ -69,15 +71,18 @@ def launch(workers: int, train_args: Sequence[str], pin_cores: bool = False) -> 
         command = [sys.executable, "-m", "keras_blood.train", *train_args]
         if pin_cores:  # one core each: taskset-style affinity, set by the child before exec
             command = [sys.executable, "-c", _PINNED, str(cores[index]), *command]
+        # stdout and stderr apart: the chief's last line is its last printed result, never
+        # a warning TensorFlow writes to stderr as the process ends. Both are echoed here.
         process = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace"
         )
         lines: list[str] = []
-        thread = threading.Thread(target=_stream, args=(process, f"[worker-{index}]", lines, lock), daemon=True)
-        thread.start()
+        for pipe, kept in ((process.stdout, lines), (process.stderr, None)):
+            thread = threading.Thread(target=_stream, args=(pipe, f"[worker-{index}]", kept, lock), daemon=True)
+            thread.start()
+            threads.append(thread)
         processes.append(process)
         outputs.append(lines)
-        threads.append(thread)
 
     status = 0
     try:
@@ -100,7 +105,7 @@ def launch(workers: int, train_args: Sequence[str], pin_cores: bool = False) -> 
     for thread in threads:
         thread.join(timeout=5)
     if status == 0 and outputs[0]:
-        print(outputs[0][-1])  # the chief's last line: the exported version
+        print(outputs[0][-1], flush=True)  # the chief's last line on stdout: the exported version
     return status
 
 

@@ -3,8 +3,9 @@
     python -m keras_blood.predict saved_models/dropout03/1 cell.jpg scans/ "more/**/*.tif" [--output out.csv [--overwrite]]
 
 Writes one CSV row per file (label, probability, every class's probability, or why the
-file could not be read) and prints a table; the last line printed is the CSV's path. The
-work is :func:`keras_blood.serving.predict.predict`.
+file could not be read) and prints a table; the last line printed is the CSV's path. An
+image of more than ``--max-pixels`` pixels (default 50 million, read from its header) is
+not decoded; its row says why. The work is :func:`keras_blood.serving.predict.predict`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from keras_blood.config.cli import files_parser, run_main
+from keras_blood.serving.request import check_request
+
+MAX_PIXELS = 50_000_000  # keras_blood.preparation.decode.MAX_PIXELS (not imported: it loads TensorFlow)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,12 +32,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace the --output file if it exists")
     parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        metavar="N",
+        help=f"skip images whose header says they have more pixels than this, with an error row "
+        f"(default: {MAX_PIXELS:_}); decoding takes tens of bytes per pixel",
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if args.max_pixels < 1:
+        parser.error("--max-pixels must be at least 1")
+    check_request(args.version, args.paths, args.output, args.overwrite)  # one line, before TensorFlow starts
+
     from keras_blood.serving.predict import predict
 
-    output, failed = predict(args.version, args.paths, args.output, args.batch_size, overwrite=args.overwrite)
+    output, failed = predict(
+        args.version, args.paths, args.output, args.batch_size, overwrite=args.overwrite, max_pixels=args.max_pixels
+    )
     print(output)
     return 1 if failed else 0
 

@@ -7,7 +7,8 @@
 Writes a run folder (TensorBoard logs, CSV history, best checkpoint, test metrics and
 plots) under ``output.runs_dir/<config name>/<timestamp>/`` and a SavedModel version
 under ``output.export_dir/<output.name>/<version>/``. The last line printed is the path
-of that version, or why none was published (``--no-export``, a smoke run ...). The work is
+of that version, or why none was published (``--no-export``, a smoke run ...); SIGTERM stops
+it with one line saying how to continue (exit status 143). The work is
 :func:`keras_blood.training.trainer.train`: a :class:`~keras_blood.training.task.Task` built
 from the config, run by a :class:`~keras_blood.training.trainer.Trainer`.
 
@@ -18,6 +19,8 @@ The same command on every worker of a ``TF_CONFIG`` cluster trains data-parallel
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +30,7 @@ from keras_blood.config.loading import load_config
 from keras_blood.errors import ConfigError
 
 
-def main(argv: Sequence[str] | None = None) -> Path | None:
+def main(argv: Sequence[str] | None = None) -> Path | int | None:
     parser = argparse.ArgumentParser(prog="python -m keras_blood.train", description="Train, evaluate and export a model.")
     parser.add_argument("config", nargs="?", help="YAML experiment config, e.g. configs/dropout03.yaml")
     parser.add_argument("--no-export", action="store_true", help="publish no version (output.publish=never)")
@@ -51,17 +54,26 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
             print(f"{run.path} finished already; {outcome}", flush=True)
             return Path(status["export"]) if status.get("export") else None
 
-        from keras_blood.training.trainer import train
-
-        result = train(config, resume=run.path)
+        resume = run.path
     else:
         if not args.config:
             parser.error("give a CONFIG, or --resume RUN_DIR")
         config = load_config(args.config, args.overrides + ["output.publish=never"] * args.no_export)
+        resume = None
 
-        from keras_blood.training.trainer import train
+    if not os.environ.get("TF_CONFIG"):  # (in a cluster only the chief writes; train() knows which)
+        from keras_blood.training.runs import check_run_target
 
-        result = train(config)
+        check_run_target(config, resume)  # a read-only folder fails in a second, before TensorFlow starts
+
+    from keras_blood.training.trainer import Stopped, train
+
+    try:
+        result = train(config, resume=resume)
+    except Stopped as stop:  # SIGTERM: one line, the shell's status for it
+        then = f"continue with: python -m keras_blood.train --resume {stop.run}" if stop.run else "no run folder was made"
+        print(f"stopped by {stop.signal_name}; {then}", file=sys.stderr, flush=True)
+        return 128 + int(signal.SIGTERM)
     if result.export_dir is not None:
         print(result.export_dir)
     return result.export_dir

@@ -1,3 +1,11 @@
+"""Fixtures and helpers shared by the test modules, and the rules for the markers.
+
+Markers (pyproject.toml): ``e2e`` is added here to every test that takes a real-data
+fixture (``bloodmnist_root``, ``kaggle_root``); ``slow`` (over SLOW_SECONDS on a 2-core
+machine) is set by hand, and the summary of a run names the unmarked tests that took
+longer. ``pytest -m "not slow"`` is the quick loop; plain ``pytest`` runs everything.
+"""
+
 from __future__ import annotations
 
 import os
@@ -15,6 +23,38 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 BLOODMNIST_ROOT = SHARED_DATA / "bloodmnist"
 KAGGLE_ROOT = SHARED_DATA / "blood-cell-images" / "dataset2-master" / "images"
 
+# Tests that take one of these fixtures read the real data: they are marked e2e here, not by hand.
+REAL_DATA_FIXTURES = frozenset({"bloodmnist_root", "kaggle_root"})
+# A test over this many seconds (setup, call and teardown) belongs behind the `slow` marker.
+SLOW_SECONDS = 10.0
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark every test on the real data ``e2e`` (before -m selects), so the marker cannot drift."""
+    for item in items:
+        if REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
+_durations: dict[str, float] = {}
+_unmarked: set[str] = set()
+
+
+def pytest_runtest_logreport(report):
+    _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+    if "slow" not in report.keywords:
+        _unmarked.add(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name the tests without the ``slow`` marker that took longer than SLOW_SECONDS here."""
+    over = sorted((t, n) for n, t in _durations.items() if n in _unmarked and t > SLOW_SECONDS)
+    if over:
+        terminalreporter.write_sep("-", f"tests over {SLOW_SECONDS:.0f} s without the slow marker")
+        for seconds, nodeid in reversed(over):
+            terminalreporter.write_line(f"{seconds:6.1f}s {nodeid}")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def shared_tfds_dir(tmp_path_factory):
@@ -30,10 +70,19 @@ def tfds_dir(request, monkeypatch, tmp_path_factory, shared_tfds_dir) -> Path:
     """Where this test (and the processes it starts) prepares data sets ($TFDS_DATA_DIR):
     its own folder, so no test sees another's prepared copies; tests on the real data
     share the session's, so it is prepared once."""
-    real = {"bloodmnist_root", "kaggle_root"} & set(request.fixturenames)
+    real = REAL_DATA_FIXTURES & set(request.fixturenames)
     path = shared_tfds_dir if real else tmp_path_factory.mktemp("tfds")
     monkeypatch.setenv("TFDS_DATA_DIR", str(path))
     return path
+
+
+@pytest.fixture
+def child_env(tfds_dir) -> dict[str, str]:
+    """The environment for a command a test starts: this process's (TF_ENABLE_ONEDNN_OPTS,
+    thread settings and $TFDS_DATA_DIR included), with the repository importable and no
+    TF_CONFIG of its own."""
+    env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
+    return {**env, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +124,46 @@ def synthetic_npz(path: Path, n: tuple[int, int, int] = (40, 16, 16), size: int 
         arrays[f"{split}_labels"] = labels.reshape(-1, 1).astype(np.uint8)
     np.savez(path, **arrays)
     return arrays
+
+
+def marked_npz(path, counts=(160, 48, 48), seed=0):
+    """A tiny BloodMNIST-format file where class k is noise around a bright centred square
+    of side 2k + 2: told apart in a few steps, and the same under flips and rotations
+    (as cells are, so test-time augmentation keeps it)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, count in zip(("train", "val", "test"), counts):
+        labels = np.arange(count) % 8
+        images = rng.integers(0, 60, (count, 28, 28, 3))
+        for i, label in enumerate(labels):
+            images[i, 13 - label : 15 + label, 13 - label : 15 + label] = 250
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images.astype(np.uint8), labels[:, None].astype(np.uint8)
+    np.savez(path, **arrays)
+    return arrays
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    """make(**sections) -> Config: a config over a tiny BloodMNIST-format file of easily
+    told classes (marked_npz), written in tmp_path; ``sections`` update its defaults."""
+    from keras_blood.config.schema import Config
+
+    (tmp_path / "data").mkdir()
+    marked_npz(tmp_path / "data" / "bloodmnist.npz")
+
+    def make(**sections) -> Config:
+        raw = {
+            "name": "tiny",
+            "model": {"name": "fnn", "hidden_units": 32},
+            "data": {"root": str(tmp_path / "data"), "download": False},
+            "train": {"epochs": 4, "batch_size": 32, "learning_rate": 0.01, "early_stopping_patience": 0},
+            "output": {"runs_dir": str(tmp_path / "runs"), "export_dir": str(tmp_path / "saved_models")},
+        }
+        for key, value in sections.items():
+            raw[key] = {**raw.get(key, {}), **value}
+        return Config.model_validate(raw)
+
+    return make
 
 
 def encode(image: np.ndarray, fmt: str) -> bytes:
@@ -124,6 +213,17 @@ def image_folder(root: Path, layout: dict[str, dict[str, int]], size=(30, 40), p
                     bgr = np.clip(base + noise, 0, 255).astype(np.uint8)
                     cv2.imwrite(str(folder / f"_{source}_{next(serial)}.jpeg"), bgr)
     return root
+
+
+def cell_at(centre, radius=6, size=(40, 60), specks=()) -> np.ndarray:
+    """A purple disc (a white cell) on pale pink, plus one-pixel purple specks."""
+    image = np.empty((*size, 3), np.uint8)
+    image[:] = (225, 180, 185)
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    image[(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2] = (110, 60, 200)
+    for y, x in specks:
+        image[y, x] = (110, 60, 200)
+    return image
 
 
 def serve_in_fresh_process(version: Path, pixels: np.ndarray, workdir: Path) -> np.ndarray:

@@ -13,7 +13,6 @@ from keras_blood.models.temperature import TemperatureScaling
 from keras_blood.preparation.decode import decode, prepare
 from keras_blood.serving.version import load_version
 from keras_blood.training import trainer as train_module
-from tests.test_train import synthetic  # noqa: F401 (a fixture)
 
 
 def test_ece_of_a_hand_computed_example():
@@ -72,7 +71,7 @@ def test_the_layer_computes_what_numpy_does():
     assert TemperatureScaling.from_config(layer.get_config()).temperature == 0.7
 
 
-def test_training_fits_a_temperature_and_exports_calibrated_probabilities(synthetic):  # noqa: F811
+def test_training_fits_a_temperature_and_exports_calibrated_probabilities(synthetic):
     # Label smoothing makes the tiny model under-confident: its temperature is below 1.
     config = synthetic(train={"label_smoothing": 0.2}, eval={"calibration": "temperature", "tta": "flip"})
     result = train_module.train(config)

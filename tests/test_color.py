@@ -17,7 +17,7 @@ from keras_blood.preparation.cell_crop import cell_centres, crop_to_cell
 from keras_blood.preparation.color import extract_colors, rgb_to_hsv_opencv
 from keras_blood.preparation.opencv_reference import extract_colors_cv2
 from keras_blood.preparation.steps import make_preprocess
-from tests.conftest import REPO, image_folder
+from tests.conftest import REPO, cell_at, image_folder
 
 # The defaults, a wrapping hue range with every morphology step, and no blur at all.
 SETTINGS = {
@@ -52,17 +52,6 @@ def test_keeps_the_stained_cell_and_suppresses_the_rest():
     assert mask[0, 20, 15] and not mask[0, 20, 50] and mask[1, 20, 44]  # per image
     assert out.numpy()[0, 20, 15, 2] > 150  # the nucleus stays purple
     assert out.numpy()[0, :, 30:].max() == 0  # far from the cell: background
-
-
-def cell_at(centre, radius=6, size=(40, 60), specks=()) -> np.ndarray:
-    """A purple disc (a white cell) on pale pink, plus one-pixel purple specks."""
-    image = np.empty((*size, 3), np.uint8)
-    image[:] = (225, 180, 185)
-    yy, xx = np.mgrid[: size[0], : size[1]]
-    image[(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2] = (110, 60, 200)
-    for y, x in specks:
-        image[y, x] = (110, 60, 200)
-    return image
 
 
 def test_the_cell_is_found_where_the_stain_is_densest():

@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -189,7 +188,6 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_written(tmp_path, capsys)
     assert not tfds_dir.exists()  # no half-written copy, nor the folders on the way
 
 
-@pytest.mark.e2e
 def test_real_bloodmnist_is_the_file_byte_for_byte(bloodmnist_root):
     data = load_data(DataConfig(root=bloodmnist_root))
     with np.load(bloodmnist_root / "bloodmnist.npz") as arrays:  # how keras-blood read it before
@@ -215,7 +213,6 @@ def read_before(root: Path, size: tuple[int, int], seed: int, fraction: float) -
     return {name: (np.stack([decode(p) for p in f.paths]), f.labels, f.paths) for name, f in folders.items()}
 
 
-@pytest.mark.e2e
 def test_real_kaggle_slice_decodes_as_before(kaggle_root, tmp_path):
     """A slice of the folders (up to 8 images of each of 5 source cells per class folder):
     every split's images, labels and files as before, at a non-default size, seed and fraction."""

@@ -81,8 +81,7 @@ def test_launcher_stops_every_worker_when_one_fails(tmp_path, capsys):
     assert re.search(r"^\[worker-[01]\] error: config file .*missing\.yaml' does not exist", out, re.M)
 
 
-def run_launcher(args, cwd, timeout=WORKER_TIMEOUT):
-    env = {"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"}
+def run_launcher(args, cwd, env, timeout=WORKER_TIMEOUT):
     return subprocess.run(
         [sys.executable, "-m", "keras_blood.launch", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -91,7 +90,7 @@ def run_launcher(args, cwd, timeout=WORKER_TIMEOUT):
 def overrides(root, tmp_path, **extra):
     values = {
         "data.root": root,
-        "data.tfds_dir": os.environ["TFDS_DATA_DIR"],  # the workers' env leaves it out (conftest sets it)
+        "data.tfds_dir": os.environ["TFDS_DATA_DIR"],
         "data.max_examples": 2048,
         "train.epochs": 3,
         "train.batch_size": 128,
@@ -103,9 +102,9 @@ def overrides(root, tmp_path, **extra):
     return [item for key, value in values.items() for item in ("--set", f"{key}={value}")]
 
 
-@pytest.mark.e2e
-def test_two_workers_train_one_model_and_publish_it_once(bloodmnist_root, tmp_path):
-    proc = run_launcher(["--workers", "2", str(REPO / "configs" / "fnn.yaml"), *overrides(bloodmnist_root, tmp_path)], tmp_path)
+def test_two_workers_train_one_model_and_publish_it_once(bloodmnist_root, tmp_path, child_env):
+    proc = run_launcher(["--workers", "2", str(REPO / "configs" / "fnn.yaml"), *overrides(bloodmnist_root, tmp_path)], tmp_path,
+                        child_env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     # Gradients were all-reduced: both workers end with the same weights.
@@ -132,7 +131,7 @@ def test_two_workers_train_one_model_and_publish_it_once(bloodmnist_root, tmp_pa
     single = subprocess.run(
         [sys.executable, "-m", "keras_blood.train", str(REPO / "configs" / "fnn.yaml"),
          *overrides(bloodmnist_root, tmp_path / "single")],
-        cwd=tmp_path, env={"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path, env=child_env,
         capture_output=True, text=True, timeout=WORKER_TIMEOUT,
     )  # fmt: skip
     assert single.returncode == 0, single.stderr[-2000:]
@@ -165,32 +164,26 @@ PROBE = textwrap.dedent(
 )
 
 
-def run_probe(tmp_path, mode):
+def run_probe(tmp_path, mode, child_env):
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
     ports = launch.free_ports(2)
     procs = []
     for index in range(2):
-        env = {
-            "PYTHONPATH": str(REPO),
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PATH": "/usr/bin:/bin",
-            "TF_CONFIG": launch.tf_config([f"127.0.0.1:{p}" for p in ports], index),
-        }
+        env = {**child_env, "TF_CONFIG": launch.tf_config([f"127.0.0.1:{p}" for p in ports], index)}
         procs.append(subprocess.Popen([sys.executable, str(script), mode], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     return [p.communicate(timeout=WORKER_TIMEOUT)[0] for p in procs]
 
 
-@pytest.mark.e2e
-def test_the_keras_workaround_is_still_needed(tmp_path):
+def test_the_keras_workaround_is_still_needed(tmp_path, child_env):
     """Fails when Keras fits under MultiWorkerMirroredStrategy without
     distribute.make_fit_work (keras-team/keras#20585): then the workaround can go."""
-    outputs = run_probe(tmp_path, "plain")
+    outputs = run_probe(tmp_path, "plain", child_env)
     assert not any("FIT OK" in out for out in outputs), (
         "Keras now fits under MultiWorkerMirroredStrategy unpatched: remove distribute.make_fit_work"
     )
     assert any("Attempt to convert a value (PerReplica" in out for out in outputs), outputs[0][-2000:]
-    assert all("FIT OK" in out for out in run_probe(tmp_path, "patched"))
+    assert all("FIT OK" in out for out in run_probe(tmp_path, "patched", child_env))
 
 
 def worker_pid(launcher_pid: int, index: int) -> int | None:
@@ -207,8 +200,7 @@ def worker_pid(launcher_pid: int, index: int) -> int | None:
     return None
 
 
-@pytest.mark.e2e
-def test_a_killed_worker_then_resume_on_every_worker_continues_from_the_backup(bloodmnist_root, tmp_path):
+def test_a_killed_worker_then_resume_on_every_worker_continues_from_the_backup(bloodmnist_root, tmp_path, child_env):
     import os
     import signal
     import time
@@ -216,8 +208,7 @@ def test_a_killed_worker_then_resume_on_every_worker_continues_from_the_backup(b
     args = ["--workers", "2", str(REPO / "configs" / "cnn.yaml"),
             *overrides(bloodmnist_root, tmp_path, **{"data.max_examples": 1024, "train.epochs": 10,
                                                        "train.early_stopping_patience": 0})]  # fmt: skip
-    env = {"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"}
-    launcher = subprocess.Popen([sys.executable, "-m", "keras_blood.launch", *args], cwd=tmp_path, env=env,
+    launcher = subprocess.Popen([sys.executable, "-m", "keras_blood.launch", *args], cwd=tmp_path, env=child_env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + WORKER_TIMEOUT
     while time.time() < deadline and launcher.poll() is None:
@@ -232,7 +223,7 @@ def test_a_killed_worker_then_resume_on_every_worker_continues_from_the_backup(b
     assert launcher.wait(timeout=WORKER_TIMEOUT) == 128 + signal.SIGKILL  # the others were stopped
     assert not list((tmp_path / "saved_models").rglob("saved_model.pb"))
 
-    proc = run_launcher(["--workers", "2", "--resume", "latest", *args[2:]], tmp_path)
+    proc = run_launcher(["--workers", "2", "--resume", "latest", *args[2:]], tmp_path, child_env)
     assert proc.returncode == 0, proc.stdout[-3000:]
     resumed = re.findall(r"\[(worker-\d)\] Resuming training after epoch (\d+)", proc.stdout)
     assert len(resumed) == 2 and resumed[0][1] == resumed[1][1] and int(resumed[0][1]) >= 3

@@ -3,7 +3,6 @@
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
 
@@ -16,7 +15,6 @@ from keras_blood.serving.predict import predict
 from keras_blood.training.trainer import train
 from tests.conftest import REPO, capture_from, encode
 
-pytestmark = pytest.mark.e2e
 COMPARED = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "auc", "ece", "brier", "nll")
 
 
@@ -106,8 +104,8 @@ def test_raw_captures_are_classified_as_their_28x28_arrays(trained, bloodmnist_r
     assert abs(np.mean(np.array(raw) == names[labels]) - np.mean(on_arrays == labels)) <= 0.1
 
 
-def test_cli_prints_the_report_folder_last_and_fails_cleanly(trained, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+def test_cli_prints_the_report_folder_last_and_fails_cleanly(trained, tmp_path, child_env):
+    env = {**child_env, "TF_CPP_MIN_LOG_LEVEL": "3"}
     command = [sys.executable, "-m", "keras_blood.evaluate", str(trained.export_dir), "--split", "val"]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]

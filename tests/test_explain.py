@@ -24,8 +24,7 @@ from keras_blood.preparation.color import color_mask
 from keras_blood.serving.version import KERAS_MODEL
 from keras_blood.training import task as task_module
 from keras_blood.training import trainer as train_module
-from tests.conftest import REPO, encode
-from tests.test_train import marked_npz
+from tests.conftest import REPO, encode, marked_npz
 
 # Measured (README, "Explanations (Grad-CAM)"): the mean rank correlation between the
 # trained and the top-randomised maps is 0.0 to 0.2 on the models below; maps that ignored
@@ -118,7 +117,7 @@ def test_tta_explains_the_base_network_and_an_ensemble_averages_its_members(tmp_
 @pytest.fixture(scope="module")
 def marked(tmp_path_factory):
     """A small CNN trained and exported on images whose class is the size of a bright
-    centred square (tests/test_train.py's marked_npz): what tells the classes apart is there."""
+    centred square (conftest.marked_npz): what tells the classes apart is there."""
     root = tmp_path_factory.mktemp("marked")
     (root / "data").mkdir()
     marked_npz(root / "data" / "bloodmnist.npz", counts=(480, 64, 64))

@@ -23,7 +23,7 @@ from keras_blood.serving import version as version_module
 from keras_blood.serving.export import export_model
 from keras_blood.serving.publish import NotPublished, check_export_target, should_publish, skip_reason
 from keras_blood.serving.version import existing_versions, load_exported, load_version
-from tests.conftest import encode, serve_in_fresh_process, synthetic_npz
+from tests.conftest import REPO, encode, serve_in_fresh_process, synthetic_npz
 
 
 @pytest.fixture
@@ -274,10 +274,9 @@ def test_smoke_runs_publish_only_when_asked(tiny, tmp_path):
 def test_no_export_flag_means_publish_never(monkeypatch, tmp_path):
     from keras_blood import train as train_command
     from keras_blood.training import trainer as train_module
-    from tests.conftest import REPO
 
     seen = []
-    def train(config):
+    def train(config, resume=None):
         seen.append(config)
         return train_module.TrainResult(None, {}, tmp_path, None)
 
@@ -353,7 +352,6 @@ def test_stale_staging_folders_of_dead_processes_are_removed(tiny):
 def test_train_checks_the_target_before_training_and_says_why_it_did_not_publish(tmp_path, capsys):
     from keras_blood.config.loading import load_config
     from keras_blood.training.trainer import train
-    from tests.conftest import REPO, synthetic_npz
 
     synthetic_npz(tmp_path / "bloodmnist.npz")
     overrides = [

@@ -17,7 +17,8 @@ from keras_blood.models.registry import build_model
 from keras_blood.predict import main
 from keras_blood.preparation.decode import decode_file, preparer
 from keras_blood.serving.export import export_model
-from keras_blood.serving.predict import Progress, expand_inputs, predict, prepared_batches
+from keras_blood.serving.predict import Progress, predict, prepared_batches
+from keras_blood.serving.request import expand_inputs
 from tests.conftest import REPO, capture_from, encode
 
 CLASSES = ["basophil", "eosinophil", "erythroblast", "immature granulocyte",

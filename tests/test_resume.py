@@ -36,8 +36,7 @@ def test_history_is_cut_back_to_the_epochs_the_backup_holds(tmp_path):
     assert runs.read_history(csv) == {}
     backup = tmp_path / "backup"
     assert runs.backed_up_epochs(backup) == 0
-    backup.mkdir()
-    (backup / "training_metadata.json").write_text('{"epoch": 4, "batch": 0}')
+    runs.write_backup(backup, 4, lambda path: path.write_bytes(b"w"), 0, False, None)
     assert runs.backed_up_epochs(backup) == 4
 
 
@@ -77,7 +76,7 @@ def test_latest_finds_the_newest_unfinished_run_with_the_same_settings(tmp_path,
 def train_command(root, tmp_path, *extra):
     values = {
         "data.root": root,
-        "data.tfds_dir": os.environ["TFDS_DATA_DIR"],  # ENV leaves it out (conftest sets it)
+        "data.tfds_dir": os.environ["TFDS_DATA_DIR"],
         "data.max_examples": 1024,
         "train.epochs": 12,
         "train.early_stopping_patience": 0,
@@ -89,13 +88,10 @@ def train_command(root, tmp_path, *extra):
     return [sys.executable, "-m", "keras_blood.train", *extra, str(REPO / "configs" / "cnn.yaml"), *sets]
 
 
-ENV = {"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"}
 
-
-@pytest.mark.e2e
-def test_a_killed_run_resumes_from_its_last_epoch_and_publishes_once(bloodmnist_root, tmp_path):
+def test_a_killed_run_resumes_from_its_last_epoch_and_publishes_once(bloodmnist_root, tmp_path, child_env):
     run_parent = tmp_path / "runs" / "cnn"
-    proc = subprocess.Popen(train_command(bloodmnist_root, tmp_path), cwd=tmp_path, env=ENV,
+    proc = subprocess.Popen(train_command(bloodmnist_root, tmp_path), cwd=tmp_path, env=child_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 240
     killed_after = 0
@@ -116,7 +112,7 @@ def test_a_killed_run_resumes_from_its_last_epoch_and_publishes_once(bloodmnist_
     assert json.loads((run_dir / "status.json").read_text())["state"] == "training"
     assert not list((tmp_path / "saved_models").rglob("saved_model.pb"))  # nothing published yet
 
-    resumed = subprocess.run(train_command(bloodmnist_root, tmp_path, "--resume", "latest"), cwd=tmp_path, env=ENV,
+    resumed = subprocess.run(train_command(bloodmnist_root, tmp_path, "--resume", "latest"), cwd=tmp_path, env=child_env,
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"Resuming training after epoch {killed_after}" in resumed.stdout
@@ -131,13 +127,13 @@ def test_a_killed_run_resumes_from_its_last_epoch_and_publishes_once(bloodmnist_
 
     # Resuming a finished run publishes nothing more.
     again = subprocess.run(train_command(bloodmnist_root, tmp_path, "--resume", str(run_dir))[:5], cwd=tmp_path,
-                           env=ENV, capture_output=True, text=True, timeout=120)  # fmt: skip
+                           env=child_env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert again.returncode == 0 and "finished already" in again.stdout
     assert [p.name for p in (tmp_path / "saved_models" / "cnn").iterdir()] == ["1"]
 
     # An uninterrupted run of the same settings ends where the resumed one did, but for the
     # data order after the resume (README: Resuming a run).
-    whole = subprocess.run(train_command(bloodmnist_root, tmp_path / "whole"), cwd=tmp_path, env=ENV,
+    whole = subprocess.run(train_command(bloodmnist_root, tmp_path / "whole"), cwd=tmp_path, env=child_env,
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert whole.returncode == 0, whole.stderr[-2000:]
     (whole_dir,) = (tmp_path / "whole" / "runs" / "cnn").iterdir()

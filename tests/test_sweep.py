@@ -11,19 +11,16 @@ from keras_blood.config.cli import run_main
 from keras_blood.config.sweep import load_sweep
 from keras_blood.errors import ConfigError
 from keras_blood.training import sweep as sweep_module
-from tests.conftest import KAGGLE_ROOT, REPO, image_folder
+from tests.conftest import REPO, image_folder
 
-pytestmark = pytest.mark.e2e
 GEORGETOWN = REPO / "configs" / "georgetown.yaml"
 
 
 @pytest.fixture
 def overrides(tmp_path):
-    # Real Kaggle images where they are here; a tiny look-alike folder elsewhere.
-    if (KAGGLE_ROOT / "TRAIN").is_dir():
-        root = KAGGLE_ROOT
-    else:
-        root = image_folder(tmp_path / "data", {s: dict.fromkeys("ABCD", 3) for s in ("TRAIN", "TEST")})
+    """A tiny Kaggle look-alike folder (the sweep's logic needs no real images) and one
+    short epoch per cell."""
+    root = image_folder(tmp_path / "data", {s: dict.fromkeys("ABCD", 3) for s in ("TRAIN", "TEST")})
     return [
         f"data.root={root}",
         "data.max_examples=48",

@@ -14,42 +14,6 @@ from keras_blood.training.runs import RunFolder
 from tests.conftest import synthetic_npz
 
 
-def marked_npz(path, counts=(160, 48, 48), seed=0):
-    """A tiny BloodMNIST-format file where class k is noise around a bright centred square
-    of side 2k + 2: told apart in a few steps, and the same under flips and rotations
-    (as cells are, so test-time augmentation keeps it)."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, count in zip(("train", "val", "test"), counts):
-        labels = np.arange(count) % 8
-        images = rng.integers(0, 60, (count, 28, 28, 3))
-        for i, label in enumerate(labels):
-            images[i, 13 - label : 15 + label, 13 - label : 15 + label] = 250
-        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images.astype(np.uint8), labels[:, None].astype(np.uint8)
-    np.savez(path, **arrays)
-
-
-@pytest.fixture
-def synthetic(tmp_path):
-    """A config over a tiny BloodMNIST-format file of easily told classes."""
-    (tmp_path / "data").mkdir()
-    marked_npz(tmp_path / "data" / "bloodmnist.npz")
-
-    def make(**sections) -> Config:
-        raw = {
-            "name": "tiny",
-            "model": {"name": "fnn", "hidden_units": 32},
-            "data": {"root": str(tmp_path / "data"), "download": False},
-            "train": {"epochs": 4, "batch_size": 32, "learning_rate": 0.01, "early_stopping_patience": 0},
-            "output": {"runs_dir": str(tmp_path / "runs"), "export_dir": str(tmp_path / "saved_models")},
-        }
-        for key, value in sections.items():
-            raw[key] = {**raw.get(key, {}), **value}
-        return Config.model_validate(raw)
-
-    return make
-
-
 def test_an_ensemble_with_tta_is_evaluated_and_exported_as_one_model(synthetic):
     config = synthetic(train={"ensemble": 2}, eval={"tta": "d4"})
     result = train_module.train(config)

@@ -15,7 +15,6 @@ from keras_blood.training import task as task_module
 from keras_blood.training import trainer as train_module
 from tests.conftest import REPO, serve_in_fresh_process
 
-pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
@@ -105,14 +104,13 @@ def test_an_ensemble_trains_each_member_on_its_own_seed_and_exports_one_model(qu
     np.testing.assert_allclose(served, in_process, rtol=1e-4, atol=1e-6)
 
 
-def test_cli_prints_the_version_folder_last_and_never_overwrites(quick_overrides, tmp_path):
-    env = {**__import__("os").environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+def test_cli_prints_the_version_folder_last_and_never_overwrites(quick_overrides, tmp_path, child_env):
     command = [sys.executable, "-m", "keras_blood.train", str(REPO / "configs" / "fnn.yaml")]
     for item in quick_overrides:
         command += ["--set", item]
     lines = []
     for _ in range(2):
-        proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
+        proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=child_env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         lines.append(proc.stdout.strip().splitlines()[-1])
     assert lines == [str(tmp_path / "saved_models" / "fnn" / v) for v in ("1", "2")]

@@ -23,7 +23,7 @@ from keras_blood.training import task as task_module
 from keras_blood.training import trainer as train_module
 from keras_blood.training.runs import RunFolder
 from keras_blood.training.transfer import prepare_transfer, set_trainable, training_stages
-from tests.test_train import marked_npz
+from tests.conftest import marked_npz
 
 KAGGLE = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]  # the Kaggle folders
 SHARED = [CLASS_NAMES.index(name.lower()) for name in KAGGLE]  # where BloodMNIST has them

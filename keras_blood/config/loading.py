@@ -15,8 +15,113 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from keras_blood.config.quote import cut, problems, quoted
 from keras_blood.config.schema import MODEL_CLASSES, Config, DataConfig
 from keras_blood.errors import ConfigError
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; a larger file is not one
+# Values (scalars, lists and mappings) a YAML document may hold, counting each alias (*name)
+# as a copy of its anchor: a config has a few hundred, and a few lines of nested aliases
+# (a "billion laughs") expand to billions, which every later step would walk.
+MAX_YAML_NODES = 100_000
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Refused(yaml.YAMLError):
+    """YAML that parses but is not taken as a config (a duplicate key, too many values)."""
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps
+    the last silently; a second ``train:`` block would replace the first). A key set again
+    beside a merge (``<<: *base``) overrides the merged one, as YAML means it to."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == MERGE_TAG:
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the constructor says so
+                    continue
+                if first is not key_node:
+                    raise _Refused(
+                        f"line {key_node.start_mark.line + 1}: key {quoted(key)} is given twice in one "
+                        f"mapping (first on line {first.start_mark.line + 1}); keep one"
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """``text`` as YAML (safe: plain data only), or a one-line ConfigError that starts with
+    ``where``. Refuses a key given twice in a mapping, a document of more than
+    :data:`MAX_YAML_NODES` values once aliases are expanded, and an alias inside its own
+    anchor; these are checked on the parsed nodes, before any value is built."""
+    loader = ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expanded_size(node)
+        return loader.construct_document(node)
+    except _Refused as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {_one_line(exc)}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {cut(' '.join(str(exc).split()))}") from None
+    except ValueError as exc:  # an int of more than 4300 digits, a bad date
+        why = "an integer of more digits than Python reads" if "integer string conversion" in str(exc) else str(exc)
+        raise ConfigError(f"{where}: not valid YAML: {cut(' '.join(why.split()))}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _one_line(exc: yaml.MarkedYAMLError) -> str:
+    where = f"line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}: " if exc.problem_mark else ""
+    context = ""
+    if exc.context:
+        mark = exc.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark and mark != exc.problem_mark else ""
+        context = f" ({exc.context}{at})"
+    return cut(f"{where}{exc.problem or ''}{context}")
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Refuse a node graph of more than MAX_YAML_NODES values with aliases expanded, or
+    with a cycle; linear in the distinct nodes (each one's expanded size is kept)."""
+    size: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if isinstance(node, yaml.ScalarNode):
+            size[key] = 1
+            continue
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+        if children_done:
+            open_nodes.discard(key)
+            size[key] = 1 + sum(size[id(child)] for child in children)
+            if size[key] > MAX_YAML_NODES:
+                what = "the document" if node is root else f"the value on line {node.start_mark.line + 1}"
+                raise _Refused(
+                    f"{what} expands to more than {MAX_YAML_NODES} values through aliases (*name) or "
+                    "otherwise; a config needs far fewer"
+                )
+            continue
+        if key in size:
+            continue
+        if key in open_nodes:
+            raise _Refused(f"line {node.start_mark.line + 1}: an alias (*name) inside its own anchor (&name)")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in size)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -24,12 +129,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
         raise ConfigError(
-            f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set train.epochs=3"
+            f"--set {quoted(item)}: expected KEY=VALUE with a dotted key, e.g. --set train.epochs=3"
         )
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
+    value = load_yaml(raw, f"--set {quoted(item)}: the value") if raw.strip() else ""
     return key.strip().split("."), value
 
 
@@ -41,19 +143,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 dotted = ".".join(path[: i + 1])
-                raise ConfigError(f"--set {item!r}: {dotted} is {child!r}, not a section")
+                raise ConfigError(f"--set {quoted(item)}: {cut(dotted)} is {quoted(child)}, not a section")
             node = child
         node[path[-1]] = value
     return raw
-
-
-MAX_QUOTED = 200  # characters of a bad value an error quotes: a YAML alias bomb stays one short line
-
-
-def quoted(value: Any) -> str:
-    """``repr(value)``, cut to :data:`MAX_QUOTED` characters."""
-    text = repr(value)
-    return text if len(text) <= MAX_QUOTED else f"{text[: MAX_QUOTED - 3]}..."
 
 
 def _section_class(loc: list[str], raw: dict[str, Any], root: type[BaseModel]) -> type[BaseModel] | None:
@@ -83,7 +176,7 @@ def describe_error(err: dict[str, Any], raw: dict[str, Any], root: type[BaseMode
     message = err["msg"].removeprefix("Value error, ")
     if not loc:  # a check across sections: its message names the keys
         return f"{prefix.rstrip('.')}: {message}" if prefix else message
-    key = prefix + ".".join(loc)
+    key = cut(prefix + ".".join(loc))
     if err["type"] == "union_tag_invalid":
         return f"{key}.name = {quoted(err['ctx']['tag'])}: unknown model; allowed: {err['ctx']['expected_tags']}"
     if err["type"] == "extra_forbidden":
@@ -98,12 +191,17 @@ def describe_error(err: dict[str, Any], raw: dict[str, Any], root: type[BaseMode
 def _read_file(path: str | Path) -> dict[str, Any]:
     """A YAML config file as a dict, ``name`` defaulted to the file's stem."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist (see configs/ for examples)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not path.is_file():
+            raise ConfigError(f"config file {quoted(str(path))} does not exist (see configs/ for examples)")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes; a config file is at most {MAX_CONFIG_BYTES}")
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:  # unreadable, or a name too long to look up
+        raise ConfigError(f"config file {quoted(str(path))}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a config is UTF-8 YAML)") from None
+    raw = load_yaml(text, str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     raw.setdefault("name", path.stem)
@@ -137,8 +235,7 @@ def validate_config(raw: dict[str, Any], where: str) -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(describe_error(e, raw) for e in exc.errors())
-        raise ConfigError(f"{where}: {problems}") from None
+        raise ConfigError(f"{where}: {problems(exc.errors(), lambda e: describe_error(e, raw))}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from keras_blood.config.quote import quoted
 from keras_blood.errors import ConfigError, ExportError
 
 RUN_CONFIG = "config.yaml"
@@ -32,19 +33,25 @@ def weights_kind(value: str) -> str:
     if value.lower() in ("none", "imagenet"):
         return value.lower()
     path = Path(value).expanduser()
-    if path.is_file():
-        return "checkpoint" if is_checkpoint(path) else "file"
-    if not path.is_dir():
+    try:
+        if path.is_file():
+            return "checkpoint" if is_checkpoint(path) else "file"
+        exists = path.is_dir()
+        if exists and is_run(path):
+            return "run"
+        if exists and is_version(path):
+            return "version"
+    except OSError as exc:  # a name too long to look up, a folder not to be read
+        exists, why = False, exc.strerror or str(exc)
+    else:
+        why = "no such file or folder"
+    if not exists:
         raise ConfigError(
-            f"model.weights = {value!r}: no such file or folder; use none, a keras-blood run folder, "
+            f"model.weights = {quoted(value)}: {why}; use none, a keras-blood run folder, "
             "checkpoint or exported version, or a Keras weights file"
         )
-    if is_run(path):
-        return "run"
-    if is_version(path):
-        return "version"
     raise ConfigError(
-        f"model.weights = {value!r}: not a keras-blood run folder (config.yaml and {STATUS}) nor an "
+        f"model.weights = {quoted(value)}: not a keras-blood run folder (config.yaml and {STATUS}) nor an "
         "exported version (saved_model.pb and assets.extra/); e.g. runs/best/20250101-120000 "
         "or saved_models/best/3"
     )

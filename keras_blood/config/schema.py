@@ -10,6 +10,7 @@ before anything heavy is loaded or written.
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 from pathlib import Path
@@ -26,6 +27,7 @@ from pydantic import (
 )
 
 from keras_blood.config.presets import GEORGETOWN_PRESETS
+from keras_blood.config.quote import quoted
 from keras_blood.errors import DataError
 
 DATA_ROOT_ENV = "KERAS_BLOOD_DATA_ROOT"
@@ -42,10 +44,11 @@ class _Strict(BaseModel):
 # Each source's sizes: BloodMNIST comes in four square files, each image one centred
 # cell. The Kaggle images (320x240, the white cell anywhere in a field of red cells) are
 # resized in tf.data to 120x160, and the 64x64 window around the white cell is cut out
-# (CellCropConfig): the model sees the cell alone at 2.5 times the detail a whole image at
+# (CellCropConfig): the model sees the cell alone at more detail than a whole image at
 # 24x32 gives it. The price is parameters, not time: the Georgetown models' Flatten feeds
-# a 40-unit dense layer, so the basic model has 96k of them here (29,900 on whole images
-# at 24x32, the ~27k model the paper describes).
+# a 40-unit dense layer, so the basic model has several times the parameters here that it
+# has on whole images at 24x32, the size of model the paper describes (the counts:
+# docs/studies/georgetown.md).
 BLOODMNIST_SIZES = (28, 64, 128, 224)
 DEFAULT_IMAGE_SIZE: dict[str, Any] = {"bloodmnist": 28, "blood_cell_images": (120, 160)}
 DEFAULT_CELL_CROP: dict[str, Any] = {"bloodmnist": None, "blood_cell_images": {}}
@@ -62,7 +65,7 @@ Side = Annotated[int, Field(gt=0)]
 
 
 class ColorConfig(_Strict):
-    """Colour extraction (keras_blood/segmentation.py): HSV thresholds on OpenCV's 8-bit scale.
+    """Colour extraction (keras_blood/preparation/color.py): HSV thresholds on OpenCV's 8-bit scale.
 
     The defaults keep the purple nucleus and red/purple granules of the Kaggle images'
     white cell (hue 110-165, saturation >= 60) and drop the pale pink red cells (saturation
@@ -226,10 +229,10 @@ class DataConfig(_Strict):
     @classmethod
     def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
         if value is not None:
-            folded = [name.casefold() for name in value]
-            repeated = sorted({n for n in value if folded.count(n.casefold()) > 1})
+            counts = collections.Counter(name.casefold() for name in value)
+            repeated = sorted({n for n in value if counts[n.casefold()] > 1})
             if repeated:
-                raise ValueError(f"classes named more than once: {repeated}")
+                raise ValueError(f"classes named more than once: {quoted(repeated)}")
         return value
 
     @property
@@ -247,7 +250,7 @@ class DataConfig(_Strict):
         """A DataError unless this source has ``split`` (said before any data is loaded)."""
         possible = SOURCE_SPLITS[self.name]
         if split not in possible:
-            raise DataError(f"--split {split!r}: data source {self.name!r} has splits {sorted(possible)}")
+            raise DataError(f"--split {quoted(split)}: data source {self.name!r} has splits {sorted(possible)}")
 
     def given_root(self) -> Path | None:
         """data.root, else $KERAS_BLOOD_DATA_ROOT; None where neither is set."""

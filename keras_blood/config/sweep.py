@@ -22,6 +22,7 @@ from keras_blood.config.loading import (
     validate_config,
     with_output_name,
 )
+from keras_blood.config.quote import cut, problems
 from keras_blood.config.schema import Config, ModelConfig, _Strict
 from keras_blood.errors import ConfigError
 
@@ -83,16 +84,15 @@ class Sweep(BaseModel):
     cells: list[SweepCell]
 
 
-def _describe_sweep_error(err: dict[str, Any], raw_sweep: dict[str, Any]) -> str:
+def _describe_sweep_error(err: dict[str, Any], raw_sweep: dict[str, Any], models: Any) -> str:
+    """``models``: sweep.models as validated (a list made a mapping keyed by name)."""
     loc = [str(p) for p in err["loc"]]
-    # As validated: a list of models keyed by name, so its errors name the model too.
-    models = SweepSpec._name_defaults_to_label(raw_sweep.get("models"))
     if len(loc) >= 2 and loc[0] == "models" and isinstance(models, dict) and isinstance(models.get(loc[1]), dict | None):
         # An error inside one model: described as the `model` section of an experiment.
         label = loc[1]
         model_raw = {"model": {"name": label, **(models.get(label) or {})}}
         message = describe_error({**err, "loc": ("model", *err["loc"][2:])}, model_raw)
-        return f"sweep.models.{label}{message.removeprefix('model')}"
+        return f"sweep.models.{cut(label)}{message.removeprefix('model')}"
     return describe_error(err, raw_sweep, root=SweepSpec, prefix="sweep.")
 
 
@@ -108,8 +108,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     try:
         spec = SweepSpec.model_validate(raw_sweep)
     except ValidationError as exc:
-        problems = "; ".join(_describe_sweep_error(e, raw_sweep) for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from None
+        # As validated: a list of models keyed by name, so that errors name the model too.
+        models = SweepSpec._name_defaults_to_label(raw_sweep.get("models"))
+        described = problems(exc.errors(), lambda e: _describe_sweep_error(e, raw_sweep, models))
+        raise ConfigError(f"{path}: {described}") from None
     base = validate_config({**raw, "model": next(iter(spec.models.values())).model_dump()}, str(path))
     results_dir = spec.results_dir or base.output.runs_dir / base.name
     cells = []

@@ -6,12 +6,20 @@ takes a lock, so workers that start together prepare once; it first removes what
 killed prepare left (TFDS's ``incomplete.*`` folder), and on failure removes what it
 created. No GCS look-up: TFDS is told not to try its bucket, and the builders never ask it
 for metadata (keras_blood.data.builders.info).
+
+A damaged copy (a shard deleted or cut short, a metadata file unreadable) is found before
+it is read, from what ``dataset_info.json`` records (:func:`damage`: every split's shards
+and their total size), and prepared again; a shard damaged inside (a record whose CRC
+fails) is found while reading it, and the error names the folder to delete. A full disk
+while preparing is one line naming ``data.tfds_dir``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import json
 import os
 import shutil
 import sys
@@ -21,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from keras_blood.errors import DataError
+from keras_blood.files import out_of_space
 
 
 def prepared_builder(
@@ -34,9 +43,9 @@ def prepared_builder(
 ):
     """The builder ``name``/``config``, prepared in ``tfds_dir`` from ``manual_dir``.
 
-    A prepared copy is used if ``accept`` takes its metadata (the source it was made
-    from); else ``check()`` (which raises a DataError where the source cannot be
-    prepared) and a new prepare.
+    A prepared copy is used if it is intact (:func:`damage`) and ``accept`` takes its
+    metadata (the source it was made from); else ``check()`` (which raises a DataError
+    where the source cannot be prepared) and a new prepare.
     """
     import tensorflow_datasets as tfds
 
@@ -45,41 +54,146 @@ def prepared_builder(
     def builder():
         return tfds.builder(name, config=config, data_dir=os.fspath(tfds_dir))
 
-    def is_prepared(b) -> bool:  # as b.is_prepared() does, without its warning when not
-        return (Path(b.data_dir) / "dataset_info.json").is_file()
+    # The copy's folder, known before a builder reads (and chokes on) a damaged one.
+    data_path = Path(tfds_dir) / name / (config if isinstance(config, str) else config.name)
+    data_path = data_path / str(tfds.builder_cls(name).VERSION)
 
-    def usable(b) -> bool:
-        return is_prepared(b) and accept(b.info.metadata)
+    def state() -> tuple[str, Any]:
+        """``("usable", builder)``, or ``("missing" | "damaged" | "other source", why)``."""
+        if not (data_path / "dataset_info.json").is_file():
+            return "missing", None
+        if why := damage(data_path):
+            return "damaged", why
+        current = builder()
+        return ("usable", current) if accept(current.info.metadata) else ("other source", None)
 
-    current = builder()
-    if usable(current):
-        return current
-    check()
-    data_path = Path(current.data_dir)
-    what = f"{name}/{current.builder_config.name}"
+    found, why = state()
+    if found == "usable":
+        return why
+    what = f"{name}/{data_path.parent.name}"
+    try:
+        check()
+    except DataError as exc:
+        if found != "damaged":
+            raise
+        raise DataError(
+            f"the prepared copy in {data_path} is damaged ({why}) and cannot be prepared again: {exc}"
+        ) from None
     with _removed_on_failure(tfds_dir, name, data_path), _locked(tfds_dir / name):
-        current = builder()  # another process may have prepared it while we waited
-        if usable(current):
-            return current
-        again = is_prepared(current)
-        if again:  # made from another source; a fresh builder must not read its metadata
+        found, why = state()  # another process may have prepared it while we waited
+        if found == "usable":
+            return why
+        if found != "missing":  # a fresh builder must not read its metadata
             shutil.rmtree(data_path)
-            current = builder()
+        current = builder()
         for stale in data_path.parent.glob(f"incomplete.*_{data_path.name}"):  # from a killed prepare
             shutil.rmtree(stale, ignore_errors=True)
-        print(
-            f"Preparing {what} from {manual_dir} in {data_path} "
-            + ("again (its source changed)" if again else "(once; later runs reuse it)"),
-            flush=True,
-        )
+        reason = {
+            "missing": "(once; later runs reuse it)",
+            "other source": "again (its source changed)",
+            "damaged": f"again (the copy there was damaged: {why})",
+        }[found]
+        print(f"Preparing {what} from {manual_dir} in {data_path} {reason}", flush=True)
         if not sys.stderr.isatty():
             tfds.disable_progress_bar()  # redrawn bars make a log unreadable; the lines here say it
         start = time.perf_counter()
-        current.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir), try_download_gcs=False)
-        )
+        with _disk_errors(tfds_dir, what):
+            current.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir), try_download_gcs=False)
+            )
         print(f"Prepared {what} in {time.perf_counter() - start:.1f} s", flush=True)
     return builder()
+
+
+RECORD_FRAMING = 16  # bytes a TFRecord adds to each record: its length (8) and two CRC32Cs (4 + 4)
+JSON_FILES = ("dataset_info.json", "features.json", "metadata.json")
+
+
+def damage(data_path: Path) -> str | None:
+    """Why the prepared copy in ``data_path`` is damaged, or None: from its metadata alone,
+    without reading a record. The JSON files parse; each split has every shard that
+    ``dataset_info.json`` lists, their sizes add up to the bytes it records for the split
+    plus each record's framing (TFRecord copies); each class-label feature's names file
+    has its number of classes."""
+    parsed = {}
+    for file in JSON_FILES:
+        path = data_path / file
+        if file != "metadata.json" or path.exists():
+            try:
+                parsed[file] = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                return f"{file} {'is missing' if isinstance(exc, FileNotFoundError) else 'is unreadable'}"
+    for file, check in (("dataset_info.json", _shards_damage), ("features.json", _labels_damage)):
+        try:
+            if why := check(data_path, parsed[file]):
+                return why
+        except (AttributeError, KeyError, TypeError, ValueError):  # not the structure TFDS writes
+            return f"{file} is unreadable"
+    return None
+
+
+def _shards_damage(data_path: Path, info: dict[str, Any]) -> str | None:
+    file_format = info.get("fileFormat") or "tfrecord"
+    for split in info.get("splits", []):
+        lengths = [int(n) for n in split.get("shardLengths", [])]
+        template = split.get("filepathTemplate") or "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+        digits = max(len(str(len(lengths))), 5)
+        sizes = []
+        for index in range(len(lengths)):
+            file = template.format(
+                DATASET=info["name"], SPLIT=split["name"], FILEFORMAT=file_format,
+                SHARD_INDEX=f"{index:0{digits}}", NUM_SHARDS=f"{len(lengths):0{digits}}",
+                SHARD_X_OF_Y=f"{index:0{digits}}-of-{len(lengths):0{digits}}",
+            )  # fmt: skip
+            try:
+                sizes.append((data_path / file).stat().st_size)
+            except OSError as exc:
+                return f"shard {file} {'is missing' if isinstance(exc, FileNotFoundError) else 'is unreadable'}"
+        if file_format == "tfrecord" and "numBytes" in split:
+            expected = int(split["numBytes"]) + RECORD_FRAMING * sum(lengths)
+            if sum(sizes) != expected:
+                return f"the {split['name']} split's shards hold {sum(sizes)} bytes where {expected} were written"
+    return None
+
+
+def _labels_damage(data_path: Path, features: dict[str, Any]) -> str | None:
+    for key, feature in (features.get("featuresDict", {}).get("features") or {}).items():
+        classes = feature.get("classLabel", {}).get("numClasses") if isinstance(feature, dict) else None
+        if classes is not None:
+            try:
+                names = [name for name in (data_path / f"{key}.labels.txt").read_text().splitlines() if name]
+            except OSError:
+                return f"{key}.labels.txt is missing"
+            if len(names) != int(classes):
+                return f"{key}.labels.txt names {len(names)} classes where {classes} were written"
+    return None
+
+
+def delete_hint(data_path: str | Path) -> str:
+    return f"delete {data_path} and run again: it is prepared again from its source (data.root)"
+
+
+@contextlib.contextmanager
+def _disk_errors(tfds_dir: Path, what: str) -> Iterator[None]:
+    """A full disk or a folder that cannot be written while preparing: one DataError."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except Exception as exc:  # TFDS re-raises what it meets as a RuntimeError naming the split
+        if out_of_space(exc):
+            raise DataError(
+                f"no space left on the device of data.tfds_dir ({tfds_dir}) while preparing {what}; nothing "
+                "was kept: free space there or set data.tfds_dir to a folder with more room"
+            ) from None
+        cause = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ else exc
+        if isinstance(cause, PermissionError | tf.errors.PermissionDeniedError) or getattr(cause, "errno", None) == errno.EROFS:
+            why = getattr(cause, "strerror", None) or " ".join(str(cause).split())[:200]
+            raise DataError(
+                f"cannot write to data.tfds_dir ({tfds_dir}) while preparing {what} ({why}); "
+                "set data.tfds_dir to a writable folder"
+            ) from None
+        raise
 
 
 @contextlib.contextmanager
@@ -141,11 +255,16 @@ def read_all(data_dir: str, splits: list[str], **as_dataset_kwargs) -> tuple[Any
     One tf.data pipeline reads all the splits: a third of the start-up time of one each.
     """
     import numpy as np
+    import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder_from_directory(data_dir)
-    splits = [name for name in splits if name in builder.info.splits]
-    everything = tfds.as_numpy(builder.as_dataset(split="+".join(splits), batch_size=-1, **as_dataset_kwargs))
+    try:
+        builder = tfds.builder_from_directory(data_dir)
+        splits = [name for name in splits if name in builder.info.splits]
+        everything = tfds.as_numpy(builder.as_dataset(split="+".join(splits), batch_size=-1, **as_dataset_kwargs))
+    except tf.errors.OpError as exc:  # DataLossError (a record's CRC), NotFoundError, ...
+        reason = " ".join(exc.message.split("}}")[-1].split("[Op:")[0].split())[:200]  # TF's own words only
+        raise DataError(f"the prepared copy in {data_dir} is damaged ({reason}); {delete_hint(data_dir)}") from None
     bounds = np.cumsum([0] + [builder.info.splits[name].num_examples for name in splits])
 
     def rows(start: int, end: int):

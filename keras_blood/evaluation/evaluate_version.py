@@ -34,7 +34,7 @@ from typing import Any
 
 from keras_blood.config.loading import load_config
 from keras_blood.config.paths import version_config_file
-from keras_blood.data import load_data
+from keras_blood.data import DataBundle, load_data
 from keras_blood.errors import ConfigError, DataError
 from keras_blood.evaluation.gradcam import gradcam_panel
 from keras_blood.evaluation.metrics import classification_metrics, one_vs_rest_aucs, per_class_table, summary_line
@@ -66,13 +66,16 @@ def evaluate(
     overrides: Sequence[str] = (),
     split: str = "test",
     output_dir: Path = Path("reports"),
+    data: DataBundle | None = None,
 ) -> EvaluateResult:
+    """Evaluate ``version_dir`` on ``split`` of its recorded config's data (``overrides``
+    applied; ``data``: that data, already loaded)."""
     version_dir = Path(version_dir)
     recorded_config = version_config_file(version_dir)
     config = load_config(recorded_config, list(overrides))
 
     config.data.check_split(split)
-    data = load_data(config.data, config.seed)
+    data = data or load_data(config.data, config.seed)
     if split not in data.splits or len(data.splits[split]) == 0:
         raise DataError(f"--split {split!r}: data source {data.name!r} has splits {sorted(data.splits)}")
 

@@ -28,14 +28,12 @@ A file that cannot be read gets its error in its row and the others go on. Exit 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
-import os
 import re
-import shutil
 import sys
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,12 +44,13 @@ import numpy as np
 from keras_blood.config.loading import load_config
 from keras_blood.errors import ExportError, KerasBloodError
 from keras_blood.evaluation.plots import plot_cam_grid, plot_explanation
-from keras_blood.files import new_folder
+from keras_blood.files import new_folder, staging
 from keras_blood.models.temperature import TemperatureScaling
 from keras_blood.models.tta import DihedralViews
 from keras_blood.preparation.decode import Preparation
 from keras_blood.preparation.steps import make_preprocess
-from keras_blood.serving.predict import expand_inputs, prepared_files, shown, unreadable
+from keras_blood.serving.predict import prepared_files, shown, unreadable
+from keras_blood.serving.request import check_request
 from keras_blood.serving.version import load_keras_model
 
 GRID_MAX = 50  # overlays in grid.png; every file still gets its own PNG
@@ -306,64 +305,60 @@ def explain_files(
     out = out or sys.stdout
 
     version = Path(version)
-    entries = [(path, error or unreadable(path)) for path, error in expand_inputs(inputs)]
-    if not entries:
-        raise KerasBloodError(f"no image files found in {' '.join(inputs)}")
+    entries = [(path, error or unreadable(path)) for path, error in check_request(version, inputs)]
     explainer = Explainer.load(version)
 
     names = explainer.class_names
     # Written under a hidden name beside the result and renamed when complete.
-    staging = out_dir / f".explain-{uuid.uuid4().hex[:8]}.part"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        staging.mkdir()
-    except OSError as exc:
-        raise KerasBloodError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from None
-    print(explainer.explained, file=out)
-    failed = 0
-    grid: dict[str, list] = {"images": [], "cams": [], "captions": []}
-    try:
-        with (staging / CSV_NAME).open("x", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "probability", "figure", "error"])
-            images = prepared_files(entries, explainer.preparation, BATCH)
-            for start in range(0, len(entries), BATCH):
-                chunk = entries[start : start + BATCH]
-                loaded = list(itertools.islice(images, len(chunk)))
-                good = [image for image, _ in loaded if image is not None]
-                result = explainer.explain(np.stack(good)) if good else None
-                k = 0
-                for number, ((path, _), (image, error)) in enumerate(zip(chunk, loaded), start=start + 1):
-                    name = shown(path)
-                    if image is None:
-                        failed += 1
-                        writer.writerow([name, "", "", "", error])
-                        print(f"{name}: error: {error}", file=out)
-                        continue
-                    label, p = names[result.predictions[k]], result.probs[k].max()
-                    caption = f"{label} ({p:.2f})"
-                    figure = figure_name(number, path)
-                    title = f"{Path(name).name}: {caption}"
-                    plot_explanation(result.inputs[k], result.cams[k], title, staging / figure)
-                    if len(grid["images"]) < GRID_MAX:
-                        grid["images"].append(result.inputs[k])
-                        grid["cams"].append(result.cams[k])
-                        grid["captions"].append(f"{Path(name).name[:24]}\n{caption}")
-                    writer.writerow([name, label, f"{p:.6f}", figure, ""])
-                    print(f"{name}: {caption}", file=out)
-                    k += 1
-                out.flush()
-        title = f"{name_version(version, ' v')}\n{explainer.explained}"
-        plot_cam_grid(grid["images"], grid["cams"], grid["captions"], staging / "grid.png", title)
-        folder = new_folder(out_dir, f"{name_version(version, '-v')}-")
+    with contextlib.ExitStack() as cleanup:  # the staged folder goes unless it was published
         try:
-            os.rename(staging, folder)  # replaces the empty folder just claimed
-        except OSError:
-            folder.rmdir()
-            raise
-    except OSError as exc:
-        raise KerasBloodError(f"cannot write the explanations in {out_dir}: {exc.strerror or exc}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            stage = cleanup.enter_context(staging(out_dir, prefix=".explain-", suffix=".part", folder=True))
+        except OSError as exc:
+            raise KerasBloodError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from None
+        print(explainer.explained, file=out)
+        failed = 0
+        grid: dict[str, list] = {"images": [], "cams": [], "captions": []}
+        try:
+            with (stage.path / CSV_NAME).open("x", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(["path", "label", "probability", "figure", "error"])
+                images = prepared_files(entries, explainer.preparation, BATCH)
+                for start in range(0, len(entries), BATCH):
+                    chunk = entries[start : start + BATCH]
+                    loaded = list(itertools.islice(images, len(chunk)))
+                    good = [image for image, _ in loaded if image is not None]
+                    result = explainer.explain(np.stack(good)) if good else None
+                    k = 0
+                    for number, ((path, _), (image, error)) in enumerate(zip(chunk, loaded), start=start + 1):
+                        name = shown(path)
+                        if image is None:
+                            failed += 1
+                            writer.writerow([name, "", "", "", error])
+                            print(f"{name}: error: {error}", file=out)
+                            continue
+                        label, p = names[result.predictions[k]], result.probs[k].max()
+                        caption = f"{label} ({p:.2f})"
+                        figure = figure_name(number, path)
+                        title = f"{Path(name).name}: {caption}"
+                        plot_explanation(result.inputs[k], result.cams[k], title, stage.path / figure)
+                        if len(grid["images"]) < GRID_MAX:
+                            grid["images"].append(result.inputs[k])
+                            grid["cams"].append(result.cams[k])
+                            grid["captions"].append(f"{Path(name).name[:24]}\n{caption}")
+                        writer.writerow([name, label, f"{p:.6f}", figure, ""])
+                        print(f"{name}: {caption}", file=out)
+                        k += 1
+                    out.flush()
+            title = f"{name_version(version, ' v')}\n{explainer.explained}"
+            plot_cam_grid(grid["images"], grid["cams"], grid["captions"], stage.path / "grid.png", title)
+            folder = new_folder(out_dir, f"{name_version(version, '-v')}-")
+            try:
+                stage.publish(folder)  # replaces the empty folder just claimed
+            except OSError:
+                folder.rmdir()
+                raise
+        except OSError as exc:
+            raise KerasBloodError(f"cannot write the explanations in {out_dir}: {exc.strerror or exc}") from None
     print(f"{len(entries) - failed} of {len(entries)} files explained, {failed} failed", file=out)
     return folder, failed

@@ -1,5 +1,6 @@
-"""The test report: what a training run and ``python -m keras_blood.evaluate`` both write
-about a model's test probabilities, and temperature calibration on the validation split.
+"""The test split, scored (:func:`score_test_split`, once per training run), and the test
+report that a training run and ``python -m keras_blood.evaluate`` both write; temperature
+calibration on the validation split.
 
 :func:`write_report` writes ``metrics.json``, ``confusion_matrix.png`` and
 ``reliability.png`` into a folder and prints the summary and per-class table; each
@@ -10,6 +11,7 @@ an evaluation).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,11 @@ import keras
 import numpy as np
 
 from keras_blood.evaluation.calibration import fit_temperature
-from keras_blood.evaluation.metrics import calibration_metrics, per_class_table, summary_line
+from keras_blood.config.schema import Config
+from keras_blood.data import DataBundle
+from keras_blood.evaluation.metrics import calibration_metrics, classification_metrics, per_class_table, summary_line
 from keras_blood.evaluation.plots import plot_confusion_matrix, plot_reliability_diagram
-from keras_blood.models.temperature import with_temperature
+from keras_blood.models import average_models, with_temperature, with_tta
 
 
 def best_epoch_summary(history: dict[str, list[float]]) -> dict[str, Any]:
@@ -68,3 +72,64 @@ def write_report(
     plot_reliability_diagram(labels, curves, folder / "reliability.png", title)
     print(f"\n{heading}: {summary_line(metrics)}")
     print(per_class_table(metrics))
+
+
+def score_test_split(
+    members: list[keras.Model],
+    histories: list[dict[str, list[float]]],
+    inputs: Callable[[str], Any],
+    data: DataBundle,
+    config: Config,
+    seeds: list[int],
+):
+    """Where the test split is scored, once per run: the exported model (ensemble average,
+    TTA and calibration inside), its test metrics with what TTA and averaging each add,
+    measured, and its test probabilities (named; before calibration too) for the
+    reliability diagram. ``inputs(split)``: the split's tf.data pipeline; ``histories``: each
+    member's per-epoch record; ``seeds``: the members' seeds."""
+    model = average_models(members)
+    model_for_test = with_tta(model, config.eval.tta)
+    how = [f"an ensemble of {len(members)}"] if len(members) > 1 else []
+    how += [] if config.eval.tta == "none" else [f"{config.eval.tta} test-time augmentation"]
+    print(f"Evaluating on the test split{' with ' + ' and '.join(how) if how else ''} ...", flush=True)
+    test = data.splits["test"]
+
+    def score(m):
+        return classification_metrics(test.labels, m.predict(inputs("test"), verbose=0), data.class_names)
+
+    probs = model_for_test.predict(inputs("test"), verbose=0)
+    curves = {"model": probs}
+    exported, calibration = model_for_test, None
+    if config.eval.calibration == "temperature":
+        exported, calibration, probs = calibrate(
+            model_for_test, inputs("val"), data.splits["val"].labels, test.labels, probs
+        )
+        curves = {"uncalibrated": curves["model"], f"temperature {calibration['temperature']:.3f}": probs}
+    metrics = classification_metrics(test.labels, probs, data.class_names)
+    if calibration:
+        metrics["calibration"] = calibration
+    if model_for_test is not model:
+        plain = score(model)
+        metrics["without_tta"] = {k: plain[k] for k in ("accuracy", "f1_macro", "auc")}
+    if len(members) == 1:
+        metrics.update(best_epoch_summary(histories[0]))
+    else:
+        metrics["members"] = []
+        for seed, member, history in zip(seeds, members, histories):
+            alone = score(with_tta(member, config.eval.tta))
+            metrics["members"].append(
+                {"seed": seed, **best_epoch_summary(history), "accuracy": alone["accuracy"], "auc": alone["auc"]}
+            )
+        # The ensemble's own validation figures (no TTA), as a single model reports its best epoch's.
+        model.compile(
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
+            metrics=["accuracy"],
+        )
+        val_loss, val_accuracy = model.evaluate(inputs("val"), verbose=0)
+        metrics.update(
+            epochs_run=sum(len(h["loss"]) for h in histories),
+            best_val_loss=float(val_loss),
+            best_val_accuracy=float(val_accuracy),
+        )
+    metrics.update(split="test", params=int(model.count_params()))
+    return exported, metrics, curves

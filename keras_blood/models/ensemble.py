@@ -9,7 +9,7 @@ from keras import layers
 def average_models(models: list[keras.Model]) -> keras.Model:
     """One model whose probabilities are the mean of ``models``' (one model: itself).
 
-    The members keep their weights and names, which must differ (train.py numbers them).
+    The members keep their weights and names, which must differ (the Task numbers them: training/task.py).
     """
     if len(models) == 1:
         return models[0]

@@ -48,8 +48,8 @@ def crop_to_cell(images: tf.Tensor, color: ColorConfig, crop: CellCropConfig) ->
     side = crop.window_side(height, width)
     # The window's pixels, gathered from the images' pixels plus one of the background
     # colour, which every position past an edge takes: an exact cut in ops that LiteRT has
-    # (not crop_and_resize, nor a uint8 pad), as fast as crop_and_resize, and one gather of
-    # whole pixels is faster than a batched gather per axis. (crop_and_resize, in
+    # (not crop_and_resize, nor a uint8 pad), no slower than crop_and_resize, and one gather
+    # of whole pixels beats a batched gather per axis (docs/benchmarks.md). (crop_and_resize, in
     # normalised coordinates, also lost the image's last row or column to round-off.)
     top_left = cell_centres(images, color, side) - side // 2  # [N, 2]
     offsets = tf.range(side)
@@ -66,8 +66,8 @@ def crop_to_cell(images: tf.Tensor, color: ColorConfig, crop: CellCropConfig) ->
         return windows
     # Antialiased bilinear resize (tf.image.resize's weights) as matrix products on
     # [N, C, side, side]: the ScaleAndTranslate op that tf.image.resize becomes converts to
-    # neither format. The same pixels but for float rounding (at most 1 level, on under
-    # 0.1% of values), and twice as fast on CPU.
+    # neither format. The same pixels but for float rounding, and faster on CPU (both
+    # measured: docs/benchmarks.md).
     weights = tf.constant(_resize_weights(side, crop.size))  # [size, side]
     planes = tf.transpose(tf.cast(windows, tf.float32), [0, 3, 1, 2])
     resized = tf.matmul(tf.matmul(weights, planes), weights, transpose_b=True)

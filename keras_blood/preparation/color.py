@@ -32,8 +32,8 @@ _SHIFT = 12
 def _fixed_point_reciprocal(numerator: int, divisor: tf.Tensor) -> tf.Tensor:
     """round(numerator / divisor) for int32 divisors 1..255 (0 for 0), as OpenCV's tables.
 
-    Computed in float32 rather than gathered from a table: a gather costs ~10x an
-    elementwise op on CPU. It is exact: the float32 error, below numerator / divisor *
+    Computed in float32 rather than gathered from a table: on CPU a gather costs far more
+    than an elementwise op (docs/benchmarks.md). It is exact: the float32 error, below numerator / divisor *
     2^-24 < 0.07 / divisor, is smaller than the 1 / (2 * divisor) by which any quotient
     here misses a rounding boundary (and none is a tie).
     """
@@ -110,7 +110,7 @@ def gaussian_blur(images: tf.Tensor, size: int, sigma: float) -> tf.Tensor:
         return images
     kernel = gaussian_kernel(size, sigma)
     # Plain conv2d with a diagonal channel matrix: on CPU, oneDNN runs it faster than
-    # depthwise_conv2d, for the same result.
+    # depthwise_conv2d, for the same result (docs/benchmarks.md).
     eye = np.eye(images.shape[-1], dtype=np.float32)
     rows = kernel[:, None, None, None] * eye[None, None]  # [size, 1, C, C]
     cols = kernel[None, :, None, None] * eye[None, None]  # [1, size, C, C]

@@ -19,7 +19,8 @@ preparation before it keeps its exact integer and float32 arithmetic (quantizing
 thresholds, the cell search or the blur would move the crop), so an int8 model sees the
 pixels the SavedModel sees. A float32 model is checked against the SavedModel before it is
 written; an int8 one reports its validation accuracy beside the SavedModel's. Each file
-is written under a hidden temporary name and renamed, so a failure leaves none half-written.
+is written under a hidden temporary name and renamed, so a failure leaves none half-written
+(and the next export of the version removes one that a killed export left).
 Running these models needs the ``edge`` extra: ``pip install "keras-blood[edge]"``.
 """
 
@@ -36,7 +37,7 @@ from keras_blood.config.loading import load_config
 from keras_blood.config.paths import version_config_file
 from keras_blood.data import load_data
 from keras_blood.errors import ConfigError, DataError, ExportError
-from keras_blood.files import staging
+from keras_blood.files import out_of_space, owned_prefix, remove_stale_staging, staging
 from keras_blood.serving.version import load_version
 
 FORMATS = ("litert", "onnx")
@@ -46,12 +47,13 @@ SIGNATURE = "serving_default"
 INPUT_KEY = "pixels"
 OUTPUT_KEY = "probabilities"
 ONNX_OPSET = 17
-# A float32 edge model must give the SavedModel's probabilities to this (the issue's
-# parity bound); measured differences are ~1e-7.
+# A float32 edge model must give the SavedModel's probabilities to this; the converted
+# models measured so far stay well inside it (docs/edge.md).
 FLOAT_TOLERANCE = 1e-4
 CHECK_IMAGES = 32  # seeded random pixels for that check: no data needed for float32
 REPRESENTATIVE_IMAGES = 256  # calibration images for int8, from the training split
 EXTRA = 'pip install "keras-blood[edge]"'
+STAGING_PREFIX = ".tmp-"  # edge/.tmp-<host>-<pid>-<random>-model.onnx while written and checked
 
 
 def edge_file(version: Path, fmt: str, quantize: str | None = None) -> Path:
@@ -271,22 +273,33 @@ def export_edge(
 
     target = edge_file(version_dir, fmt, quantize)
     try:
-        target.parent.mkdir(exist_ok=True)
-        target.parent.chmod(0o755)  # readable by a server running as another user, like the version
-        # The staged file keeps the final name's suffix: the runtimes go by it.
-        with staging(target.parent, prefix=".tmp-", suffix=f"-{target.name}") as stage:
-            try:
-                stage.path.write_bytes(content)
-                stage.path.chmod(0o644)
-            except OSError as exc:
-                raise ExportError(f"cannot write {target} ({exc.strerror or exc}); is the version folder writable?") from None
-            check(version, load_edge_model(stage.path), data, quantize)
-            stage.publish(target)
+        # The staged file keeps the final name's suffix (the runtimes go by it), and its
+        # prefix names this host and process: the next export_edge of the version removes
+        # what a killed one left (of any format).
+        try:
+            target.parent.mkdir(exist_ok=True)
+            target.parent.chmod(0o755)  # readable by a server running as another user, like the version
+            remove_stale_staging(target.parent, STAGING_PREFIX)
+            with staging(target.parent, prefix=owned_prefix(STAGING_PREFIX), suffix=f"-{target.name}") as stage:
+                try:
+                    stage.path.write_bytes(content)
+                    stage.path.chmod(0o644)
+                except OSError as exc:
+                    raise ExportError(_cannot_write(target, exc)) from None
+                check(version, load_edge_model(stage.path), data, quantize)
+                stage.publish(target)
+        except OSError as exc:
+            raise ExportError(_cannot_write(target, exc)) from None
     finally:
         with contextlib.suppress(OSError):  # an edge/ folder this call made and left empty
             target.parent.rmdir()
     print(f"{fmt}{' ' + quantize if quantize else ''}: {len(content) / 1e6:.2f} MB")
     return target
+
+
+def _cannot_write(target: Path, exc: OSError) -> str:
+    fix = "free space on its disk" if out_of_space(exc) else "is the version folder writable?"
+    return f"cannot write {target} ({exc.strerror or exc}); nothing was written: {fix}"
 
 
 def check(version, edge: Callable, data, quantize: str | None) -> None:

@@ -14,8 +14,10 @@ preparation, signature and the run the version came from.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
-import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import tensorflow as tf
 from keras_blood.config.loading import save_config
 from keras_blood.config.schema import Config
 from keras_blood.errors import ExportError
-from keras_blood.files import make_readable, staging
+from keras_blood.files import make_folders, make_readable, out_of_space, owned_prefix, staging
 from keras_blood.preparation.decode import Preparation, decode, prepare
 from keras_blood.preparation.steps import make_preprocess
 from keras_blood.serving.publish import (
@@ -33,7 +35,6 @@ from keras_blood.serving.publish import (
     NotPublished,
     check_export_target,
     export_base,
-    host_name,
     not_better_reason,
     publish_version,
     remove_stale_staging,
@@ -75,15 +76,35 @@ def export_model(
     if reason:
         raise NotPublished(reason)
     base = export_base(config)
-    base.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(base)
     recipe.update(in_graph_steps(config))
-    with staging(base, prefix=f"{STAGING_PREFIX}{host_name()}-{os.getpid()}-", folder=True) as stage:
-        serving_archive(model, config, prep).write_out(str(stage.path), verbose=False)
-        model.save(stage.path / KERAS_MODEL)
-        write_records(stage.path / "assets.extra", config, metrics, class_names, recipe, signature, run)
-        make_readable(stage.path)
-        return publish_version(stage, config, signature)
+    with _write_errors(base):
+        make_folders(base)  # 0755 under any umask: a server running as another user reads versions
+        remove_stale_staging(base)
+        with staging(base, prefix=owned_prefix(STAGING_PREFIX), folder=True) as stage:
+            serving_archive(model, config, prep).write_out(str(stage.path), verbose=False)
+            model.save(stage.path / KERAS_MODEL)
+            write_records(stage.path / "assets.extra", config, metrics, class_names, recipe, signature, run)
+            make_readable(stage.path)
+            return publish_version(stage, config, signature)
+
+
+@contextlib.contextmanager
+def _write_errors(base: Path) -> Iterator[None]:
+    """A full disk or an unwritable folder while writing a version: one ExportError that
+    names the folder and the fix (the staging folder is gone by then: nothing is published)."""
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as exc:
+        if out_of_space(exc):
+            why, fix = "no space left on device", "free space there or"
+        elif isinstance(exc, PermissionError | tf.errors.PermissionDeniedError) or getattr(exc, "errno", None) == errno.EROFS:
+            why, fix = "not writable", "make it writable or"
+        else:
+            raise
+        raise ExportError(
+            f"cannot write a version under {base} ({why}); nothing was published: {fix} "
+            "--set output.export_dir=<another folder>"
+        ) from None
 
 
 def in_graph_steps(config: Config) -> dict[str, Any]:

@@ -14,65 +14,34 @@ stays bounded however many there are. Each file gets a table row on screen and a
 cannot be read gets its error and the others go on. Bytes of a file name that are not
 valid UTF-8 are shown as ``\\xNN`` escapes (``bad\\xff.jpg``; see :func:`shown`). The
 CSV appears only when complete; ``--output`` refuses an existing file unless
-``--overwrite`` is given. Exit status: 0 all files classified, 1 some failed, 2 a usage
+``--overwrite`` is given. An image whose header says it has more than ``--max-pixels``
+pixels (default :data:`~keras_blood.preparation.decode.MAX_PIXELS`, 50 million) is not
+decoded and gets an error row, so that one small file of huge dimensions cannot take
+gigabytes of memory. Exit status: 0 all files classified, 1 some failed, 2 a usage
 error (nothing was classified). The last line printed is the CSV's path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import glob
 import itertools
 import os
 import stat
 import sys
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from keras_blood.errors import ExportError, KerasBloodError
-from keras_blood.files import new_file
-from keras_blood.preparation.decode import decode_any, decode_file, prepare, preparer
+from keras_blood.errors import KerasBloodError
+from keras_blood.files import new_file, staging
+from keras_blood.preparation.decode import MAX_PIXELS, decode_any, decode_file, prepare, preparer, too_many_pixels
+from keras_blood.serving.request import check_request
 from keras_blood.serving.version import load_version
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif"}
 # A file is read whole before decoding (a few at once); this bounds what one bad input can take.
 MAX_FILE_BYTES = 1 << 30
 PATH_WIDTH = 60  # screen table only; the CSV has full paths
-
-
-def find_images(folder: Path) -> Iterator[Path]:
-    """Image files under ``folder``, sorted, skipping hidden files and folders (.DS_Store, ._x.jpg)."""
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                yield Path(root) / name
-
-
-def expand_inputs(args: Sequence[str]) -> list[tuple[str, str]]:
-    """``(path, error)`` per input file, in order, each once; ``error`` is "" when it exists.
-
-    A named file is taken whatever its suffix (and fails later if it is no image); a
-    folder contributes its image files only.
-    """
-    entries: dict[str, str] = {}
-    for arg in args:
-        if Path(arg).exists():
-            matches = [arg]
-        elif glob.has_magic(arg):
-            matches = sorted(glob.glob(arg, recursive=True))
-        else:
-            matches = []
-        if not matches:
-            missing = "no file matches this pattern" if glob.has_magic(arg) else "no such file or folder"
-            entries.setdefault(arg, missing)
-        for match in matches:
-            found = find_images(Path(match)) if Path(match).is_dir() else [Path(match)]
-            for path in found:
-                entries.setdefault(str(path), "")
-    return list(entries.items())
 
 
 class Progress:
@@ -111,8 +80,9 @@ def shown(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def unreadable(path: str) -> str:
-    """Why ``path`` is not to be read at all (no regular file, too large), or ""."""
+def unreadable(path: str, max_pixels: int = MAX_PIXELS, option: str = "") -> str:
+    """Why ``path`` is not to be read at all (no regular file, too large, more than
+    ``max_pixels`` pixels by its header, ``option`` the one that sets that), or ""."""
     try:
         info = os.stat(path)
     except OSError as exc:
@@ -121,7 +91,7 @@ def unreadable(path: str) -> str:
         return "not a regular file"
     if info.st_size > MAX_FILE_BYTES:
         return f"larger than {MAX_FILE_BYTES >> 20} MiB"
-    return ""
+    return too_many_pixels(path, max_pixels, option)
 
 
 def prepared_batches(entries: Sequence[tuple[str, str]], preparation, batch_size: int):
@@ -179,43 +149,38 @@ def predict(
     batch_size: int = 64,
     out: TextIO = sys.stdout,
     overwrite: bool = False,
+    max_pixels: int = MAX_PIXELS,
 ) -> tuple[Path, int]:
-    """Classify ``inputs``; returns the CSV's path and how many files failed.
+    """Classify ``inputs``; returns the CSV's path and how many files failed. A file whose
+    header says it has more than ``max_pixels`` pixels is not decoded: its row says so.
 
     The CSV is written to a hidden temporary file beside ``output`` and renamed into place
     when complete, so a crash leaves no partial CSV. An existing ``output`` is replaced
     only with ``overwrite``.
     """
-    if output is not None and output.is_dir():
-        raise KerasBloodError(f"--output {output} is a folder; name a CSV file")
-    if output is not None and output.exists() and not overwrite:
-        raise KerasBloodError(f"--output {output} already exists; pass --overwrite to replace it")
-    entries = [(path, error or unreadable(path)) for path, error in expand_inputs(inputs)]
-    if not entries:
-        raise KerasBloodError(f"no image files found in {' '.join(inputs)}")
-    if not (Path(version_dir) / "saved_model.pb").is_file():
-        raise ExportError(f"{version_dir} is not an exported model version (no saved_model.pb)")
+    entries = check_request(version_dir, inputs, output, overwrite)
+    entries = [(path, error or unreadable(path, max_pixels, "--max-pixels")) for path, error in entries]
 
     import numpy as np
 
     version = load_version(version_dir)
     classes = version.class_names
 
-    # Written under a hidden name beside the CSV and renamed when complete ("x": never
-    # another's file; unlike tempfile's, it gets the usual permissions).
+    # Written under a hidden name beside the CSV and renamed when complete.
     folder = Path("predictions") if output is None else output.parent
-    temp = folder / f".{output.name if output else 'predictions'}.{uuid.uuid4().hex[:8]}.part"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        csv_file = temp.open("x", newline="", encoding="utf-8")
-    except OSError as exc:
-        raise KerasBloodError(f"cannot write a CSV in {folder}: {exc.strerror or exc}") from None
-    width = min(PATH_WIDTH, max(len(shown(path)) for path, _ in entries))
-    label_width = max(len("label"), *(len(name) for name in classes))
-    progress = Progress(len(entries))
-    failed = 0
-    print(f"{'path':<{width}}  {'label':<{label_width}}  probability", file=out)
-    try:
+    with contextlib.ExitStack() as cleanup:  # the staged CSV goes unless it was published
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            staged_name = f".{output.name if output else 'predictions'}."
+            stage = cleanup.enter_context(staging(folder, prefix=staged_name, suffix=".part"))
+            csv_file = stage.path.open("w", newline="", encoding="utf-8")
+        except OSError as exc:
+            raise KerasBloodError(f"cannot write a CSV in {folder}: {exc.strerror or exc}") from None
+        width = min(PATH_WIDTH, max(len(shown(path)) for path, _ in entries))
+        label_width = max(len("label"), *(len(name) for name in classes))
+        progress = Progress(len(entries))
+        failed = 0
+        print(f"{'path':<{width}}  {'label':<{label_width}}  probability", file=out)
         with csv_file as f:
             writer = csv.writer(f)
             writer.writerow(["path", "label", "probability", *classes, "error"])
@@ -241,11 +206,9 @@ def predict(
         try:
             if output is None:  # claimed only now, so that it exists only once complete
                 output = new_file(folder, f"{version.name}-v{version.number}-", ".csv")
-            os.replace(temp, output)
+            stage.publish(output)
         except OSError as exc:
             raise KerasBloodError(f"cannot write the CSV {output or folder}: {exc.strerror or exc}") from None
-    finally:
-        temp.unlink(missing_ok=True)
     progress.clear()
     print(f"{len(entries) - failed} of {len(entries)} files classified, {failed} failed", file=out)
     return output, failed

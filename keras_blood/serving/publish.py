@@ -12,24 +12,17 @@ only a model that beats the newest version.
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import socket
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from keras_blood import files
 from keras_blood.config.schema import Config
 from keras_blood.errors import ExportError
-from keras_blood.files import Stage
+from keras_blood.files import Stage, host_name, make_folders, out_of_space  # noqa: F401  (host_name: re-exported)
 from keras_blood.serving.version import RUN_RECORD, Signature, existing_versions, read_signature
 
 STAGING_PREFIX = ".export-"
-
-
-LEGACY_STAGING_MAX_AGE_S = 24 * 3600  # staging folders named without host and pid
 
 
 class NotPublished(Exception):
@@ -84,13 +77,14 @@ def check_export_target(config: Config, class_names: list[str], input_shape: tup
     base = export_base(config)
     folder = base if base.is_dir() else config.output.export_dir
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folders(folder)  # 0755 under any umask: a server running as another user reads versions
         with tempfile.NamedTemporaryFile(prefix=".write-test-", dir=folder):
             pass
     except OSError as exc:
+        fix = "free space there or " if out_of_space(exc) else ""
         raise ExportError(
             f"output.export_dir {str(config.output.export_dir)!r}: cannot write to {str(folder)!r} "
-            f"({exc.strerror or exc}); --set output.export_dir=<a writable folder>"
+            f"({exc.strerror or exc}); {fix}--set output.export_dir=<a writable folder>"
         ) from None
     check_signature(config, Signature(tuple(input_shape), "uint8", tuple(class_names)))
 
@@ -125,38 +119,11 @@ def not_better_reason(config: Config, metrics: dict[str, Any]) -> str | None:
     )
 
 
-def host_name() -> str:
-    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
-
-
-def _process_is_dead(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        pass
-    return False
-
-
 def remove_stale_staging(base: Path) -> None:
     """Remove staging folders that a killed export left in ``base``: those of a dead
     process on this host, and legacy ones (no host and pid in the name) older than a day.
     Another host's, or a live process's, may still be in use and are left alone."""
-    for path in base.glob(f"{STAGING_PREFIX}*"):
-        if not path.is_dir():
-            continue
-        # .export-<host>-<pid>-<random>: the host may contain '-', the random part does not.
-        owner = path.name[len(STAGING_PREFIX) :].rsplit("-", 2)
-        if len(owner) == 3 and owner[1].isdigit():
-            stale = owner[0] == host_name() and _process_is_dead(int(owner[1]))
-        else:
-            try:
-                stale = time.time() - path.stat().st_mtime > LEGACY_STAGING_MAX_AGE_S
-            except OSError:  # removed meanwhile
-                continue
-        if stale:
-            shutil.rmtree(path, ignore_errors=True)
+    files.remove_stale_staging(base, STAGING_PREFIX)
 
 
 def find_run_version(config: Config, run: Path) -> Path | None:

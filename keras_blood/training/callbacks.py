@@ -1,11 +1,18 @@
-"""TensorBoard views beyond loss curves: per-epoch validation confusion matrix and PR curves."""
+"""TensorBoard views beyond loss curves (per-epoch validation confusion matrix and PR
+curves), the training clock, resumable early stopping, and the epoch backup a killed run
+continues from."""
 
 from __future__ import annotations
 
 import io
+import math
 import re
+import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -13,7 +20,9 @@ import tensorflow as tf
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 
 from keras_blood.evaluation.plots import plot_confusion_matrix
+from keras_blood.files import detach_open_file
 from keras_blood.training.keras_metrics import ConfusionMatrix, ScoreHistogram
+from keras_blood.training.runs import damaged, publish_checkpoint, read_backup, remove_leftovers, write_backup
 
 
 def tag(name: str) -> str:
@@ -50,9 +59,9 @@ class ValidationTensorBoard(keras.callbacks.TensorBoard):
     TensorBoard has no TF2 op for PR curves; the plugin's ``raw_data_pb`` builds the
     summary and ``write_raw_pb`` writes it.
 
-    The PR curves and scalars are written every epoch. The figure costs about 0.2 CPU
-    seconds (a tenth of a CNN epoch on 2 cores), so it is drawn every ``image_every``
-    epochs and after the last one, in a background thread, one at a time.
+    The PR curves and scalars are written every epoch. The figure costs a noticeable part
+    of a small model's epoch on a CPU (measured: docs/benchmarks.md), so it is drawn every
+    ``image_every`` epochs and after the last one, in a background thread, one at a time.
 
     ``write=False`` is for workers other than the chief in multi-worker training:
     reading a metric summed across workers is a collective op, so every worker reads the
@@ -83,7 +92,7 @@ class ValidationTensorBoard(keras.callbacks.TensorBoard):
 
     def on_train_batch_end(self, batch, logs=None):
         # Keras writes every batch's logs as scalars even with update_freq="epoch", where
-        # no writer records them; that costs each step about 35 us per metric.
+        # no writer records them; that costs every step time per metric (docs/benchmarks.md).
         super().on_train_batch_end(batch, logs if self.update_freq != "epoch" else None)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -170,3 +179,149 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
             best = min(range(len(self.past)), key=self.past.__getitem__)
             self.best, self.best_epoch = self.past[best], best
             self.wait = len(self.past) - 1 - best
+
+
+@dataclass
+class BestCheckpoint:
+    """A member's best checkpoint, kept across the stages of its training: the file, the
+    lowest ``val_loss`` recorded, and the record of what the file holds."""
+
+    path: Path
+    value: float = math.inf
+    record: dict[str, Any] | None = None
+
+
+def variables_bytes(model: keras.Model) -> int:
+    """Bytes of the model's and its optimizer's variables: about a weights file's size."""
+    variables = list(model.weights) + list(getattr(model.optimizer, "variables", []) or [])
+    return sum(math.prod(v.shape) * _dtype_bytes(v.dtype) for v in variables)
+
+
+def _dtype_bytes(dtype) -> int:
+    bits = "".join(c for c in keras.backend.standardize_dtype(dtype) if c.isdigit())
+    return max(1, int(bits or 8) // 8)  # float32 4, bfloat16 2, bool 1
+
+
+class EpochBackup(keras.callbacks.BackupAndRestore):
+    """Keras's BackupAndRestore (the weights, the optimizer's state and the epoch, saved at
+    the end of every epoch and restored when a killed run's fit starts again), written so
+    that a kill or a full disk at any moment leaves the last complete epoch whole.
+
+    Keras's callback rewrites ``latest.weights.h5`` in place and then the epoch in
+    ``training_metadata.json``: a kill during either leaves a file that cannot be read, or
+    weights of one epoch under the number of another. Its ``double_checkpoint`` copies
+    both to ``.bkp`` files first, which restores an unreadable weights file but neither a
+    metadata file cut short (a JSONDecodeError, not the OSError it falls back on) nor a
+    kill between the two writes. Here each epoch's weights go to a new file, then the
+    metadata naming it (size, SHA-256) is renamed into place: that rename commits the
+    epoch (:func:`keras_blood.training.runs.write_backup`).
+
+    ``best``: where the chief keeps the best checkpoint (None on the other workers of a
+    cluster): an epoch with a lower ``val_loss`` is published there after its commit.
+    """
+
+    def __init__(self, backup_dir: Path, best: BestCheckpoint | None = None, monitor: str = "val_loss"):
+        super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
+        self.folder = Path(backup_dir)
+        self.best = best
+        self.monitor = monitor
+        self.size: int | None = None  # the last weights file's bytes
+
+    def on_train_begin(self, logs=None):
+        backup = read_backup(self.folder)  # checked: a RunError where it is damaged
+        remove_leftovers(self.folder, keep=backup.weights.name if backup else None)
+        # Keras's trainer starts at this when it is set; an earlier stage's must not carry over.
+        self.model._initial_epoch = None
+        if backup is None:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)  # its variables, to load into
+        try:
+            self.model.load_weights(str(backup.weights))
+        except Exception as exc:  # h5py and Keras word a bad file many ways
+            why = " ".join(str(exc).split())[:200]
+            raise damaged(self.folder, f"{backup.weights.name} does not load ({type(exc).__name__}: {why})") from None
+        self.model._initial_epoch = backup.epoch
+        self.size = backup.weights.stat().st_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        best = self.best
+        improved = best is not None and value is not None and math.isfinite(value) and value < best.value
+        size = self.size or variables_bytes(self.model)
+        backup = write_backup(
+            self.folder,
+            epoch + 1,
+            self.save,
+            size + size // 10 + (1 << 16),
+            improved,
+            best.record if best else None,
+        )
+        self.size = backup.weights.stat().st_size
+        if improved:
+            best.value, best.record = value, backup.best
+            publish_checkpoint(backup, best.path)
+
+    def save(self, path: Path) -> None:
+        try:
+            self.model.save_weights(str(path))
+        except BaseException:
+            detach_open_file(path)  # h5py keeps the file open after a failed write
+            raise
+
+    def on_train_end(self, logs=None):
+        pass  # the trainer removes a member's backup once its record says it is done
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, ``timeout``, ``kill``) while a run trains, evaluates or
+    exports: raised like Ctrl-C, so that what is being written is cleaned up; the run
+    resumes. ``run``: its folder, once the trainer made one."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.run: Path | None = None
+
+
+class StopRequest:
+    """A signal handler that stops the run: it raises :class:`Stopped` at once, or, while
+    ``deferred`` (inside ``fit``), leaves it to :class:`StopAtSafePoint` at the next batch
+    or epoch end, so that a stop never lands inside a write, a ``__del__`` or a callback
+    (where an exception would be lost). A second signal ends the process at once."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self.deferred = False
+
+    def handle(self, signum, frame) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        self.signal_name = signal.Signals(signum).name
+        if not self.deferred:
+            raise Stopped(self.signal_name)
+
+    def check(self) -> None:
+        if self.signal_name is not None:
+            raise Stopped(self.signal_name)
+
+
+class StopAtSafePoint(keras.callbacks.Callback):
+    """Raises a requested stop at the end of a training or validation batch, or of an
+    epoch. Put it last: an epoch that ended is backed up before the stop."""
+
+    def __init__(self, request: StopRequest):
+        super().__init__()
+        self.request = request
+
+    def on_train_begin(self, logs=None):
+        self.request.deferred = True
+        self.request.check()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.request.check()
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.request.check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.request.check()

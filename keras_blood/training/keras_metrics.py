@@ -59,10 +59,10 @@ class ScoreHistogram(keras.metrics.Metric):
 
     ``result()`` is the mean one-vs-rest ROC AUC over the classes that have positives and
     negatives, i.e. MedMNIST's AUC (keras_blood.evaluation.metrics.medmnist_auc), except that scores
-    in one bucket count as ties: with the default 1,001 buckets (width 1e-3) it agrees
-    with the exact figure to about 1e-4 on a trained model's scores (less where most
-    scores fall in a few buckets, as an untrained model's do). Ten times the buckets
-    costs a CPU training step about 0.3 ms more. ``pr_counts()`` gives one-vs-rest
+    in one bucket count as ties: with the default 1,001 buckets (width 1e-3) it stays
+    close to the exact figure on a trained model's scores (less so where most scores
+    fall in a few buckets, as an untrained model's do), and more buckets cost every
+    training step more (both measured: docs/benchmarks.md). ``pr_counts()`` gives one-vs-rest
     precision-recall counts at evenly spaced thresholds from it.
     """
 
@@ -107,5 +107,5 @@ class ScoreHistogram(keras.metrics.Metric):
 
 
 def validation_metrics(num_classes: int) -> list[keras.metrics.Metric]:
-    """What train.py compiles beside "accuracy" for the validation views."""
+    """What training compiles beside "accuracy" for the validation views (training/task.py)."""
     return [ConfusionMatrix(num_classes), ScoreHistogram(num_classes)]

@@ -27,8 +27,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -38,6 +36,7 @@ from keras_blood.config.presets import INPUT_TITLES, PAPER_TABLE
 from keras_blood.config.schema import Config
 from keras_blood.config.sweep import Sweep, SweepCell
 from keras_blood.errors import KerasBloodError
+from keras_blood.files import write_atomic
 from keras_blood.evaluation.plots import plt
 from keras_blood.training.runs import first_difference, latest_unfinished
 from keras_blood.training.trainer import train
@@ -75,15 +74,6 @@ def finished_row(results_dir: Path, cell: SweepCell) -> dict[str, Any] | None:
         print(f"{cell.key}: settings changed since it was recorded; running it again", flush=True)
         return None
     return record["row"]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # Write beside the target and rename, so a crash never leaves a half-written record.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def run_cell(cell: SweepCell) -> dict[str, Any]:
@@ -328,7 +318,7 @@ def run_sweep(sweep: Sweep, command: str | None = None) -> list[str]:
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "wall_seconds": round(time.perf_counter() - start, 1),
             }
-            _write_atomic(record_path(sweep.results_dir, cell), json.dumps(record, indent=2))
+            write_atomic(record_path(sweep.results_dir, cell), json.dumps(record, indent=2))
             rows[cell.key] = {**row, "status": "ok"}
         # Results after every cell, so a long study can be read while it runs.
         write_results(sweep, list(rows.values()), command)

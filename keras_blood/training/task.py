@@ -27,17 +27,15 @@ from keras_blood.data import DataBundle, load_data
 from keras_blood.data.augment import make_augment
 from keras_blood.data.pipeline import make_dataset
 from keras_blood.errors import DataError
-from keras_blood.evaluation.metrics import classification_metrics
-from keras_blood.evaluation.report import best_epoch_summary, calibrate
-from keras_blood.models.ensemble import average_models
+from keras_blood.evaluation.report import score_test_split
+from keras_blood.files import write_atomic
 from keras_blood.models.registry import build_model
-from keras_blood.models.tta import with_tta
 from keras_blood.preparation.steps import make_preprocess
 from keras_blood.serving.export import export_model
 from keras_blood.serving.publish import NotPublished, find_run_version
 from keras_blood.training import distribute
 from keras_blood.training.keras_metrics import validation_metrics
-from keras_blood.training.runs import FINISHED, RunFolder
+from keras_blood.training.runs import FINISHED, RunError, RunFolder
 from keras_blood.training.runtime import Cluster, seed_everything
 from keras_blood.training.transfer import Transfer, prepare_transfer
 
@@ -241,62 +239,22 @@ class Task:
         """Member ``member`` with its best checkpoint's weights, outside any strategy:
         what is evaluated and exported (on the chief alone in a cluster)."""
         model = self.build_model(member if self.ensemble > 1 else None, strategy=tf.distribute.get_strategy())
-        model.load_weights(str(run.checkpoint(RunFolder.tag(member, self.ensemble))))
+        checkpoint = run.checkpoint(RunFolder.tag(member, self.ensemble))
+        try:
+            model.load_weights(str(checkpoint))
+        except Exception as exc:  # h5py and Keras word a missing or damaged file many ways
+            raise RunError(
+                f"the best checkpoint {checkpoint} does not load ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                "this run cannot be evaluated: start a new run"
+            ) from None
         return model
 
     # ------------------------------------------------------------------ test and export
 
     def evaluate(self, members: list[keras.Model], histories: list[dict[str, list[float]]]):
-        """The exported model (ensemble average, TTA and calibration inside), its test metrics
-        with what TTA and averaging each add, measured, and its test probabilities (named;
-        before calibration too) for the reliability diagram."""
-        config, data = self.config, self.data
-        model = average_models(members)
-        model_for_test = with_tta(model, config.eval.tta)
-        how = [f"an ensemble of {len(members)}"] if len(members) > 1 else []
-        how += [] if config.eval.tta == "none" else [f"{config.eval.tta} test-time augmentation"]
-        print(f"Evaluating on the test split{' with ' + ' and '.join(how) if how else ''} ...", flush=True)
-        test = data.splits["test"]
-
-        def score(m):
-            return classification_metrics(test.labels, m.predict(self.build_inputs("test"), verbose=0), data.class_names)
-
-        probs = model_for_test.predict(self.build_inputs("test"), verbose=0)
-        curves = {"model": probs}
-        exported, calibration = model_for_test, None
-        if config.eval.calibration == "temperature":
-            exported, calibration, probs = calibrate(
-                model_for_test, self.build_inputs("val"), data.splits["val"].labels, test.labels, probs
-            )
-            curves = {"uncalibrated": curves["model"], f"temperature {calibration['temperature']:.3f}": probs}
-        metrics = classification_metrics(test.labels, probs, data.class_names)
-        if calibration:
-            metrics["calibration"] = calibration
-        if model_for_test is not model:
-            plain = score(model)
-            metrics["without_tta"] = {k: plain[k] for k in ("accuracy", "f1_macro", "auc")}
-        if len(members) == 1:
-            metrics.update(best_epoch_summary(histories[0]))
-        else:
-            metrics["members"] = []
-            for seed, member, history in zip(self.seeds, members, histories):
-                alone = score(with_tta(member, config.eval.tta))
-                metrics["members"].append(
-                    {"seed": seed, **best_epoch_summary(history), "accuracy": alone["accuracy"], "auc": alone["auc"]}
-                )
-            # The ensemble's own validation figures (no TTA), as a single model reports its best epoch's.
-            model.compile(
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
-                metrics=["accuracy"],
-            )
-            val_loss, val_accuracy = model.evaluate(self.build_inputs("val"), verbose=0)
-            metrics.update(
-                epochs_run=sum(len(h["loss"]) for h in histories),
-                best_val_loss=float(val_loss),
-                best_val_accuracy=float(val_accuracy),
-            )
-        metrics.update(split="test", params=int(model.count_params()))
-        return exported, metrics, curves
+        """The exported model, its test metrics and its named test probabilities:
+        :func:`keras_blood.evaluation.report.score_test_split` on this task's pipelines."""
+        return score_test_split(members, histories, self.build_inputs, self.data, self.config, self.seeds)
 
     def export(self, model: keras.Model, metrics: dict[str, Any], run: RunFolder) -> Path | None:
         """Publish the evaluated model as a new version (or say why not). The run records the
@@ -309,6 +267,6 @@ class Task:
                 print(f"Not published: {declined}", flush=True)
                 run.update_status(state=FINISHED, export=None, not_published=str(declined))
                 return None
-        (run.path / "export_path.txt").write_text(f"{version}\n")
+        write_atomic(run.path / "export_path.txt", f"{version}\n")
         run.update_status(state=FINISHED, export=str(version))
         return version

@@ -8,10 +8,13 @@ stages of ``train.transfer_schedule``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +27,32 @@ from keras_blood.config.schema import Config
 from keras_blood.errors import KerasBloodError
 from keras_blood.evaluation.plots import log_color_extraction, plot_learning_curves
 from keras_blood.evaluation.report import write_report
+from keras_blood.files import out_of_space
 from keras_blood.serving.publish import check_export_target
-from keras_blood.training.callbacks import ElapsedTime, ResumableEarlyStopping, ValidationTensorBoard
+from keras_blood.training.callbacks import (
+    BestCheckpoint,
+    ElapsedTime,
+    EpochBackup,
+    ResumableEarlyStopping,
+    StopAtSafePoint,
+    Stopped,
+    StopRequest,
+    ValidationTensorBoard,
+    variables_bytes,
+)
 from keras_blood.training.distribute import barrier, weights_fingerprint
 from keras_blood.training.runs import (
     TRAINED,
+    RunError,
     RunFolder,
-    backed_up_epochs,
+    best_value,
+    check_free_space,
+    check_run_target,
+    existing_folder,
+    member_backup,
     read_history,
+    restore_checkpoint,
+    state_bytes,
     truncate_history,
 )
 from keras_blood.training.runtime import cluster_from_env, describe_devices, select_strategy
@@ -64,6 +85,8 @@ class Trainer:
         self.task = task
         self.resume = Path(resume) if resume else None
         self.run: RunFolder | None = None  # the chief's run folder, once created or opened
+        self.best: BestCheckpoint | None = None  # the chief's, for the member being trained
+        self.stop: StopRequest | None = None  # SIGTERM's, where this process handles it
         self.clock_start = 0.0  # perf_counter() at training minute 0 (earlier when resuming)
 
     @property
@@ -81,6 +104,7 @@ class Trainer:
         first_model = task.build_member(0)
         if task.is_chief:
             first_model.summary(print_fn=lambda line, **_: print(line))
+            self.check_space(first_model)
             self.run = RunFolder.open(self.resume) if self.resume else RunFolder.create(config)
             print(f"Run folder: {self.run.path}  (tensorboard --logdir {self.run.path.parent})", flush=True)
             if not self.resume and (config.data.color_extraction or config.data.cell_crop is not None):
@@ -121,6 +145,23 @@ class Trainer:
         barrier(task.strategy)
         return TrainResult(model, metrics, self.run.path, version)
 
+    def check_space(self, model: keras.Model) -> None:
+        """Before the run folder: room for the backups and checkpoints training writes (the
+        best checkpoint, the last epoch's backup and the next one's, and a checkpoint for
+        each other member), so a disk too small says so now, not after the first epoch."""
+        config = self.task.config
+        state = state_bytes(variables_bytes(model))
+        if self.resume:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                if RunFolder(self.resume).status()["members_done"] >= self.task.ensemble:
+                    return  # trained: evaluation and export write no backups
+            folder, copies = self.resume, 3
+            fix = f"free space there, then: python -m keras_blood.train --resume {self.resume}"
+        else:
+            folder, copies = existing_folder(config.output.runs_dir), self.task.ensemble + 2
+            fix = f"free space there or --set output.runs_dir=<a folder with room> (output.runs_dir is {str(config.output.runs_dir)!r})"
+        check_free_space(folder, copies * state, f"training {config.name!r} (backups and checkpoints)", fix)
+
     # ------------------------------------------------------------------ one member
 
     def callbacks(self, member: int, backup_dir: Path, history: dict[str, list[float]]) -> list[keras.callbacks.Callback]:
@@ -140,17 +181,7 @@ class Trainer:
             ),
         ]
         if run is not None:
-            best_so_far = min(history["val_loss"]) if history.get("val_loss") else None
-            callbacks += [
-                keras.callbacks.ModelCheckpoint(
-                    str(run.checkpoint(tag)),
-                    monitor="val_loss",
-                    save_best_only=True,
-                    save_weights_only=True,
-                    initial_value_threshold=best_so_far,
-                ),
-                keras.callbacks.CSVLogger(str(run.history_csv(tag)), append=True),
-            ]
+            callbacks.append(keras.callbacks.CSVLogger(str(run.history_csv(tag)), append=True))
         callbacks.append(keras.callbacks.TerminateOnNaN())
         if config.train.early_stopping_patience:
             callbacks.append(
@@ -158,9 +189,12 @@ class Trainer:
                     past=history.get("val_loss"), monitor="val_loss", patience=config.train.early_stopping_patience
                 )
             )
-        # Last: an epoch's CSV row and checkpoint are written before its backup, so a resumed
-        # run never lacks a row for an epoch the backup holds (extra rows are cut on resume).
-        callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False))
+        # Last: an epoch's CSV row is written before its backup commits it, so a resumed run
+        # never lacks a row for an epoch the backup holds (extra rows are cut on resume); the
+        # best checkpoint is published after the commit, so it never holds an uncommitted epoch.
+        callbacks.append(EpochBackup(backup_dir, self.best if run is not None else None))
+        if self.stop is not None:  # after the backup: an epoch that ended is committed first
+            callbacks.append(StopAtSafePoint(self.stop))
         return callbacks
 
     def fit_member(self, member: int, model: keras.Model | None = None) -> dict[str, list[float]]:
@@ -172,7 +206,9 @@ class Trainer:
         scratch = None
         if run is not None:
             backup_dir = run.backup_dir(tag)
-            truncate_history(run.history_csv(tag), backed_up_epochs(backup_dir))
+            backup = member_backup(backup_dir)  # its weights checked against its record
+            restore_checkpoint(run.checkpoint(tag), backup)
+            truncate_history(run.history_csv(tag), backup.epoch if backup else 0)
         else:
             # A worker that is not the chief backs up into a folder of its own (removed at the
             # end), starting from the chief's backup when the run is resumed.
@@ -180,10 +216,13 @@ class Trainer:
             backup_dir = scratch / "backup"
             if record is not None and record.backup_dir(tag).is_dir():
                 shutil.copytree(record.backup_dir(tag), backup_dir)
+            backup = member_backup(backup_dir)
         history = read_history(record.history_csv(tag)) if record else {}
-        history = {key: values[: backed_up_epochs(backup_dir)] for key, values in history.items()}
+        history = {key: values[: backup.epoch if backup else 0] for key, values in history.items()}
+        # The best checkpoint so far: what a new best must beat, and what the file holds.
+        self.best = BestCheckpoint(run.checkpoint(tag), best_value(history), backup.best if backup else None) if run else None
 
-        if history:
+        if history.get("loss"):
             print(f"Resuming {tag or 'training'} after epoch {len(history['loss'])}", flush=True)
             if schedule_done(history, config):  # killed between its last epoch and its record
                 if scratch is not None:
@@ -210,15 +249,16 @@ class Trainer:
                     verbose=1 if sys.stdout.isatty() else 2,
                     shuffle=False,  # the tf.data pipeline already shuffles, seeded
                 )
-                # What the next stage's callbacks start from, the same on every worker.
-                history = {key: history.get(key, []) + values for key, values in fitted.history.items()}
-        except KeyboardInterrupt:
-            where = (run.path if run else self.resume) or "the chief's run folder"
-            print(f"\nInterrupted. Continue with: python -m keras_blood.train --resume {where}", file=sys.stderr)
-            raise
+                # What the next stage's callbacks start from, the same on every worker (a stage
+                # resumed past its last epoch trains none and adds nothing).
+                history = {key: history.get(key, []) + fitted.history.get(key, []) for key in {**history, **fitted.history}}
         finally:
+            if self.stop is not None:
+                self.stop.deferred = False  # outside fit, a stop is raised at once
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
+        if self.stop is not None:
+            self.stop.check()  # one that came as fit ended
 
         # Equal on every worker of a cluster: the gradients were synchronised.
         who = f"{task.cluster.name}: " if task.cluster else ""
@@ -249,19 +289,69 @@ class Trainer:
         print(f"Trained {metrics['epochs_run']} epochs in {metrics['train_seconds']:.0f} s; run folder {run.path}")
 
 
+@contextlib.contextmanager
+def stop_on_sigterm(enabled: bool = True):
+    """SIGTERM stops the run cleanly in the block: yields the :class:`StopRequest` that
+    raises :class:`Stopped` (at once, or inside ``fit`` at the next batch or epoch end).
+    Only in the main thread of a single process: the workers of a cluster keep the
+    default, so that a stopped worker's peers, blocked in a collective operation on it,
+    are not left waiting."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    request = StopRequest()
+    previous = signal.signal(signal.SIGTERM, request.handle)
+    try:
+        yield request
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def no_space(config: Config, run: RunFolder | None, exc: BaseException) -> RunError:
+    """One line for a full disk met while training, evaluating or exporting: what was
+    being written, where, and how to go on."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    filename = getattr(exc, "filename", None)
+    detail = f"{exc.strerror}: {filename}" if isinstance(exc, OSError) and exc.strerror and filename else text[:300]
+    export_dir = str(config.output.export_dir)
+    setting = "output.export_dir" if export_dir in f"{filename} {text}" else "output.runs_dir"
+    folder = config.output.export_dir if setting == "output.export_dir" else (run.path if run else config.output.runs_dir)
+    then = f"then continue with: python -m keras_blood.train --resume {run.path}" if run else f"or --set {setting}=<a folder with room>"
+    return RunError(f"no space left on device ({detail}); free space under {str(folder)!r} ({setting}), {then}")
+
+
 def train(config: Config, resume: str | Path | None = None) -> TrainResult:
     """Run the whole experiment: train, evaluate on the test split, export.
 
     ``resume``: a run folder of this config to continue where it stopped. The same call on
     every worker of a ``TF_CONFIG`` cluster trains data-parallel.
+
+    A full disk is a one-line RunError naming the folder and how to go on (the run stays
+    resumable); SIGTERM raises :class:`Stopped` (a KeyboardInterrupt) once the run folder
+    is being written, with the folder to resume on it.
     """
     cluster = cluster_from_env()  # before TensorFlow starts: it must know the cluster first
+    if cluster is None or cluster.is_chief:  # only the chief writes the run folder
+        check_run_target(config, resume)
     strategy = select_strategy(config.train.distribute, cluster)
     print(f"Device: {describe_devices(strategy, cluster)}", flush=True)
     # Everything that can fail on user input happens before a run folder exists.
     task = Task.from_config(config, strategy, cluster)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in task.data.splits.items())
     print(f"Data: {task.data.name} {task.data.image_shape}, {task.data.num_classes} classes; {sizes}", flush=True)
-    return Trainer(task, resume).fit()
-
-
+    trainer = Trainer(task, resume)
+    try:
+        with stop_on_sigterm(cluster is None) as trainer.stop:
+            return trainer.fit()
+    except KeyboardInterrupt as interrupt:
+        where = trainer.run.path if trainer.run else resume
+        if isinstance(interrupt, Stopped):
+            interrupt.run = Path(where) if where else None
+        elif where or cluster is not None:
+            where = where or "the chief's run folder"
+            print(f"\nInterrupted. Continue with: python -m keras_blood.train --resume {where}", file=sys.stderr)
+        raise
+    except Exception as exc:
+        if isinstance(exc, KerasBloodError) or not out_of_space(exc):
+            raise
+        raise no_space(config, trainer.run, exc) from None

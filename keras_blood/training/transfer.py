@@ -39,7 +39,7 @@ from keras_blood.data.builders.bloodmnist import CLASS_NAMES
 from keras_blood.errors import ConfigError, ExportError
 from keras_blood.models.registry import HEAD, build_model, named_layers
 from keras_blood.serving.version import load_keras_model
-from keras_blood.training.runs import FINE_TUNE_BACKUP, RunFolder
+from keras_blood.training.runs import FINE_TUNE_BACKUP, METADATA, RunFolder
 
 # ----------------------------------------------------------------------------- sources
 
@@ -320,7 +320,8 @@ def training_stages(config: Config, model: keras.Model, transfer: Transfer | Non
             f"Stage 2 of 2: {unfrozen}, {epochs(t.head_epochs + 1, t.epochs)}, learning rate {fine_tune_rate:g}",
         ),
     ]
-    return stages[1:] if (backup_dir / FINE_TUNE_BACKUP).is_dir() else stages
+    # In the second stage once it committed an epoch (a kill before that starts it again).
+    return stages[1:] if (backup_dir / FINE_TUNE_BACKUP / METADATA).is_file() else stages
 
 
 def set_trainable(flags: list[tuple[keras.layers.Layer, bool]]) -> None:

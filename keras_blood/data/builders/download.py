@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from keras_blood.errors import DataError
+from keras_blood.files import staging
 
 CHUNK = 1 << 20
 
@@ -36,29 +35,27 @@ def download(url: str, dest: Path, md5: str, how_to_fix: str, timeout: float = 3
     created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     how_to_fix = f"Download {url} by hand (MD5 {md5}) and {how_to_fix}."
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
     try:
-        print(f"Downloading {url} -> {dest}", flush=True)
-        with urllib.request.urlopen(url, timeout=timeout) as response, os.fdopen(fd, "wb") as out:
-            from keras.utils import Progbar  # a terminal-friendly bar, no extra dependency
+        with staging(dest.parent, prefix=f".{dest.name}.", suffix=".part") as stage:
+            print(f"Downloading {url} -> {dest}", flush=True)
+            with urllib.request.urlopen(url, timeout=timeout) as response, stage.path.open("wb") as out:
+                # Keras (and TensorFlow) only once a download starts: reading data needs neither.
+                from keras.utils import Progbar
 
-            total = int(response.headers.get("Content-Length") or 0) or None
-            bar = Progbar(total, unit_name="byte")
-            done = 0
-            while block := response.read(CHUNK):
-                out.write(block)
-                done += len(block)
-                bar.update(done)
-        actual = md5sum(tmp)
-        if actual != md5:
-            raise DataError(f"{url}: downloaded file has MD5 {actual}, expected {md5}. {how_to_fix}")
-        os.replace(tmp, dest)
-        return dest
+                total = int(response.headers.get("Content-Length") or 0) or None
+                bar = Progbar(total, unit_name="byte")  # a terminal-friendly bar, no extra dependency
+                done = 0
+                while block := response.read(CHUNK):
+                    out.write(block)
+                    done += len(block)
+                    bar.update(done)
+            actual = md5sum(stage.path)
+            if actual != md5:
+                raise DataError(f"{url}: downloaded file has MD5 {actual}, expected {md5}. {how_to_fix}")
+            return stage.publish(dest)
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         raise DataError(f"could not download {dest.name} from {url} ({exc}). {how_to_fix}") from None
     finally:
-        tmp.unlink(missing_ok=True)
         if not dest.exists():
             for folder in created:  # deepest first
                 if folder.is_dir() and not any(folder.iterdir()):
