@@ -1,6 +1,12 @@
 """Evaluate an exported model version again, on a split of the data its config names.
 
     python -m keras_blood.evaluate saved_models/dropout03/1 [--split test] [--set data.root=DIR ...] [--output-dir reports]
+    python -m keras_blood.evaluate saved_models/dropout03/1 --data DIR   # another lab's images
+
+``--data`` takes a folder of class folders or a .csv/.tsv list (as data.name image_folder
+reads them): how the model does in a lab it never saw. Classes are matched by name and
+data.class_aliases; the data's classes the model lacks are left out and counted, the
+model's classes the data lacks are named, and the report adds balanced accuracy.
 
 The report goes to a new folder, ``<output-dir>/<name>-v<version>-<split>-<timestamp>/``
 (:mod:`keras_blood.evaluation.evaluate_version` lists its files); the last line printed
@@ -27,6 +33,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("version", help="exported version folder, e.g. saved_models/dropout03/1")
     parser.add_argument("--split", default="test", help="data split to evaluate on (default: test)")
     parser.add_argument(
+        "--data",
+        type=Path,
+        help="evaluate on these images instead: a folder of class folders, or a .csv/.tsv list of path,label",
+    )
+    parser.add_argument(
         "--output-dir",
         type=Path,
         default=Path("reports"),
@@ -37,6 +48,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
     # A split the source lacks, or data that is not there, is said before TensorFlow starts
     # (and prints its log lines): reading the data needs no TensorFlow until it is prepared.
     config = load_config(version_config_file(Path(args.version)), args.overrides)
+    if args.data is not None:
+        from keras_blood.evaluation.lab_data import lab_listing
+
+        listing = lab_listing(Path(args.version), args.data, config)
+
+        from keras_blood.evaluation.evaluate_version import evaluate_files
+
+        result = evaluate_files(args.version, args.data, args.overrides, args.output_dir, listing=listing)
+        print(result.report_dir)
+        return result.report_dir
     config.data.check_split(args.split)
     from keras_blood.data import load_data
 

@@ -1,9 +1,11 @@
-"""Fixtures and helpers shared by the test modules, and the rules for the markers.
+"""Fixtures shared by the test modules, and the rules for the markers (helpers that are
+not fixtures live in tests/helpers.py, a plain module the tests import).
 
 Markers (pyproject.toml): ``e2e`` is added here to every test that takes a real-data
 fixture (``bloodmnist_root``, ``kaggle_root``); ``slow`` (over SLOW_SECONDS on a 2-core
-machine) is set by hand, and the summary of a run names the unmarked tests that took
-longer. ``pytest -m "not slow"`` is the quick loop; plain ``pytest`` runs everything.
+machine) here to every test of a fixture that trains a model or starts TensorFlow in
+another process (SLOW_FIXTURES), and by hand to the others. The summary of a run names the unmarked tests that took longer.
+``pytest -m "not slow"`` is the quick loop; plain ``pytest`` runs everything.
 """
 
 from __future__ import annotations
@@ -15,26 +17,31 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.helpers import BLOODMNIST_ROOT, KAGGLE_ROOT, REPO, marked_npz
+
 # Quiet TensorFlow's C++ start-up logs in test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
-BLOODMNIST_ROOT = SHARED_DATA / "bloodmnist"
-KAGGLE_ROOT = SHARED_DATA / "blood-cell-images" / "dataset2-master" / "images"
 
 # Tests that take one of these fixtures read the real data: they are marked e2e here, not by hand.
 REAL_DATA_FIXTURES = frozenset({"bloodmnist_root", "kaggle_root"})
+# Tests that take one of these fixtures wait for a model to train, or for TensorFlow to
+# start in another process: marked slow here.
+SLOW_FIXTURES = frozenset({"bloodmnist_model", "square_model", "model_server"})
 # A test over this many seconds (setup, call and teardown) belongs behind the `slow` marker.
-SLOW_SECONDS = 10.0
+SLOW_SECONDS = 5.0
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Mark every test on the real data ``e2e`` (before -m selects), so the marker cannot drift."""
+    """Mark every test on the real data ``e2e``, and every test of a fixture that trains a
+    real model ``slow`` (before -m selects), so that these markers cannot drift."""
     for item in items:
-        if REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if REAL_DATA_FIXTURES & fixtures:
             item.add_marker(pytest.mark.e2e)
+        if SLOW_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.slow)
 
 
 _durations: dict[str, float] = {}
@@ -100,6 +107,29 @@ def kaggle_root() -> Path:
     return KAGGLE_ROOT
 
 
+@pytest.fixture(scope="session")
+def bloodmnist_model(bloodmnist_root, shared_tfds_dir, tmp_path_factory):
+    """A real model, trained once for the tests that need one that has learnt something:
+    dropout03 on real BloodMNIST (6 epochs on 4,000 training images; the whole validation
+    and test splits), its probabilities calibrated, exported. A TrainResult."""
+    from keras_blood.config.loading import load_config
+    from keras_blood.training.trainer import train
+
+    root = tmp_path_factory.mktemp("bloodmnist-model")
+    overrides = [
+        f"data.root={bloodmnist_root}",
+        f"data.tfds_dir={shared_tfds_dir}",
+        "data.max_examples=4000",
+        "train.epochs=6",
+        "train.learning_rate=3e-3",
+        "eval.calibration=temperature",
+        f"output.runs_dir={root / 'runs'}",
+        f"output.export_dir={root / 'saved_models'}",
+        "output.publish=always",  # a smoke run (data.max_examples) is otherwise not published
+    ]
+    return train(load_config(REPO / "configs" / "dropout03.yaml", overrides))
+
+
 @pytest.fixture
 def write_config(tmp_path):
     """Write a YAML config into tmp_path and return its path."""
@@ -112,46 +142,20 @@ def write_config(tmp_path):
     return write
 
 
-def synthetic_npz(path: Path, n: tuple[int, int, int] = (40, 16, 16), size: int = 28, seed: int = 0):
-    """A tiny MedMNIST-format file whose classes differ in brightness (so they are learnable)."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, count in zip(("train", "val", "test"), n):
-        labels = np.arange(count) % 8
-        base = (labels * 30)[:, None, None, None]
-        images = np.clip(base + rng.integers(0, 20, (count, size, size, 3)), 0, 255).astype(np.uint8)
-        arrays[f"{split}_images"] = images
-        arrays[f"{split}_labels"] = labels.reshape(-1, 1).astype(np.uint8)
-    np.savez(path, **arrays)
-    return arrays
-
-
-def marked_npz(path, counts=(160, 48, 48), seed=0):
-    """A tiny BloodMNIST-format file where class k is noise around a bright centred square
-    of side 2k + 2: told apart in a few steps, and the same under flips and rotations
-    (as cells are, so test-time augmentation keeps it)."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, count in zip(("train", "val", "test"), counts):
-        labels = np.arange(count) % 8
-        images = rng.integers(0, 60, (count, 28, 28, 3))
-        for i, label in enumerate(labels):
-            images[i, 13 - label : 15 + label, 13 - label : 15 + label] = 250
-        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images.astype(np.uint8), labels[:, None].astype(np.uint8)
-    np.savez(path, **arrays)
-    return arrays
-
-
 @pytest.fixture
 def synthetic(tmp_path):
-    """make(**sections) -> Config: a config over a tiny BloodMNIST-format file of easily
-    told classes (marked_npz), written in tmp_path; ``sections`` update its defaults."""
+    """make(converged=False, **sections) -> Config: a config over a tiny BloodMNIST-format
+    file of easily told classes (marked_npz), written in tmp_path; ``sections`` update its
+    defaults. The defaults train a few quick steps, not to convergence: a test that needs a
+    trained network passes ``converged=True``, whose schedule gets every member right on all
+    the validation examples whatever the seed (a higher learning rate or fewer steps leaves
+    some members half trained)."""
     from keras_blood.config.schema import Config
 
     (tmp_path / "data").mkdir()
     marked_npz(tmp_path / "data" / "bloodmnist.npz")
 
-    def make(**sections) -> Config:
+    def make(converged: bool = False, **sections) -> Config:
         raw = {
             "name": "tiny",
             "model": {"name": "fnn", "hidden_units": 32},
@@ -159,6 +163,8 @@ def synthetic(tmp_path):
             "train": {"epochs": 4, "batch_size": 32, "learning_rate": 0.01, "early_stopping_patience": 0},
             "output": {"runs_dir": str(tmp_path / "runs"), "export_dir": str(tmp_path / "saved_models")},
         }
+        if converged:
+            raw["train"].update(epochs=6, batch_size=16, learning_rate=0.003)
         for key, value in sections.items():
             raw[key] = {**raw.get(key, {}), **value}
         return Config.model_validate(raw)
@@ -166,78 +172,52 @@ def synthetic(tmp_path):
     return make
 
 
-def encode(image: np.ndarray, fmt: str) -> bytes:
-    """uint8 ``[H, W, 3]`` (or ``[H, W]``, ``[H, W, 4]``) as file bytes: PNG, JPEG, BMP, GIF or TIFF."""
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-    return buffer.getvalue()
-
-
-def capture_from(small: np.ndarray, seed: int = 0, shape=(360, 363)) -> np.ndarray:
-    """A PBC-like capture whose MedMNIST recipe (centre 200x200 crop, resize) gives ~``small``.
-
-    ``small`` is upsampled (bicubic) into the centred 200x200 square; the rest is noise,
-    which a wrong crop would pull in.
-    """
-    from PIL import Image
-
-    side = round(200 / 360 * min(shape))
-    capture = np.random.default_rng(seed).integers(0, 256, (*shape, 3)).astype(np.uint8)
-    top, left = (shape[0] - side) // 2, (shape[1] - side) // 2
-    capture[top : top + side, left : left + side] = np.asarray(
-        Image.fromarray(small).resize((side, side), Image.BICUBIC)
-    )
-    return capture
+# A model server's view of a SavedModel: a process that imports TensorFlow alone and loads
+# each version from its files. It takes a request a line (version, pixels.npy, out.npy) and
+# answers with a line that starts "served: " (its other output, TensorFlow's, is skipped).
+MODEL_SERVER = """
+import sys
+import numpy as np
+import tensorflow as tf
+for request in sys.stdin:
+    version, pixels, out = request.rstrip("\\n").split("\\t")
+    try:
+        serve = tf.saved_model.load(version).signatures["serving_default"]
+        np.save(out, serve(pixels=tf.constant(np.load(pixels)))["probabilities"].numpy())
+        print("served: ok", flush=True)
+    except Exception as exc:
+        print(f"served: {type(exc).__name__}: {exc}".replace("\\n", " "), flush=True)
+"""
 
 
-def image_folder(root: Path, layout: dict[str, dict[str, int]], size=(30, 40), per_source: int = 3) -> Path:
-    """A tiny Kaggle-style tree: ``layout[split][class] = number of source cells``, each
-    with ``per_source`` JPEGs named ``_<source>_<rand>.jpeg``. Classes differ in colour."""
-    import cv2
-
-    rng = np.random.default_rng(0)
-    serial = iter(range(10**6))  # unique names, like Kaggle's random suffixes
-    classes = sorted({name for split in layout.values() for name in split})
-    for split, counts in layout.items():
-        for name, sources in counts.items():
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            base = np.array([40 + 60 * classes.index(name), 120, 200 - 50 * classes.index(name)])
-            for source in range(sources):
-                for _ in range(per_source):
-                    noise = rng.integers(0, 20, (*size, 3))
-                    bgr = np.clip(base + noise, 0, 255).astype(np.uint8)
-                    cv2.imwrite(str(folder / f"_{source}_{next(serial)}.jpeg"), bgr)
-    return root
-
-
-def cell_at(centre, radius=6, size=(40, 60), specks=()) -> np.ndarray:
-    """A purple disc (a white cell) on pale pink, plus one-pixel purple specks."""
-    image = np.empty((*size, 3), np.uint8)
-    image[:] = (225, 180, 185)
-    yy, xx = np.mgrid[: size[0], : size[1]]
-    image[(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2] = (110, 60, 200)
-    for y, x in specks:
-        image[y, x] = (110, 60, 200)
-    return image
-
-
-def serve_in_fresh_process(version: Path, pixels: np.ndarray, workdir: Path) -> np.ndarray:
-    """Probabilities from ``serving_default`` in a new Python process that imports only
-    TensorFlow, as a model server would."""
+@pytest.fixture(scope="session")
+def model_server(tmp_path_factory):
+    """serve(version, pixels) -> the probabilities of ``serving_default``, computed in
+    another Python process that imports only TensorFlow, as a model server would. One such
+    process serves the session (it loads every version afresh from its files): each test
+    would otherwise wait seconds for TensorFlow to start."""
+    import itertools
     import subprocess
     import sys
 
-    np.save(workdir / "pixels.npy", pixels)
-    script = (
-        "import sys, numpy as np, tensorflow as tf\n"
-        "serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
-        "np.save(sys.argv[3], serve(pixels=tf.constant(np.load(sys.argv[2])))['probabilities'].numpy())\n"
-    )
-    out = workdir / "served.npy"
-    subprocess.run([sys.executable, "-c", script, str(version), str(workdir / "pixels.npy"), str(out)], check=True, cwd=workdir)
-    return np.load(out)
+    workdir = tmp_path_factory.mktemp("model-server")
+    server = subprocess.Popen([sys.executable, "-c", MODEL_SERVER], cwd=workdir, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    numbers = itertools.count()
+
+    def serve(version: Path, pixels: np.ndarray) -> np.ndarray:
+        number = next(numbers)
+        request, out = workdir / f"pixels-{number}.npy", workdir / f"served-{number}.npy"
+        np.save(request, pixels)
+        server.stdin.write(f"{version}\t{request}\t{out}\n")
+        server.stdin.flush()
+        answer = ""
+        while not answer.startswith("served: "):
+            answer = server.stdout.readline()
+            assert answer, f"the model server exited ({server.poll()})"
+        assert answer.strip() == "served: ok", answer
+        return np.load(out)
+
+    yield serve
+    server.stdin.close()
+    server.wait(timeout=60)

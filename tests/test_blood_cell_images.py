@@ -9,7 +9,7 @@ from keras_blood.config.schema import DataConfig
 from keras_blood.data import load_data
 from keras_blood.data.builders.blood_cell_images import SOURCE_PATTERN
 from keras_blood.errors import ConfigError, DataError
-from tests.conftest import image_folder, synthetic_npz
+from tests.helpers import kaggle_tree, synthetic_npz
 
 CLASSES = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
 LAYOUT = {
@@ -29,7 +29,7 @@ def config(root, **kwargs) -> DataConfig:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    return image_folder(tmp_path_factory.mktemp("kaggle"), LAYOUT)
+    return kaggle_tree(tmp_path_factory.mktemp("kaggle"), LAYOUT)
 
 
 def test_reads_the_folder_layout_at_a_non_square_size(folder):
@@ -105,7 +105,7 @@ def test_max_examples_caps_each_split_before_decoding(folder):
 
 
 def test_test_simple_is_an_extra_split(tmp_path):
-    root = image_folder(tmp_path, {**LAYOUT, "TEST_SIMPLE": {"MONOCYTE": 2, "EOSINOPHIL": 1,
+    root = kaggle_tree(tmp_path, {**LAYOUT, "TEST_SIMPLE": {"MONOCYTE": 2, "EOSINOPHIL": 1,
                                                              "LYMPHOCYTE": 1, "NEUTROPHIL": 1}}, per_source=1)  # fmt: skip
     data = load_data(config(root))
     assert len(data.splits["test_simple"]) == 5
@@ -114,7 +114,7 @@ def test_test_simple_is_an_extra_split(tmp_path):
 
 @pytest.fixture
 def broken(tmp_path) -> Path:
-    root = image_folder(tmp_path, LAYOUT, per_source=1)
+    root = kaggle_tree(tmp_path, LAYOUT, per_source=1)
     (root / "TRAIN" / "MONOCYTE" / "_9_1.jpeg").write_bytes(b"not a jpeg")
     (root / "TEST" / "LYMPHOCYTE" / "notes.txt").write_text("hello")
     (root / "TRAIN" / "MONOCYTE" / ".DS_Store").write_bytes(b"\0\1")  # hidden: never read
@@ -147,7 +147,7 @@ def test_unreadable_files_can_be_skipped_with_a_count(broken, capsys):
     ],
 )
 def test_layout_problems_are_clear(tmp_path, change, message):
-    root = image_folder(tmp_path, LAYOUT, per_source=1)
+    root = kaggle_tree(tmp_path, LAYOUT, per_source=1)
     change(root)
     with pytest.raises(DataError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_data(config(root))
@@ -173,7 +173,7 @@ def empty_folder(folder: Path) -> None:
     ],
 )
 def test_a_class_without_examples_in_a_split_is_named(tmp_path, layout, change, name, split, cause):
-    root = image_folder(tmp_path, {**LAYOUT, **layout}, per_source=1)
+    root = kaggle_tree(tmp_path, {**LAYOUT, **layout}, per_source=1)
     if change:
         change(root)
     with pytest.raises(DataError) as info:
@@ -191,6 +191,7 @@ def test_a_small_slice_may_lack_classes_the_folders_have(folder):
     assert all(len(split) == 2 and len(set(split.labels)) <= 2 for split in data.splits.values())
 
 
+@pytest.mark.slow
 def test_real_kaggle_slice(kaggle_root):
     data = load_data(config(kaggle_root, image_size=[60, 80], max_examples=48), seed=0)
     assert data.class_names == CLASSES

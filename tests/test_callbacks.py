@@ -13,7 +13,7 @@ from keras_blood.evaluation.metrics import classification_metrics
 from keras_blood.models.registry import build_model
 from keras_blood.training.callbacks import ValidationTensorBoard, tag
 from keras_blood.training.keras_metrics import ScoreHistogram, validation_metrics
-from tests.conftest import synthetic_npz
+from tests.helpers import synthetic_npz
 
 NAMES = ["basophil", "eosinophil", "erythroblast", "immature granulocyte",
          "lymphocyte", "monocyte", "neutrophil", "platelet"]  # fmt: skip

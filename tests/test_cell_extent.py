@@ -5,7 +5,7 @@ import numpy as np
 from keras_blood.config.schema import CellCropConfig, ColorConfig, DataConfig
 from keras_blood.preparation.cell_crop import crop_to_cell, crop_to_cell_extent
 from keras_blood.preparation.steps import make_preprocess, normalize_stain
-from tests.conftest import cell_at
+from tests.helpers import cell_at
 
 PURPLE = (110, 60, 200)
 # No dilation: the mask is exactly the disc, so its area is pi r^2.

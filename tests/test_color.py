@@ -17,7 +17,7 @@ from keras_blood.preparation.cell_crop import cell_centres, crop_to_cell
 from keras_blood.preparation.color import extract_colors, rgb_to_hsv_opencv
 from keras_blood.preparation.opencv_reference import extract_colors_cv2
 from keras_blood.preparation.steps import make_preprocess
-from tests.conftest import REPO, cell_at, image_folder
+from tests.helpers import REPO, cell_at, kaggle_tree
 
 # The defaults, a wrapping hue range with every morphology step, and no blur at all.
 SETTINGS = {
@@ -154,7 +154,7 @@ def test_pipeline_extracts_once_before_the_cache():
 
 
 def test_figure_command_and_tensorboard_images(tmp_path, write_config):
-    root = image_folder(tmp_path / "data", {"TRAIN": {"A": 3, "B": 3}, "TEST": {"A": 1, "B": 1}})
+    root = kaggle_tree(tmp_path / "data", {"TRAIN": {"A": 3, "B": 3}, "TEST": {"A": 1, "B": 1}})
     path = write_config({"model": {"name": "basic"}, "data": {"name": "blood_cell_images", "root": str(root)}})
     out = color_main([str(path), "--out", str(tmp_path / "fig" / "ce.png"), "--per-class", "2"])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,7 @@ from keras_blood.data import load_data
 from keras_blood.data.builders import bloodmnist
 from keras_blood.data.builders.download import download
 from keras_blood.errors import DataError
-from tests.conftest import synthetic_npz
+from tests.helpers import synthetic_npz
 
 
 def test_reads_a_medmnist_file(tmp_path):

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -18,7 +19,7 @@ from keras_blood.config.schema import DataConfig
 from keras_blood.data import load_data
 from keras_blood.data.builders import bloodmnist
 from keras_blood.data.builders.blood_cell_images import SOURCE_PATTERN, make_config, scan, split_by_source
-from tests.conftest import REPO, image_folder, synthetic_npz
+from tests.helpers import REPO, kaggle_tree, synthetic_npz
 
 LAYOUT = {
     "TRAIN": {"EOSINOPHIL": 5, "LYMPHOCYTE": 3, "MONOCYTE": 2, "NEUTROPHIL": 4},
@@ -52,7 +53,7 @@ def test_bloodmnist_with_plain_tfds(tmp_path, capsys):
 
 
 def test_blood_cell_images_with_plain_tfds(tmp_path):
-    root = image_folder(tmp_path / "images", LAYOUT)
+    root = kaggle_tree(tmp_path / "images", LAYOUT)
     (root / "TRAIN" / "MONOCYTE" / ".DS_Store").write_bytes(b"\0\1")  # hidden: never read
     builder = tfds.builder("blood_cell_images", data_dir=tmp_path / "tfds")
     assert builder.builder_config.name == "seed42-val0.2"
@@ -68,13 +69,14 @@ def test_blood_cell_images_with_plain_tfds(tmp_path):
     assert files[0].startswith("TRAIN/EOSINOPHIL/_") and not any(".DS_Store" in f for f in files)
 
 
+@pytest.mark.slow
 def test_a_prepared_copy_needs_neither_keras_blood_nor_a_network(tmp_path):
     """Prepare and load both sources as keras-blood does, then read the copies back with
     plain TFDS in a process where keras_blood cannot be imported; socket connects to anything
     but loopback are refused and listed, and, where strace works, so is every connect() at
     the C level (TensorFlow's GCS file system)."""
     synthetic_npz(tmp_path / "bloodmnist.npz")
-    image_folder(tmp_path / "images", LAYOUT, per_source=1)
+    kaggle_tree(tmp_path / "images", LAYOUT, per_source=1)
     guard = """
         import socket
         attempts = []
@@ -125,6 +127,7 @@ def test_a_prepared_copy_needs_neither_keras_blood_nor_a_network(tmp_path):
     assert "['EOSINOPHIL', 'LYMPHOCYTE', 'MONOCYTE', 'NEUTROPHIL']" in outputs[1]
 
 
+@pytest.mark.slow
 def test_a_killed_prepare_is_prepared_again_cleanly(tmp_path):
     arrays = synthetic_npz(tmp_path / "bloodmnist.npz", n=(200, 16, 16))
     killer = textwrap.dedent(f"""
@@ -178,7 +181,7 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_written(tmp_path, capsys)
     assert run_main(load(root=tmp_path / "manual")) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith("error: ") and "not a readable .npz file" in err[-1]
-    root = image_folder(tmp_path / "images", LAYOUT, per_source=1)
+    root = kaggle_tree(tmp_path / "images", LAYOUT, per_source=1)
     jpeg = next((root / "TEST" / "MONOCYTE").iterdir())
     jpeg.write_bytes(jpeg.read_bytes()[:400])  # a valid header: only decoding all of it fails
     assert run_main(load(name="blood_cell_images", root=root)) == 2

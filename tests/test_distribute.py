@@ -16,7 +16,7 @@ from keras_blood import launch
 from keras_blood.errors import ConfigError
 from keras_blood.training import distribute
 from keras_blood.training.runtime import cluster_from_env
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 WORKER_TIMEOUT = 240  # seconds for a whole two-worker job on a 2-core machine
 
@@ -102,9 +102,10 @@ def overrides(root, tmp_path, **extra):
     return [item for key, value in values.items() for item in ("--set", f"{key}={value}")]
 
 
+@pytest.mark.slow
 def test_two_workers_train_one_model_and_publish_it_once(bloodmnist_root, tmp_path, child_env):
-    proc = run_launcher(["--workers", "2", str(REPO / "configs" / "fnn.yaml"), *overrides(bloodmnist_root, tmp_path)], tmp_path,
-                        child_env)
+    args = ["--workers", "2", str(REPO / "configs" / "fnn.yaml"), *overrides(bloodmnist_root, tmp_path)]
+    proc = run_launcher(args, tmp_path, child_env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     # Gradients were all-reduced: both workers end with the same weights.
@@ -126,8 +127,9 @@ def test_two_workers_train_one_model_and_publish_it_once(bloodmnist_root, tmp_pa
     assert len(validation.PluginTagToContent("pr_curves")) == 8
 
     # The same global batch and seed in one process: the same training, but for the order
-    # in which the shards deliver examples. Final training losses agree within 5% here
-    # (measured: README, Multi-worker training).
+    # in which the shards deliver examples. So the final training losses differ by much less
+    # than one epoch of training moves the loss (a worker that trained on half the steps, or
+    # twice the learning rate, would be an epoch or more off).
     single = subprocess.run(
         [sys.executable, "-m", "keras_blood.train", str(REPO / "configs" / "fnn.yaml"),
          *overrides(bloodmnist_root, tmp_path / "single")],
@@ -137,10 +139,11 @@ def test_two_workers_train_one_model_and_publish_it_once(bloodmnist_root, tmp_pa
     assert single.returncode == 0, single.stderr[-2000:]
     from keras_blood.training.runs import read_history
 
-    multi_loss = read_history(runs[0] / "history.csv")["loss"][-1]
+    multi_loss = read_history(runs[0] / "history.csv")["loss"]
     single_run = next((tmp_path / "single" / "runs" / "fnn").iterdir())
-    single_loss = read_history(single_run / "history.csv")["loss"][-1]
-    assert abs(multi_loss - single_loss) / single_loss < 0.05, (multi_loss, single_loss)
+    single_loss = read_history(single_run / "history.csv")["loss"]
+    epoch_step = abs(single_loss[-2] - single_loss[-1])
+    assert abs(multi_loss[-1] - single_loss[-1]) < epoch_step / 2, (multi_loss, single_loss)
 
 
 PROBE = textwrap.dedent(
@@ -175,6 +178,7 @@ def run_probe(tmp_path, mode, child_env):
     return [p.communicate(timeout=WORKER_TIMEOUT)[0] for p in procs]
 
 
+@pytest.mark.slow
 def test_the_keras_workaround_is_still_needed(tmp_path, child_env):
     """Fails when Keras fits under MultiWorkerMirroredStrategy without
     distribute.make_fit_work (keras-team/keras#20585): then the workaround can go."""
@@ -200,6 +204,7 @@ def worker_pid(launcher_pid: int, index: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_a_killed_worker_then_resume_on_every_worker_continues_from_the_backup(bloodmnist_root, tmp_path, child_env):
     import os
     import signal

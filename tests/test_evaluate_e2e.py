@@ -1,4 +1,5 @@
-"""End to end on real BloodMNIST: train a tiny model, then evaluate and predict with its export."""
+"""End to end on real BloodMNIST: evaluate and predict with the export of a real model
+(conftest.bloodmnist_model, trained once for the session)."""
 
 import csv
 import io
@@ -9,38 +10,17 @@ import sys
 import numpy as np
 import pytest
 
-from keras_blood.config.loading import load_config
 from keras_blood.evaluation import evaluate_version as evaluate_module
 from keras_blood.serving.predict import predict
-from keras_blood.training.trainer import train
-from tests.conftest import REPO, capture_from, encode
+from tests.helpers import capture_from, command_lines, encode
 
 COMPARED = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "auc", "ece", "brier", "nll")
 
 
-@pytest.fixture(scope="module")
-def trained(bloodmnist_root, tmp_path_factory):
-    """One epoch on a 512-example slice: weak, but a real model with real metrics, its
-    served probabilities calibrated."""
-    root = tmp_path_factory.mktemp("trained")
-    overrides = [
-        f"data.root={bloodmnist_root}",
-        "data.max_examples=512",
-        "train.epochs=1",
-        "train.batch_size=32",
-        "train.learning_rate=3e-3",
-        "eval.calibration=temperature",
-        f"output.runs_dir={root / 'runs'}",
-        f"output.export_dir={root / 'saved_models'}",
-        "output.publish=always",  # a smoke run (data.max_examples) is otherwise not published
-    ]
-    return train(load_config(REPO / "configs" / "dropout03.yaml", overrides))
-
-
-def test_evaluate_reproduces_the_training_metrics(trained, tmp_path, capsys):
-    result = evaluate_module.evaluate(trained.export_dir, output_dir=tmp_path / "reports")
-    recorded = json.loads((trained.run_dir / "metrics.json").read_text())
-    assert result.metrics["num_examples"] == recorded["num_examples"] == 512
+def test_evaluate_reproduces_the_training_metrics(bloodmnist_model, tmp_path, capsys):
+    result = evaluate_module.evaluate(bloodmnist_model.export_dir, output_dir=tmp_path / "reports")
+    recorded = json.loads((bloodmnist_model.run_dir / "metrics.json").read_text())
+    assert result.metrics["num_examples"] == recorded["num_examples"] == 3421  # the whole test split
     for key in COMPARED:
         assert result.metrics[key] == pytest.approx(recorded[key], abs=5e-4), key
     assert result.metrics["confusion_matrix"] == recorded["confusion_matrix"]
@@ -62,7 +42,6 @@ def test_evaluate_reproduces_the_training_metrics(trained, tmp_path, capsys):
     assert np.mean([float(r["auc"]) for r in rows]) == pytest.approx(recorded["auc"], abs=1e-5)
 
 
-
 def test_most_confident_mistakes_come_first():
     labels = np.array([0, 1, 1, 0, 2])
     probs = np.array([[0.9, 0.1, 0], [0.6, 0.4, 0], [0.1, 0.9, 0], [0.2, 0.7, 0.1], [0.05, 0.95, 0]])
@@ -70,48 +49,49 @@ def test_most_confident_mistakes_come_first():
     assert evaluate_module.most_confident_mistakes(labels, probs, 2).tolist() == [4, 3]
 
 
-def test_evaluate_agrees_with_medmnist_evaluator(trained, bloodmnist_root, tmp_path):
+def test_evaluate_agrees_with_medmnist_evaluator(bloodmnist_model, bloodmnist_root, tmp_path):
     evaluator = pytest.importorskip("medmnist.evaluator", reason="medmnist (optional) not installed")
     # MedMNIST's Evaluator reads the whole split's labels, so evaluate the whole split.
-    result = evaluate_module.evaluate(trained.export_dir, ["data.max_examples=null"], output_dir=tmp_path)
+    result = evaluate_module.evaluate(bloodmnist_model.export_dir, ["data.max_examples=null"], output_dir=tmp_path)
     auc, acc = evaluator.Evaluator("bloodmnist", "test", root=str(bloodmnist_root)).evaluate(result.probs)
     assert result.metrics["num_examples"] == 3421
     assert result.metrics["accuracy"] == pytest.approx(acc, abs=1e-9)
     assert result.metrics["auc"] == pytest.approx(auc, abs=1e-9)
 
 
-def test_raw_captures_are_classified_as_their_28x28_arrays(trained, bloodmnist_root, tmp_path):
-    """The stand-in for full-resolution PBC images: captures made from BloodMNIST test arrays."""
+def test_raw_captures_are_classified_as_their_28x28_arrays(bloodmnist_model, bloodmnist_root, tmp_path):
+    """The stand-in for full-resolution PBC images: captures made from BloodMNIST test arrays.
+    The recipe blurs a little, so an example near a tie may change class: most may not."""
     data = np.load(bloodmnist_root / "bloodmnist.npz")
-    arrays, labels = data["test_images"][:48], data["test_labels"][:48].ravel()
+    arrays, labels = data["test_images"][:96], data["test_labels"][:96].ravel()
     paths = []
     for i, small in enumerate(arrays):
         paths.append(tmp_path / "captures" / f"{i:03d}.jpg")
         paths[-1].parent.mkdir(exist_ok=True)
         paths[-1].write_bytes(encode(capture_from(small, seed=i), "JPEG"))
     csv_path, failed = predict(
-        trained.export_dir, [str(tmp_path / "captures")], tmp_path / "p.csv", out=io.StringIO()
+        bloodmnist_model.export_dir, [str(tmp_path / "captures")], tmp_path / "p.csv", out=io.StringIO()
     )
     assert failed == 0
     with open(csv_path, newline="") as f:
         raw = [row["label"] for row in csv.DictReader(f)]
     from keras_blood.serving.version import load_version
 
-    version = load_version(trained.export_dir)
+    version = load_version(bloodmnist_model.export_dir)
     on_arrays = version.serve(pixels=arrays)["probabilities"].numpy().argmax(1)
     names = np.array(version.class_names)
     assert np.mean(np.array(raw) == names[on_arrays]) >= 0.9
     assert abs(np.mean(np.array(raw) == names[labels]) - np.mean(on_arrays == labels)) <= 0.1
 
 
-def test_cli_prints_the_report_folder_last_and_fails_cleanly(trained, tmp_path, child_env):
+def test_cli_prints_the_report_folder_last_and_fails_cleanly(bloodmnist_model, tmp_path, child_env):
     env = {**child_env, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [sys.executable, "-m", "keras_blood.evaluate", str(trained.export_dir), "--split", "val"]
+    command = [sys.executable, "-m", "keras_blood.evaluate", str(bloodmnist_model.export_dir), "--split", "val"]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("reports/dropout03-v1-val-") and (tmp_path / last / "mistakes.png").is_file()
-    assert "(n=512)" in proc.stdout and "nothing to compare" in proc.stdout  # training recorded test
+    assert "(n=1712)" in proc.stdout and "nothing to compare" in proc.stdout  # training recorded test
 
     for args, message in [
         (["--split", "holdout"], "--split 'holdout'"),
@@ -120,4 +100,4 @@ def test_cli_prints_the_report_folder_last_and_fails_cleanly(trained, tmp_path, 
     ]:
         proc = subprocess.run([*command[:4], *args], capture_output=True, text=True, cwd=tmp_path, env=env)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
-        assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+        assert len(command_lines(proc.stderr)) == 1 and "Traceback" not in proc.stderr

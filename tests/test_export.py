@@ -23,7 +23,7 @@ from keras_blood.serving import version as version_module
 from keras_blood.serving.export import export_model
 from keras_blood.serving.publish import NotPublished, check_export_target, should_publish, skip_reason
 from keras_blood.serving.version import existing_versions, load_exported, load_version
-from tests.conftest import REPO, encode, serve_in_fresh_process, synthetic_npz
+from tests.helpers import REPO, encode, synthetic_npz
 
 
 @pytest.fixture
@@ -65,11 +65,11 @@ def test_a_failed_export_leaves_no_partial_version(tiny, monkeypatch):
     assert list((config.output.export_dir / "tiny").iterdir()) == []
 
 
-def test_serving_signature_takes_uint8_pixels_in_another_process(tiny, tmp_path):
+def test_serving_signature_takes_uint8_pixels_in_another_process(tiny, model_server):
     config, model = tiny
     version = export_model(model, config, list("abcdefgh"), {})
     pixels = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 3)).astype(np.uint8)
-    served = serve_in_fresh_process(version, pixels, tmp_path)
+    served = model_server(version, pixels)
     expected = keras.ops.convert_to_numpy(model(pixels.astype("float32"), training=False))
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
 
@@ -123,7 +123,7 @@ def test_a_recipe_that_does_not_fit_the_model_is_refused(tiny):
     with pytest.raises(ExportError, match="resizes to \\[64, 64\\]"):
         export_model(model, config, list("abcdefgh"), {}, {"resize": [64, 64]})
     assert not list((config.output.export_dir / "tiny").glob("[0-9]*"))
-def test_serving_applies_color_extraction_to_raw_pixels(tiny, tmp_path):
+def test_serving_applies_color_extraction_to_raw_pixels(tiny, model_server):
     from keras_blood.preparation.color import extract_colors
 
     config, model = tiny
@@ -133,7 +133,7 @@ def test_serving_applies_color_extraction_to_raw_pixels(tiny, tmp_path):
     pixels = rng.integers(0, 256, (6, 28, 28, 3)).astype(np.uint8)
     pixels[:, 8:20, 8:20] = (110, 60, 200)  # a purple "cell" for the mask to keep
     # A process that knows nothing of keras_blood: the extraction is in the graph.
-    served = serve_in_fresh_process(version, pixels, tmp_path)
+    served = model_server(version, pixels)
     extracted = extract_colors(pixels, config.data.color).numpy().astype("float32")
     expected = keras.ops.convert_to_numpy(model(extracted, training=False))
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
@@ -143,7 +143,7 @@ def test_serving_applies_color_extraction_to_raw_pixels(tiny, tmp_path):
     assert preparation["color_extraction"]["hue"] == [110, 165]
 
 
-def test_serving_crops_to_the_cell_in_graph(tmp_path):
+def test_serving_crops_to_the_cell_in_graph(tmp_path, model_server):
     """A model on 16x16 cell crops serves whole 40x60 images: the crop is in the graph."""
     from keras_blood.preparation.steps import make_preprocess
 
@@ -164,7 +164,7 @@ def test_serving_crops_to_the_cell_in_graph(tmp_path):
     pixels = rng.integers(150, 256, (5, 40, 60, 3)).astype(np.uint8)
     for i, (y, x) in enumerate([(10, 10), (30, 50), (20, 30), (5, 55), (35, 5)]):
         pixels[i, y - 4 : y + 4, x - 4 : x + 4] = (110, 60, 200)  # a purple "cell" somewhere
-    served = serve_in_fresh_process(version, pixels, tmp_path)
+    served = model_server(version, pixels)
     seen = make_preprocess(config.data)(pixels).numpy().astype("float32")
     assert seen.shape == (5, 16, 16, 3)
     expected = keras.ops.convert_to_numpy(model(seen, training=False))
@@ -349,6 +349,7 @@ def test_stale_staging_folders_of_dead_processes_are_removed(tiny):
     assert left == {version.name, names["alive"], names["other host"], names["new legacy"]}
 
 
+@pytest.mark.slow
 def test_train_checks_the_target_before_training_and_says_why_it_did_not_publish(tmp_path, capsys):
     from keras_blood.config.loading import load_config
     from keras_blood.training.trainer import train

@@ -79,6 +79,7 @@ def assert_parity(version, path, pixels):
     np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["litert", "onnx"])
 def test_float_edge_models_give_the_saved_models_probabilities(kaggle_like, bloodmnist_tta, fmt):
     path = export_edge(kaggle_like, fmt)
@@ -95,7 +96,8 @@ def test_the_extent_crop_converts(kaggle_extent, fmt):
     assert_parity(kaggle_extent, export_edge(kaggle_extent, fmt), cell_pixels(70, seed=2))
 
 
-@pytest.mark.parametrize("version", ["kaggle_like", "kaggle_extent"])
+# kaggle_like: seconds of conversion where the (slow) float test has not made its edge files.
+@pytest.mark.parametrize("version", [pytest.param("kaggle_like", marks=pytest.mark.slow), "kaggle_extent"])
 def test_parity_on_real_kaggle_images(version, kaggle_root, request):
     """The cell crops and colour extraction on real stains (the test split), not only on
     synthetic discs: the same probabilities."""
@@ -109,6 +111,7 @@ def test_parity_on_real_kaggle_images(version, kaggle_root, request):
         assert_parity(version, path if path.is_file() else export_edge(version, fmt), pixels)
 
 
+@pytest.mark.slow  # the only other user of bloodmnist_tta, whose conversion takes seconds
 def test_parity_on_real_bloodmnist_images(bloodmnist_tta, bloodmnist_root):
     pixels = np.load(bloodmnist_root / "bloodmnist.npz")["test_images"][::50]
     for fmt in ("litert", "onnx"):
@@ -142,6 +145,7 @@ def colour_corner_npz(path, n=(400, 80, 160)):
     return arrays
 
 
+@pytest.mark.slow
 def test_int8_quantizes_the_network_and_keeps_its_accuracy(tmp_path):
     """Calibrated on the training split named by the version's config; the network is
     int8, the preparation before it exact, the predictions those of the SavedModel."""

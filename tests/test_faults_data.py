@@ -33,7 +33,7 @@ from keras_blood.config.quote import MAX_QUOTED
 from keras_blood.config.sweep import load_sweep
 from keras_blood.errors import ConfigError
 from keras_blood.files import host_name, make_folders, remove_stale_staging
-from tests.conftest import REPO, synthetic_npz
+from tests.helpers import REPO, synthetic_npz
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 MAX_LINE = 10 * (3 * MAX_QUOTED + 400)  # ten problems, each a key, a value and what is wrong
@@ -292,6 +292,7 @@ def small_tmpfs(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_a_full_tfds_dir_is_one_line_and_keeps_nothing(tmp_path, small_tmpfs):
     root = tmp_path / "manual"
     root.mkdir()
@@ -328,6 +329,7 @@ def tiny(tmp_path):
     return config, build_model(config.model, (28, 28, 3), 8)
 
 
+@pytest.mark.slow
 def test_a_full_export_disk_is_one_line_and_publishes_nothing(tmp_path, small_tmpfs):
     small = tmp_path / "small"
     export = f"""

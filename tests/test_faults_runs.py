@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tests.conftest import REPO, marked_npz
+from tests.helpers import REPO, marked_npz
 
 EPOCHS = 4
 TIMEOUT = 300
@@ -275,26 +275,33 @@ def stop_and_resume(tmp_path: Path, point: str, sig: str, capfd=None) -> None:
 # ----------------------------------------------------------------------------- stops
 
 
+@pytest.mark.slow
 def test_sigkill_while_the_backup_is_written_resumes_from_the_epoch_before(tmp_path, capfd):
     stop_and_resume(tmp_path, "backup:2", "SIGKILL", capfd)
 
 
+@pytest.mark.slow
 def test_sigterm_in_an_epoch_is_one_line_and_the_run_resumes(tmp_path, capfd):
     stop_and_resume(tmp_path, "epoch:2", "SIGTERM", capfd)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
-@pytest.mark.parametrize(
-    "point", ["epoch:1", "epoch:3", "backup:1", "backup:3", "commit:1", "commit:2", "checkpoint:1", "export", "record"]
-)
-def test_a_stop_at_any_point_resumes_to_one_version_and_each_epoch_once(tmp_path, point, sig):
-    stop_and_resume(tmp_path, point, sig)
+# SIGKILL at every point of a run; SIGTERM at the points where its handler takes another
+# path (no backup yet, a write under way, between two writes, outside fit). The two quick
+# tests above add SIGKILL while epoch 2's backup is written and SIGTERM inside epoch 2.
+STOPS = [
+    *((point, "SIGKILL") for point in ("epoch:1", "epoch:3", "backup:1", "commit:1", "commit:2", "checkpoint:1", "export", "record")),
+    *((point, "SIGTERM") for point in ("epoch:1", "backup:3", "commit:2", "checkpoint:1", "export", "record")),
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [0.0, 0.3, 1.0])
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("point, sig", STOPS, ids=[f"{point}-{sig}" for point, sig in STOPS])
+def test_a_stop_at_any_point_resumes_to_one_version_and_each_epoch_once(tmp_path, point, sig, capfd):
+    stop_and_resume(tmp_path, point, sig, capfd)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, delay", [(signal.SIGTERM, 0.3), (signal.SIGKILL, 0.0)], ids=["SIGTERM-0.3", "SIGKILL-0.0"])
 def test_a_stop_from_outside_at_any_moment_resumes(tmp_path, sig, delay):
     """As ``timeout -s TERM`` or a scheduler stops a run: at some moment after epoch 1."""
     config = write_config(tmp_path)
@@ -352,6 +359,7 @@ def resume_command(run_dir: Path, capsys) -> tuple[int, str, str]:
     return status, captured.out, captured.err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["cut short", "keras in place"])
 def test_a_damaged_backup_is_one_line_saying_what_to_do_and_doing_it_finishes_the_run(synthetic, monkeypatch, capsys, damage):
     config, run_dir = stop_after_epoch(synthetic, monkeypatch, 2)
@@ -542,6 +550,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     return line
 
 
+@pytest.mark.slow
 def test_a_runs_dir_too_small_for_the_run_is_one_line_before_a_run_folder(tmp_path):
     config = write_config(tmp_path, runs_dir=tmp_path / "small" / "runs")
     namespace(tmp_path, "mount -t tmpfs -o size=2m tmpfs \"$1/small\" && " + step("first", sys.executable, "-m", "keras_blood.train", str(config))
@@ -552,7 +561,8 @@ def test_a_runs_dir_too_small_for_the_run_is_one_line_before_a_run_folder(tmp_pa
     assert (tmp_path / "left").read_text() == ""  # no run folder
 
 
-@pytest.mark.parametrize("where", ["fill", pytest.param("fill-write", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["fill", "fill-write"])
 def test_a_runs_dir_that_fills_up_is_one_line_and_the_run_resumes_once_there_is_room(tmp_path, where):
     """``fill``: the backup's free-space check stops the run; ``fill-write``: that check
     misses and the weights file's write itself meets the full disk."""

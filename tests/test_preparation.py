@@ -6,7 +6,7 @@ from PIL import Image
 
 from keras_blood.errors import ExportError
 from keras_blood.preparation.decode import Preparation, decode_file, prepare, preparer
-from tests.conftest import capture_from, encode
+from tests.helpers import capture_from, encode
 
 BLOODMNIST = Preparation.from_json(
     {"input_size": [28, 28], "center_crop_fraction": 200 / 360, "resize": [28, 28], "method": "bicubic"}

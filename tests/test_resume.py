@@ -18,7 +18,7 @@ from keras_blood.training import runs
 from keras_blood.training.callbacks import ResumableEarlyStopping
 from keras_blood.training.runs import resolve_resume
 from keras_blood.training.trainer import schedule_done
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def config(tmp_path, **train):
@@ -73,12 +73,15 @@ def test_latest_finds_the_newest_unfinished_run_with_the_same_settings(tmp_path,
         resolve_resume(str(old.path), str(path), [])
 
 
+EPOCHS = 8
+
+
 def train_command(root, tmp_path, *extra):
     values = {
         "data.root": root,
         "data.tfds_dir": os.environ["TFDS_DATA_DIR"],
         "data.max_examples": 1024,
-        "train.epochs": 12,
+        "train.epochs": EPOCHS,
         "train.early_stopping_patience": 0,
         "output.runs_dir": tmp_path / "runs",
         "output.export_dir": tmp_path / "saved_models",
@@ -88,7 +91,7 @@ def train_command(root, tmp_path, *extra):
     return [sys.executable, "-m", "keras_blood.train", *extra, str(REPO / "configs" / "cnn.yaml"), *sets]
 
 
-
+@pytest.mark.slow
 def test_a_killed_run_resumes_from_its_last_epoch_and_publishes_once(bloodmnist_root, tmp_path, child_env):
     run_parent = tmp_path / "runs" / "cnn"
     proc = subprocess.Popen(train_command(bloodmnist_root, tmp_path), cwd=tmp_path, env=child_env,
@@ -117,8 +120,12 @@ def test_a_killed_run_resumes_from_its_last_epoch_and_publishes_once(bloodmnist_
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"Resuming training after epoch {killed_after}" in resumed.stdout
     history = runs.read_history(run_dir / "history.csv")
-    assert len(history["loss"]) == 12
-    assert [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]] == list(range(12))
+    assert len(history["loss"]) == EPOCHS
+    assert [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]] == list(range(EPOCHS))
+    # The resumed epochs went on from the backup's weights, not from fresh ones: the first
+    # of them starts nearer the loss the killed run had reached than a first epoch's.
+    loss = history["loss"]
+    assert loss[killed_after] < (loss[0] + loss[killed_after - 1]) / 2, loss
     # The training clock went on from where the record stopped, not from zero.
     assert history["elapsed_minutes"] == sorted(history["elapsed_minutes"])
     status = json.loads((run_dir / "status.json").read_text())
@@ -130,16 +137,3 @@ def test_a_killed_run_resumes_from_its_last_epoch_and_publishes_once(bloodmnist_
                            env=child_env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert again.returncode == 0 and "finished already" in again.stdout
     assert [p.name for p in (tmp_path / "saved_models" / "cnn").iterdir()] == ["1"]
-
-    # An uninterrupted run of the same settings ends where the resumed one did, but for the
-    # data order after the resume (README: Resuming a run).
-    whole = subprocess.run(train_command(bloodmnist_root, tmp_path / "whole"), cwd=tmp_path, env=child_env,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert whole.returncode == 0, whole.stderr[-2000:]
-    (whole_dir,) = (tmp_path / "whole" / "runs" / "cnn").iterdir()
-    final = json.loads((run_dir / "metrics.json").read_text())
-    reference = json.loads((whole_dir / "metrics.json").read_text())
-    # Not closer than run-to-run noise: the random state is not restored. Both learnt (well
-    # above chance, 1/8), and the resumed run did not start over or diverge.
-    assert min(final["best_val_accuracy"], reference["best_val_accuracy"]) > 4 / 8, (final, reference)
-    assert abs(final["best_val_accuracy"] - reference["best_val_accuracy"]) < 0.15, (final, reference)

@@ -11,7 +11,7 @@ from keras_blood.config.cli import run_main
 from keras_blood.config.sweep import load_sweep
 from keras_blood.errors import ConfigError
 from keras_blood.training import sweep as sweep_module
-from tests.conftest import REPO, image_folder
+from tests.helpers import REPO, kaggle_tree
 
 GEORGETOWN = REPO / "configs" / "georgetown.yaml"
 
@@ -20,7 +20,7 @@ GEORGETOWN = REPO / "configs" / "georgetown.yaml"
 def overrides(tmp_path):
     """A tiny Kaggle look-alike folder (the sweep's logic needs no real images) and one
     short epoch per cell."""
-    root = image_folder(tmp_path / "data", {s: dict.fromkeys("ABCD", 3) for s in ("TRAIN", "TEST")})
+    root = kaggle_tree(tmp_path / "data", {s: dict.fromkeys("ABCD", 3) for s in ("TRAIN", "TEST")})
     return [
         f"data.root={root}",
         "data.max_examples=48",
@@ -36,6 +36,7 @@ def _args(overrides):
     return [str(GEORGETOWN), *[arg for item in overrides for arg in ("--set", item)]]
 
 
+@pytest.mark.slow
 def test_sweep_resumes_and_writes_the_table(overrides, tmp_path, monkeypatch, capsys):
     results = tmp_path / "runs" / "georgetown"
     # A VGG16 whose weights file is missing cannot be built: its cells fail, the rest run.
@@ -187,6 +188,7 @@ def test_table_shows_missing_cells_and_models_outside_the_paper(overrides):
     assert "2 cell(s) not run yet" in markdown and "`python -m keras_blood.sweep x.yaml`" in markdown
 
 
+@pytest.mark.slow
 def test_a_cell_killed_mid_training_continues_its_run_folder(overrides, tmp_path, capsys):
     from keras_blood.training.runs import RunFolder
 

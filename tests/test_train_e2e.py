@@ -13,7 +13,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from keras_blood.config.loading import load_config
 from keras_blood.training import task as task_module
 from keras_blood.training import trainer as train_module
-from tests.conftest import REPO, serve_in_fresh_process
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow  # every test trains on real data
 
 
 
@@ -38,8 +40,8 @@ def quick_overrides(bloodmnist_root, tmp_path):
         ("best", ["model.widths=[8, 16]", "train.warmup_epochs=0"]),
     ],
 )
-def test_train_evaluate_export_and_serve(quick_overrides, tmp_path, config_name, extra):
-    # Enough to learn something: 3 epochs on 2,048 images (the majority class is 20%).
+def test_train_evaluate_export_and_serve(quick_overrides, tmp_path, model_server, config_name, extra):
+    # Enough to learn something: 3 epochs on 2,048 images.
     longer = ["data.max_examples=2048", "train.epochs=3"]
     config = load_config(REPO / "configs" / f"{config_name}.yaml", quick_overrides + longer + extra)
     result = train_module.train(config)
@@ -56,8 +58,10 @@ def test_train_evaluate_export_and_serve(quick_overrides, tmp_path, config_name,
     assert "confusion_matrix" in validation.PluginTagToContent("images")
     assert len(validation.PluginTagToContent("pr_curves")) == 8
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    # Measured: 0.49 / 0.67 accuracy, AUC 0.91 / 0.94 (dropout03 / best).
-    assert metrics["num_examples"] == 2048 and metrics["accuracy"] > 0.35 and metrics["auc"] > 0.85
+    # It learnt something, by bounds halfway between chance (always the majority class;
+    # AUC 0.5) and where three epochs land, so that another CPU's rounding cannot cross them.
+    majority = max(c["support"] for c in metrics["per_class"].values()) / metrics["num_examples"]
+    assert metrics["num_examples"] == 2048 and metrics["accuracy"] > majority + 0.1 and metrics["auc"] > 0.7
     assert metrics == json.loads((version / "assets.extra" / "metrics.json").read_text())
     assert yaml.safe_load((version / "assets.extra" / "config.yaml").read_text())["name"] == config_name
     assert ("without_tta" in metrics) == (config.eval.tta != "none")
@@ -65,13 +69,13 @@ def test_train_evaluate_export_and_serve(quick_overrides, tmp_path, config_name,
 
     # A fresh process serves the SavedModel: same predictions as the in-process model.
     pixels = np.load(config.data.root / "bloodmnist.npz")["test_images"][:32]
-    served = serve_in_fresh_process(version, pixels, tmp_path)
+    served = model_server(version, pixels)
     in_process = result.model.predict(pixels.astype("float32"), verbose=0)
     np.testing.assert_allclose(served, in_process, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(served.argmax(1), in_process.argmax(1))
 
 
-def test_an_ensemble_trains_each_member_on_its_own_seed_and_exports_one_model(quick_overrides, tmp_path):
+def test_an_ensemble_trains_each_member_on_its_own_seed_and_exports_one_model(quick_overrides, tmp_path, model_server):
     extra = ["model.widths=[8, 16]", "train.warmup_epochs=0", "train.ensemble=2", "train.mixed_precision=true"]
     config = load_config(REPO / "configs" / "best.yaml", quick_overrides + extra)
     result = train_module.train(config)
@@ -99,7 +103,7 @@ def test_an_ensemble_trains_each_member_on_its_own_seed_and_exports_one_model(qu
     assert metrics["params"] == 2 * build_model(single.model, (28, 28, 3), 8).count_params()
 
     pixels = np.load(config.data.root / "bloodmnist.npz")["test_images"][:32]
-    served = serve_in_fresh_process(version, pixels, tmp_path)
+    served = model_server(version, pixels)
     in_process = result.model.predict(pixels.astype("float32"), verbose=0)
     np.testing.assert_allclose(served, in_process, rtol=1e-4, atol=1e-6)
 

@@ -23,7 +23,7 @@ from keras_blood.training import task as task_module
 from keras_blood.training import trainer as train_module
 from keras_blood.training.runs import RunFolder
 from keras_blood.training.transfer import prepare_transfer, set_trainable, training_stages
-from tests.conftest import marked_npz
+from tests.helpers import marked_npz
 
 KAGGLE = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]  # the Kaggle folders
 SHARED = [CLASS_NAMES.index(name.lower()) for name in KAGGLE]  # where BloodMNIST has them
@@ -253,6 +253,7 @@ class Probe(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("killed_after", [0, 1], ids=["between-the-stages", "in-the-second"])
 def test_two_stages_train_the_head_first_and_resume_where_they_stopped(tmp_path, monkeypatch, capsys, killed_after):
     fnn = {"name": "fnn", "hidden_units": 16}

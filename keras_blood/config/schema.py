@@ -50,12 +50,15 @@ class _Strict(BaseModel):
 # has on whole images at 24x32, the size of model the paper describes (the counts:
 # docs/studies/georgetown.md).
 BLOODMNIST_SIZES = (28, 64, 128, 224)
-DEFAULT_IMAGE_SIZE: dict[str, Any] = {"bloodmnist": 28, "blood_cell_images": (120, 160)}
-DEFAULT_CELL_CROP: dict[str, Any] = {"bloodmnist": None, "blood_cell_images": {}}
+# A lab's own captures (image_folder) are taken whole, one cell each, at 64x64 unless the
+# config says otherwise.
+DEFAULT_IMAGE_SIZE: dict[str, Any] = {"bloodmnist": 28, "blood_cell_images": (120, 160), "image_folder": 64}
+DEFAULT_CELL_CROP: dict[str, Any] = {"bloodmnist": None, "blood_cell_images": {}, "image_folder": None}
 # The splits each source can have, known without loading it (which starts TensorFlow).
 SOURCE_SPLITS: dict[str, tuple[str, ...]] = {
     "bloodmnist": ("train", "val", "test"),
     "blood_cell_images": ("train", "val", "test", "test_simple"),
+    "image_folder": ("train", "val", "test"),
 }
 
 HueValue = Annotated[int, Field(ge=0, le=179)]
@@ -135,7 +138,12 @@ class CellCropConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    name: Literal["bloodmnist", "blood_cell_images"] = "bloodmnist"
+    name: Literal["bloodmnist", "blood_cell_images", "image_folder"] = Field(
+        default="bloodmnist",
+        description="bloodmnist, blood_cell_images (the Kaggle set), or image_folder: a lab's own "
+        "images, data.root a folder of class folders (optionally under train/validation/test "
+        "folders) or a .csv/.tsv list of path,label[,group][,split].",
+    )
     root: Path | None = Field(
         default=None,
         description=f"Data folder (the TFDS builder's manual folder). Default: ${DATA_ROOT_ENV}, "
@@ -154,10 +162,26 @@ class DataConfig(_Strict):
         description="Keep only these classes (any source), relabelled 0..k-1 in this order; "
         "names match the source's class names case-insensitively.",
     )
+    class_aliases: dict[str, list[str]] | None = Field(
+        default=None,
+        description="Other spellings of a class, {class: [spelling, ...]}, e.g. {neutrophil: "
+        "[NEU, band neutrophil]}: for image_folder, and for evaluate --data on any model. Names "
+        "match ignoring case, _, - and spaces.",
+    )
+    group_pattern: str | None = Field(
+        default=None,
+        description="image_folder: a regular expression searched in each file's path; its first "
+        "group names the patient, slide or source cell, whose files all go to one split.",
+    )
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
         default=0.2,
-        description="For sources without a validation split (blood_cell_images): the "
-        "fraction of each class's source cells whose images are held out of TRAIN.",
+        description="For sources without a validation split (blood_cell_images, image_folder): "
+        "the fraction of each class's source cells (groups) whose images are held out of train.",
+    )
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        default=0.2,
+        description="image_folder without a test folder: the fraction of each class's groups "
+        "drawn for the test split (before validation is drawn from the rest).",
     )
     skip_unreadable: bool = Field(
         default=False,
@@ -221,9 +245,16 @@ class DataConfig(_Strict):
         if info.data.get("name") == "bloodmnist" and value not in BLOODMNIST_SIZES:
             raise ValueError(
                 "BloodMNIST comes in square sizes 28, 64, 128 or 224 "
-                "(one file each); other sizes are for data.name blood_cell_images"
+                "(one file each); other sizes are for data.name blood_cell_images or image_folder"
             )
         return value
+
+    @model_validator(mode="after")
+    def _folder_options(self) -> "DataConfig":
+        if self.name != "image_folder":
+            if self.group_pattern is not None:
+                raise ValueError(f"group_pattern is for data.name image_folder (a lab's own images), not {self.name}")
+        return self
 
     @field_validator("classes")
     @classmethod

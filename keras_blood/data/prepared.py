@@ -52,7 +52,9 @@ def prepared_builder(
     import keras_blood.data.builders  # noqa: F401  (registers the builders)
 
     def builder():
-        return tfds.builder(name, config=config, data_dir=os.fspath(tfds_dir))
+        # TFDS logs every config it was not written with; a lab's folder always is one.
+        with _absl_quiet("Using custom data configuration"):
+            return tfds.builder(name, config=config, data_dir=os.fspath(tfds_dir))
 
     # The copy's folder, known before a builder reads (and chokes on) a damaged one.
     data_path = Path(tfds_dir) / name / (config if isinstance(config, str) else config.name)
@@ -194,6 +196,22 @@ def _disk_errors(tfds_dir: Path, what: str) -> Iterator[None]:
                 "set data.tfds_dir to a writable folder"
             ) from None
         raise
+
+
+@contextlib.contextmanager
+def _absl_quiet(message: str) -> Iterator[None]:
+    """Leave out absl's log records that start with ``message`` while in the block."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(message)
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 @contextlib.contextmanager

@@ -35,8 +35,10 @@ from typing import Any
 from keras_blood.config.loading import load_config
 from keras_blood.config.paths import version_config_file
 from keras_blood.data import DataBundle, load_data
+from keras_blood.data.folders import Listing
 from keras_blood.errors import ConfigError, DataError
 from keras_blood.evaluation.gradcam import gradcam_panel
+from keras_blood.evaluation.lab_data import lab_listing, listing_notes
 from keras_blood.evaluation.metrics import classification_metrics, one_vs_rest_aucs, per_class_table, summary_line
 from keras_blood.evaluation.plots import (
     plot_confusion_matrix,
@@ -45,6 +47,7 @@ from keras_blood.evaluation.plots import (
     plot_roc_curves,
 )
 from keras_blood.files import new_folder
+from keras_blood.serving.predict import prepared_files
 from keras_blood.serving.version import load_version
 
 MISTAKES_SHOWN = 25
@@ -79,9 +82,6 @@ def evaluate(
     if split not in data.splits or len(data.splits[split]) == 0:
         raise DataError(f"--split {split!r}: data source {data.name!r} has splits {sorted(data.splits)}")
 
-    import numpy as np
-    import tensorflow as tf
-
     version = load_version(version_dir)
     if data.class_names != version.class_names:
         raise DataError(
@@ -95,22 +95,62 @@ def evaluate(
         )
 
     images, labels = data.splits[split].images, data.splits[split].labels
-    batch = config.train.batch_size
     print(f"Evaluating {version_dir} on {data.name} {split} ({len(labels)} images) ...", flush=True)
+    return _report(version, version_dir, config, images, labels, split, output_dir)
+
+
+def evaluate_files(
+    version_dir: str | Path,
+    root: str | Path,
+    overrides: Sequence[str] = (),
+    output_dir: Path = Path("reports"),
+    listing: Listing | None = None,
+) -> EvaluateResult:
+    """Evaluate ``version_dir`` on another lab's images: ``root`` a folder of class folders
+    or a list file (:mod:`keras_blood.data.folders`). Each file is prepared from the raw
+    file by the version's recorded recipe, as ``predict`` and ``serving_bytes`` do.
+    Classes are matched by name and ``data.class_aliases``; the data's classes that the
+    model lacks are left out, and the model's classes that the data lacks are named."""
+    version_dir = Path(version_dir)
+    config = load_config(version_config_file(version_dir), list(overrides))
+    listing = listing or lab_listing(version_dir, root, config)
+
+    import numpy as np
+
+
+    version = load_version(version_dir)
+    paths = [str(listing.root / file) for file in listing.files.tolist()]
+    print(f"Evaluating {version_dir} on {root} ({len(paths)} images) ...", flush=True)
+    images = []
+    for path, (pixels, error) in zip(paths, prepared_files([(p, "") for p in paths], version.preparation)):
+        if pixels is None:
+            raise DataError(f"{path}: {error}; remove it from {root} or fix it")
+        images.append(pixels)
+    return _report(version, version_dir, config, np.stack(images), listing.labels, Path(root).name, output_dir,
+                   {"data": str(root), **listing_notes(listing)})  # fmt: skip
+
+
+def _report(version, version_dir: Path, config, images, labels, what: str, output_dir: Path,
+            extra: dict[str, Any] | None = None) -> EvaluateResult:  # fmt: skip
+    """Classify ``images`` (prepared pixels) with ``serving_default`` and write the report."""
+    import numpy as np
+    import tensorflow as tf
+
+    batch = config.train.batch_size
     probs = np.concatenate(
         [
             version.serve(pixels=tf.constant(images[i : i + batch]))["probabilities"].numpy()
             for i in range(0, len(labels), batch)
         ]
     )
-    metrics = classification_metrics(labels, probs, data.class_names)
-    metrics.update(split=split, model_version=str(version_dir))
+    names = list(version.class_names)
+    metrics = classification_metrics(labels, probs, names)
+    metrics.update(split=what, model_version=str(version_dir), **(extra or {}))
 
-    title = f"{version.name} v{version.number} {split}"
-    report_dir = new_folder(output_dir, f"{version.name}-v{version.number}-{split}-")
+    title = f"{version.name} v{version.number} {what}"
+    report_dir = new_folder(output_dir, f"{version.name}-v{version.number}-{what}-")
     (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_per_class_csv(metrics, one_vs_rest_aucs(labels, probs), report_dir / "per_class.csv")
-    names = data.class_names
     plot_confusion_matrix(metrics["confusion_matrix"], names, report_dir / "confusion_matrix.png", title)
     plot_roc_curves(labels, probs, names, report_dir / "roc_curves.png", title)
     plot_reliability_diagram(labels, {"served": probs}, report_dir / "reliability.png", title)
@@ -127,7 +167,13 @@ def evaluate(
 
     print(f"\n{title}: {summary_line(metrics)}")
     print(per_class_table(metrics))
-    print(compare_with_training(metrics, version.extra / "metrics.json"))
+    if extra is None:
+        print(compare_with_training(metrics, version.extra / "metrics.json"))
+    else:  # another lab's images: what was not compared
+        if extra["left_out"]:
+            print("Left out: " + "; ".join(f"{what} ({count})" for what, count in extra["left_out"].items()))
+        if extra["classes_without_images"]:
+            print(f"The model's classes without images here (left out of balanced accuracy): {extra['classes_without_images']}")
     return EvaluateResult(report_dir, metrics, labels, probs)
 
 

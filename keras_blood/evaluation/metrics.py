@@ -92,9 +92,13 @@ def classification_metrics(
         output_dict=True,
         zero_division=0,
     )
+    # Mean recall over the classes that have examples: what accuracy would be with every
+    # class equally common, so that labs with other class mixes compare.
+    present = [report[name]["recall"] for name in class_names if report[name]["support"] > 0]
     return {
         "num_examples": int(len(labels)),
         "accuracy": float(accuracy_score(labels, predictions)),
+        "balanced_accuracy": float(np.mean(present)) if present else float("nan"),
         "precision_macro": float(precision),
         "recall_macro": float(recall),
         "f1_macro": float(f1),
@@ -108,7 +112,7 @@ def classification_metrics(
 
 def summary_line(metrics: dict[str, Any]) -> str:
     return (
-        f"acc {metrics['accuracy']:.4f}  precision {metrics['precision_macro']:.4f}  "
+        f"acc {metrics['accuracy']:.4f}  balanced {metrics.get('balanced_accuracy', float('nan')):.4f}  precision {metrics['precision_macro']:.4f}  "
         f"recall {metrics['recall_macro']:.4f}  F1 {metrics['f1_macro']:.4f}  "
         f"AUC {metrics['auc']:.4f}  ECE {metrics['ece']:.4f}  (n={metrics['num_examples']})"
     )

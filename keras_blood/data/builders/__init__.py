@@ -1,4 +1,4 @@
-"""TFDS builders for keras-blood's two data sources. Importing this package registers them:
+"""TFDS builders for keras-blood's data sources: the two published sets and a lab's own folder. Importing this package registers them:
 
     import keras_blood.data.builders
     import tensorflow_datasets as tfds
@@ -13,5 +13,6 @@ D / "bloodmnist" / "64" / "1.0.0")`` reads it.
 
 from keras_blood.data.builders.blood_cell_images import BloodCellImages
 from keras_blood.data.builders.bloodmnist import Bloodmnist
+from keras_blood.data.builders.image_folder import ImageFolder
 
-__all__ = ["BloodCellImages", "Bloodmnist"]
+__all__ = ["BloodCellImages", "Bloodmnist", "ImageFolder"]
