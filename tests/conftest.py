@@ -111,23 +111,41 @@ def kaggle_root() -> Path:
 def bloodmnist_model(bloodmnist_root, shared_tfds_dir, tmp_path_factory):
     """A real model, trained once for the tests that need one that has learnt something:
     dropout03 on real BloodMNIST (6 epochs on 4,000 training images; the whole validation
-    and test splits), its probabilities calibrated, exported. A TrainResult."""
+    and test splits), its probabilities calibrated, exported. ``(run_dir, export_dir)``.
+
+    Trained once for the whole run: under pytest-xdist the first worker to ask trains it in
+    the run's shared temporary folder while the others wait on a lock, then read it."""
+    import fcntl
+    import json
+    from types import SimpleNamespace
+
     from keras_blood.config.loading import load_config
     from keras_blood.training.trainer import train
 
-    root = tmp_path_factory.mktemp("bloodmnist-model")
-    overrides = [
-        f"data.root={bloodmnist_root}",
-        f"data.tfds_dir={shared_tfds_dir}",
-        "data.max_examples=4000",
-        "train.epochs=6",
-        "train.learning_rate=3e-3",
-        "eval.calibration=temperature",
-        f"output.runs_dir={root / 'runs'}",
-        f"output.export_dir={root / 'saved_models'}",
-        "output.publish=always",  # a smoke run (data.max_examples) is otherwise not published
-    ]
-    return train(load_config(REPO / "configs" / "dropout03.yaml", overrides))
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the folder every worker's own folder is in
+    root = shared / "bloodmnist-model"
+    root.mkdir(exist_ok=True)
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = root / "trained.json"
+        if not done.is_file():
+            overrides = [
+                f"data.root={bloodmnist_root}",
+                f"data.tfds_dir={shared_tfds_dir}",
+                "data.max_examples=4000",
+                "train.epochs=6",
+                "train.learning_rate=3e-3",
+                "eval.calibration=temperature",
+                f"output.runs_dir={root / 'runs'}",
+                f"output.export_dir={root / 'saved_models'}",
+                "output.publish=always",  # a smoke run (data.max_examples) is otherwise not published
+            ]
+            result = train(load_config(REPO / "configs" / "dropout03.yaml", overrides))
+            done.write_text(json.dumps({"run_dir": str(result.run_dir), "export_dir": str(result.export_dir)}))
+        paths = json.loads(done.read_text())
+    return SimpleNamespace(run_dir=Path(paths["run_dir"]), export_dir=Path(paths["export_dir"]))
 
 
 @pytest.fixture

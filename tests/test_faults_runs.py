@@ -285,12 +285,13 @@ def test_sigterm_in_an_epoch_is_one_line_and_the_run_resumes(tmp_path, capfd):
     stop_and_resume(tmp_path, "epoch:2", "SIGTERM", capfd)
 
 
-# SIGKILL at every point of a run; SIGTERM at the points where its handler takes another
-# path (no backup yet, a write under way, between two writes, outside fit). The two quick
-# tests above add SIGKILL while epoch 2's backup is written and SIGTERM inside epoch 2.
+# SIGKILL at each kind of point of a run, SIGTERM where its handler takes another path (no
+# backup yet, a write under way, a callback after the commit, outside fit). The two quick
+# tests above add SIGKILL while epoch 2's backup is written and SIGTERM inside epoch 2, with
+# a backup to resume from. docs/reliability.md has every case, measured.
 STOPS = [
-    *((point, "SIGKILL") for point in ("epoch:1", "epoch:3", "backup:1", "commit:1", "commit:2", "checkpoint:1", "export", "record")),
-    *((point, "SIGTERM") for point in ("epoch:1", "backup:3", "commit:2", "checkpoint:1", "export", "record")),
+    *((point, "SIGKILL") for point in ("epoch:1", "backup:1", "commit:1", "checkpoint:1", "export", "record")),
+    *((point, "SIGTERM") for point in ("epoch:1", "backup:3", "checkpoint:1", "export")),
 ]
 
 

@@ -4,6 +4,7 @@ image_folder builder), and the commands end to end on a generated folder and on 
 captures laid out as a lab would lay them out."""
 
 import csv
+import importlib
 import json
 import re
 import subprocess
@@ -200,6 +201,24 @@ def run(args, cwd, env):
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.fixture
+def command(capfd, monkeypatch, tmp_path):
+    """run(module, *args) -> CompletedProcess: a command's main run in this process, in
+    tmp_path, as its ``python -m`` would run it (TensorFlow is started once, not for each)."""
+    from keras_blood.config.cli import run_main
+
+    monkeypatch.chdir(tmp_path)
+
+    def run_here(module: str, *args: str) -> subprocess.CompletedProcess:
+        main = importlib.import_module(module).main
+        capfd.readouterr()
+        status = run_main(main, list(args))
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess([module, *args], status, out, err)
+
+    return run_here
+
+
 def test_a_bad_folder_is_one_line_before_tensorflow_starts(tmp_path, child_env):
     root = lab_folder(tmp_path / "lab", per_class=6, folders={"eosinophil": "eosinophil"})
     result = run(["keras_blood.train", str(REPO / "configs" / "image_folder.yaml"), "--set", f"data.root={root}"], tmp_path, child_env)
@@ -222,7 +241,7 @@ def test_real_pbc_captures_are_read_from_the_labs_own_list(kaggle_root):
 
 
 @pytest.mark.slow
-def test_real_captures_in_png_jpeg_and_bmp_train_and_another_labs_folder_evaluates_and_predicts(kaggle_root, tmp_path, child_env):
+def test_real_captures_in_png_jpeg_and_bmp_train_and_another_labs_folder_evaluates_and_predicts(kaggle_root, tmp_path, command):
     """The documented commands as a lab would run them: the PBC captures' four white-cell
     classes copied into class folders as PNG, JPEG and BMP, as a lab would from its own
     export, trained; then the Kaggle TEST folder's layout (upper-case class folders, one
@@ -241,7 +260,7 @@ def test_real_captures_in_png_jpeg_and_bmp_train_and_another_labs_folder_evaluat
         Image.open(SHARED_DATA / "pbc-captures" / row["file"]).save(target, format=kind)
     sets = ["--set", f"data.root={lab}", "--set", f"data.tfds_dir={tmp_path / 'tfds'}", "--set", "train.epochs=2",
             "--set", f"output.runs_dir={tmp_path / 'runs'}", "--set", f"output.export_dir={tmp_path / 'models'}"]  # fmt: skip
-    trained = run(["keras_blood.train", str(REPO / "configs" / "image_folder.yaml"), *sets], tmp_path, child_env)
+    trained = command("keras_blood.train", str(REPO / "configs" / "image_folder.yaml"), *sets)
     assert trained.returncode == 0, trained.stderr[-3000:]
     (data,) = [line for line in trained.stdout.splitlines() if line.startswith(f"Data: {lab}:")]
     found = re.search(r"4 classes \['eosinophil', 'lymphocyte', 'monocyte', 'neutrophil'\]; train (\d+), val (\d+), test (\d+) images$", data)
@@ -257,7 +276,7 @@ def test_real_captures_in_png_jpeg_and_bmp_train_and_another_labs_folder_evaluat
     (other / "basophil").mkdir()
     (other / "basophil" / "b.jpeg").symlink_to(next((kaggle_root / "TEST" / "LYMPHOCYTE").iterdir()))
     aliases = "data.class_aliases={eosinophil: [EOS], neutrophil: [neutrophils]}"
-    evaluated = run(["keras_blood.evaluate", str(version), "--data", str(other), "--set", aliases], tmp_path, child_env)
+    evaluated = command("keras_blood.evaluate", str(version), "--data", str(other), "--set", aliases)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     report = tmp_path / evaluated.stdout.strip().splitlines()[-1]
     figures = json.loads((report / "metrics.json").read_text())
@@ -268,10 +287,10 @@ def test_real_captures_in_png_jpeg_and_bmp_train_and_another_labs_folder_evaluat
     assert figures["balanced_accuracy"] == pytest.approx(np.mean(recalls))
     assert (report / "confusion_matrix.png").is_file() and (report / "mistakes.png").is_file()
 
-    bad = run(["keras_blood.evaluate", str(version), "--data", str(tmp_path / "nowhere")], tmp_path, child_env)
+    bad = command("keras_blood.evaluate", str(version), "--data", str(tmp_path / "nowhere"))
     assert bad.returncode == 2 and len(command_lines(bad.stderr)) == 1 and "does not exist" in bad.stderr
 
-    predicted = run(["keras_blood.predict", str(version), str(lab / "monocyte"), "--output", str(tmp_path / "p.csv")], tmp_path, child_env)
+    predicted = command("keras_blood.predict", str(version), str(lab / "monocyte"), "--output", str(tmp_path / "p.csv"))
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     with open(tmp_path / "p.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 40  # PNG, JPEG and BMP, each read
