@@ -42,6 +42,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.e2e)
         if SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
+    # Slow tests first (in their order), so that the quick ones fill the end of a run and
+    # pytest-xdist's workers finish together rather than one waiting on a long test.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 _durations: dict[str, float] = {}

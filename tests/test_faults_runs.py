@@ -302,9 +302,11 @@ def test_a_stop_at_any_point_resumes_to_one_version_and_each_epoch_once(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, delay", [(signal.SIGTERM, 0.3), (signal.SIGKILL, 0.0)], ids=["SIGTERM-0.3", "SIGKILL-0.0"])
+@pytest.mark.parametrize("sig, delay", [(signal.SIGTERM, 0.3)], ids=["SIGTERM-0.3"])
 def test_a_stop_from_outside_at_any_moment_resumes(tmp_path, sig, delay):
-    """As ``timeout -s TERM`` or a scheduler stops a run: at some moment after epoch 1."""
+    """As ``timeout -s TERM`` or a scheduler stops a run: at some moment after epoch 1.
+    (SIGKILL and other moments were measured: docs/reliability.md; SIGKILL at each kind of
+    point is in STOPS.)"""
     config = write_config(tmp_path)
     process = subprocess.Popen([sys.executable, "-m", "keras_blood.train", str(config)], cwd=tmp_path, env=environment(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
