@@ -23,11 +23,11 @@ from keras_blood.config.schema import DataConfig
 from keras_blood.data import register
 from keras_blood.data.base import DataBundle, Split, match_classes, missing_classes
 from keras_blood.data.builders import blood_cell_images as source
-from keras_blood.data.prepared import prepared_builder, read_all, read_only, stamp
+from keras_blood.data.decoded import RESIZE_METHOD, decode_splits
+from keras_blood.data.prepared import prepared_builder, read_all, stamp
 from keras_blood.errors import DataError
 
 DEFAULT_ROOT = Path("~/blood-cell-images/dataset2-master/images")
-RESIZE_METHOD = "area"  # averages whole pixel blocks: the cleanest large downscale
 # The builder's split -> keras-blood's.
 SPLITS = {"train": "train", "validation": "val", "test": "test", "test_simple": "test_simple"}
 
@@ -78,16 +78,9 @@ def _load(data_dir: str, _stamp: int, max_examples, seed: int, size: tuple[int, 
         split, name = empty[0]
         raise DataError(f"class {name!r} has no examples in the {split} split: {_why_empty(Path(root), split, name)}")
     encoded = encoded.capped(max_examples, seed)
-    # One decode for all splits: one tf.data pass.
-    order = list(encoded.splits)
-    images = decode_images(np.concatenate([encoded.splits[name].images for name in order]), size)
-    bounds = np.cumsum([0] + [len(encoded.splits[name]) for name in order])
-    splits = {
-        name: Split(read_only(images[start:end]), read_only(encoded.splits[name].labels),
-                    read_only(np.array([str(Path(root) / f) for f in encoded.splits[name].files], dtype=str)))  # fmt: skip
-        for name, start, end in zip(order, bounds[:-1], bounds[1:])
-    }
-    return splits, list(encoded.class_names)
+    located = {name: Split(split.images, split.labels, np.array([str(Path(root) / f) for f in split.files], dtype=str))
+               for name, split in encoded.splits.items()}  # fmt: skip
+    return decode_splits(located, size), list(encoded.class_names)
 
 
 @functools.lru_cache(maxsize=1)
@@ -102,22 +95,6 @@ def _records(data_dir: str, _stamp: int) -> tuple[list[str], dict[str, Split]]:
         for name, rows in splits.items()
     }
     return list(builder.info.features["label"].names), records
-
-
-def decode_images(encoded: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Decode and resize image files' bytes in a parallel tf.data map: uint8 ``[N, H, W, 3]``."""
-    import tensorflow as tf
-
-    def load(data):
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        image = tf.image.resize(image, size, method=RESIZE_METHOD)
-        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant(encoded, dtype=tf.string))
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    batches = [np.zeros((0, *size, 3), np.uint8)]
-    batches += list(ds.batch(512).as_numpy_iterator())
-    return np.concatenate(batches)
 
 
 def _why_empty(root: Path, split: str, name: str) -> str:

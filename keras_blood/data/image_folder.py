@@ -17,10 +17,10 @@ import numpy as np
 from keras_blood.config.schema import DataConfig
 from keras_blood.data import register
 from keras_blood.data.base import DataBundle, Split
-from keras_blood.data.blood_cell_images import RESIZE_METHOD, decode_images
 from keras_blood.data.builders.image_folder import make_config
+from keras_blood.data.decoded import RESIZE_METHOD, decode_splits
 from keras_blood.data.folders import fingerprint, source_listing
-from keras_blood.data.prepared import prepared_builder, read_all, read_only, stamp
+from keras_blood.data.prepared import prepared_builder, read_all, stamp
 
 SPLITS = {"train": "train", "validation": "val", "test": "test"}
 
@@ -58,11 +58,4 @@ def _load(data_dir: str, _stamp: int, max_examples, seed: int, size: tuple[int, 
         SPLITS[name]: Split(r["image"], r["label"].astype(np.int32), np.array([f"{root}/{f.decode()}" for f in r["file"]], dtype=str))
         for name, r in rows.items()
     }).capped(max_examples, seed)  # fmt: skip
-    order = list(encoded.splits)
-    images = decode_images(np.concatenate([encoded.splits[name].images for name in order]), size)
-    bounds = np.cumsum([0] + [len(encoded.splits[name]) for name in order])
-    splits = {
-        name: Split(read_only(images[start:end]), read_only(encoded.splits[name].labels), read_only(encoded.splits[name].files))
-        for name, start, end in zip(order, bounds[:-1], bounds[1:])
-    }
-    return splits, class_names
+    return decode_splits(encoded.splits, size), class_names

@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from keras_blood.data.base import match_classes
-from keras_blood.data.builders.info import LocalDatasetInfo, manual_folder
+from keras_blood.data.builders.info import LocalDatasetInfo, manual_folder, unreadable, why_unreadable
 from keras_blood.errors import DataError
 
 SOURCE_URL = "https://www.kaggle.com/datasets/paultimothymooney/blood-cells"
@@ -138,33 +138,6 @@ def source_fingerprint(root: Path) -> str:
                 stat = entry.stat()
                 digest.update(f"{folder}/{name}/{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
-
-
-def unreadable(paths: list[str]) -> list[int]:
-    """Indices of the files TensorFlow cannot decode as an image (parallel tf.data pass)."""
-    import tensorflow as tf
-
-    def decodes(path, index):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return index, tf.shape(image)  # an unused decode would be pruned from the graph
-
-    ds = tf.data.Dataset.from_tensor_slices((list(paths), tf.range(len(paths), dtype=tf.int64)))
-    # A file that fails to read or decode is dropped here, so missing from `kept`.
-    ds = ds.map(decodes, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
-    kept = {int(i) for batch, _ in ds.batch(1024).as_numpy_iterator() for i in batch}
-    return [i for i in range(len(paths)) if i not in kept]
-
-
-def why_unreadable(path: str) -> str:
-    import tensorflow as tf
-
-    try:
-        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    except Exception as exc:  # tf raises several types; the message is what matters
-        message = str(getattr(exc, "message", exc)).strip().splitlines()[0]
-        # "{{function_node ...}} jpeg::Uncompress failed. Invalid JPEG data ... [Op:DecodeImage] name:"
-        return re.sub(r"^\{\{.*?\}\}\s*|\s*\[Op:.*$", "", message) or message
-    return "decoding failed"
 
 
 @dataclasses.dataclass

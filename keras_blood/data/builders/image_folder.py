@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from keras_blood.data.builders.blood_cell_images import unreadable, why_unreadable
-from keras_blood.data.builders.info import LocalDatasetInfo
+from keras_blood.data.builders.info import LocalDatasetInfo, unreadable, why_unreadable
 from keras_blood.data.folders import Listing, fingerprint, list_images
 from keras_blood.errors import DataError
 
