@@ -10,7 +10,9 @@ another process (SLOW_FIXTURES), and by hand to the others. The summary of a run
 
 from __future__ import annotations
 
+import importlib
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +244,21 @@ def model_server(tmp_path_factory):
     yield serve
     server.stdin.close()
     server.wait(timeout=60)
+
+
+@pytest.fixture
+def command(capfd, monkeypatch, tmp_path):
+    """run(module, *args) -> CompletedProcess: a command's main run in this process, in
+    tmp_path, as its ``python -m`` would run it (TensorFlow is started once, not for each)."""
+    from keras_blood.config.cli import run_main
+
+    monkeypatch.chdir(tmp_path)
+
+    def run_here(module: str, *args: str) -> subprocess.CompletedProcess:
+        main = importlib.import_module(module).main
+        capfd.readouterr()
+        status = run_main(main, list(args))
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess([module, *args], status, out, err)
+
+    return run_here

@@ -111,3 +111,24 @@ def cell_at(centre, radius=6, size=(40, 60), specks=()) -> np.ndarray:
     for y, x in specks:
         image[y, x] = (110, 60, 200)
     return image
+
+
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF")
+COLOURS = {"eosinophil": (200, 60, 60), "lymphocyte": (60, 60, 200), "neutrophil": (60, 180, 60)}
+
+
+def lab_folder(root: Path, per_class: int = 30, folders=None, seed: int = 0) -> Path:
+    """Class folders of noisy single-colour captures, of varying sizes, in every format:
+    ``<folder>/slide<k>_<i>.<ext>``, ten slides."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folders = folders or {name: name for name in COLOURS}
+    for name, folder in folders.items():
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(COLOURS[name], 20, (40 + i, 36 + 2 * i, 3)), 0, 255).astype(np.uint8)
+            kind = FORMATS[i % len(FORMATS)]
+            path = root / folder / f"slide{i % 10}_{i}.{kind.lower()}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path, format=kind)
+    return root

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from keras_blood.config.schema import AugmentConfig
-from keras_blood.data.augment import color_jitter, make_augment, mixup, random_flips, random_rot90, random_sharpen
+from keras_blood.data.augment import color_jitter, make_augment, mixup, random_flips, random_rot90, random_scale, random_sharpen
 
 
 def _batch(n=64, h=6, w=6, seed=0):
@@ -83,3 +83,26 @@ def test_sharpen_adds_detail_and_leaves_flat_images_alone():
     out = random_sharpen(tf.constant(edge), 2.0).numpy()
     assert out.min() >= 0 and out.max() <= 255
     assert (out[:, :, 3].mean(axis=(1, 2)) <= 100).all() and out[:, :, 3].min() < 95  # overshoot at the edge
+
+
+def test_blur_softens_an_edge_and_never_sharpens_it():
+    tf.random.set_seed(0)
+    edge = np.full((16, 8, 8, 3), 100.0, np.float32)
+    edge[:, :, 4:] = 150.0
+    out = random_sharpen(tf.constant(edge), 0.0, blur=1.0).numpy()
+    step = out[:, :, 4].mean(axis=(1, 2)) - out[:, :, 3].mean(axis=(1, 2))  # 50 before
+    assert (step <= 50 + 1e-3).all() and step.min() < 40  # softened, by a random amount
+    assert out[:, :, 3].min() >= 100 - 1e-3  # no overshoot
+
+
+def test_scale_zooms_about_the_centre_and_fills_with_the_border_colour():
+    tf.random.set_seed(0)
+    images = np.full((32, 21, 21, 3), 200.0, np.float32)
+    images[:, 8:13, 8:13] = (90.0, 40.0, 140.0)  # a cell in the middle
+    out = random_scale(tf.constant(images), 0.4).numpy()
+    assert out.shape == images.shape and out.min() >= 0
+    np.testing.assert_allclose(out[:, 10, 10], np.tile([90.0, 40.0, 140.0], (32, 1)), atol=1e-3)  # the centre stays
+    cell = (out[..., 0] < 145).sum(axis=(1, 2))  # the cell's area, 25 pixels before
+    assert cell.min() < 22 and cell.max() > 28  # both smaller and larger
+    np.testing.assert_allclose(out[:, 0, 0], 200.0, atol=1e-3)  # corners: the background, also past the edge
+    np.testing.assert_array_equal(random_scale(tf.constant(images), 0.0).numpy().round(3), images)

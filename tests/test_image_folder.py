@@ -4,7 +4,6 @@ image_folder builder), and the commands end to end on a generated folder and on 
 captures laid out as a lab would lay them out."""
 
 import csv
-import importlib
 import json
 import re
 import subprocess
@@ -17,26 +16,7 @@ from PIL import Image
 
 from keras_blood.data.folders import list_images, normal
 from keras_blood.errors import DataError
-from tests.helpers import REPO, SHARED_DATA, command_lines
-
-FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF")
-COLOURS = {"eosinophil": (200, 60, 60), "lymphocyte": (60, 60, 200), "neutrophil": (60, 180, 60)}
-
-
-def lab_folder(root: Path, per_class: int = 30, folders=None, seed: int = 0) -> Path:
-    """Class folders of noisy single-colour captures, of varying sizes, in every format:
-    ``<folder>/slide<k>_<i>.<ext>``, ten slides."""
-    rng = np.random.default_rng(seed)
-    folders = folders or {name: name for name in COLOURS}
-    for name, folder in folders.items():
-        for i in range(per_class):
-            pixels = np.clip(rng.normal(COLOURS[name], 20, (40 + i, 36 + 2 * i, 3)), 0, 255).astype(np.uint8)
-            kind = FORMATS[i % len(FORMATS)]
-            path = root / folder / f"slide{i % 10}_{i}.{kind.lower()}"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(path, format=kind)
-    return root
-
+from tests.helpers import FORMATS, REPO, SHARED_DATA, command_lines, lab_folder
 
 def listed(listing, split=None):
     rows = listing.splits == split if split else np.ones(len(listing), bool)
@@ -199,24 +179,6 @@ def test_an_unreadable_file_is_named_and_nothing_is_kept(tmp_path):
 
 def run(args, cwd, env):
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture
-def command(capfd, monkeypatch, tmp_path):
-    """run(module, *args) -> CompletedProcess: a command's main run in this process, in
-    tmp_path, as its ``python -m`` would run it (TensorFlow is started once, not for each)."""
-    from keras_blood.config.cli import run_main
-
-    monkeypatch.chdir(tmp_path)
-
-    def run_here(module: str, *args: str) -> subprocess.CompletedProcess:
-        main = importlib.import_module(module).main
-        capfd.readouterr()
-        status = run_main(main, list(args))
-        out, err = capfd.readouterr()
-        return subprocess.CompletedProcess([module, *args], status, out, err)
-
-    return run_here
 
 
 def test_a_bad_folder_is_one_line_before_tensorflow_starts(tmp_path, child_env):

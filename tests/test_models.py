@@ -200,3 +200,16 @@ def test_vgg16_imagenet_download_failure_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(keras.applications, "VGG16", offline)
     with pytest.raises(ConfigError, match="model.weights=none"):
         build_model(model_config(name="vgg16"), (32, 32, 3), 4)
+
+
+@pytest.mark.parametrize("norm, groups", [("group", {4, 8}), ("layer", {1})])
+def test_resnet_group_and_layer_norm_use_each_images_own_statistics(norm, groups):
+    model = build_model(model_config(name="resnet", widths=[4, 16], norm=norm, dropout=0.0), (16, 16, 3), 3)
+    kinds = {type(l) for l in model.layers}
+    assert keras.layers.BatchNormalization not in kinds and keras.layers.GroupNormalization in kinds
+    assert {l.groups for l in model.layers if isinstance(l, keras.layers.GroupNormalization)} == groups
+    # No state from other images: an image's output is the same alone and in any batch.
+    rng = np.random.default_rng(0)
+    batch = rng.uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    alone = model(batch[:1], training=True).numpy()
+    np.testing.assert_allclose(model(batch, training=True).numpy()[:1], alone, rtol=1e-4, atol=1e-5)

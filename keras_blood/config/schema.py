@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -52,14 +53,20 @@ class _Strict(BaseModel):
 BLOODMNIST_SIZES = (28, 64, 128, 224)
 # A lab's own captures (image_folder) are taken whole, one cell each, at 64x64 unless the
 # config says otherwise.
-DEFAULT_IMAGE_SIZE: dict[str, Any] = {"bloodmnist": 28, "blood_cell_images": (120, 160), "image_folder": 64}
-DEFAULT_CELL_CROP: dict[str, Any] = {"bloodmnist": None, "blood_cell_images": {}, "image_folder": None}
+# Several sources in one model (data.sources) share one frame, what a server sends: the
+# Kaggle frame, since its cells sit anywhere in it and need the cell crop.
+DEFAULT_IMAGE_SIZE: dict[str, Any] = {
+    "bloodmnist": 28, "blood_cell_images": (120, 160), "image_folder": 64, "sources": (120, 160),
+}  # fmt: skip
+DEFAULT_CELL_CROP: dict[str, Any] = {"bloodmnist": None, "blood_cell_images": {}, "image_folder": None, "sources": {}}
 # The splits each source can have, known without loading it (which starts TensorFlow).
 SOURCE_SPLITS: dict[str, tuple[str, ...]] = {
     "bloodmnist": ("train", "val", "test"),
     "blood_cell_images": ("train", "val", "test", "test_simple"),
     "image_folder": ("train", "val", "test"),
+    "sources": ("train", "val", "test"),
 }
+SourceName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 
 HueValue = Annotated[int, Field(ge=0, le=179)]
 Byte = Annotated[int, Field(ge=0, le=255)]
@@ -137,12 +144,61 @@ class CellCropConfig(_Strict):
         return max(1, round(self.window * min(height, width)))
 
 
-class DataConfig(_Strict):
+class SourceConfig(_Strict):
+    """One source of data.sources: which data, where, and how much of each epoch it gives.
+
+    Its classes are mapped by name and data.class_aliases (ignoring case, _, - and spaces)
+    onto data.classes; classes outside it are left out. Every source keeps its own
+    validation and test splits.
+    """
+
     name: Literal["bloodmnist", "blood_cell_images", "image_folder"] = Field(
+        description="The source's kind, as data.name takes it."
+    )
+    root: Path | None = Field(default=None, description="Its data folder (or list), as data.root.")
+    image_size: Side | tuple[Side, Side] | None = Field(
+        default=None,
+        description="The size it is read at before it is put into the shared frame. Default: 28 for "
+        "bloodmnist (the file), data.image_size (the frame) for the others.",
+    )
+    class_aliases: dict[str, list[str]] | None = Field(
+        default=None, description="Spellings of this source only, added to data.class_aliases."
+    )
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    group_pattern: str | None = None
+    skip_unreadable: bool = False
+    download: bool = True
+    max_examples: Annotated[int, Field(gt=0)] | None = Field(
+        default=None, description="Cap on examples per split, for quick smoke runs."
+    )
+    train_examples: Annotated[int, Field(gt=0)] | None = Field(
+        default=None,
+        description="Keep this many of its training images (a seeded draw; validation and test "
+        "untouched): how a model does with a few hundred of a lab's own images.",
+    )
+    weight: Annotated[float, Field(gt=0.0)] = Field(
+        default=1.0,
+        description="Times each training image is seen an epoch (a fraction: that share of them, "
+        "drawn anew each run), so that a small source is not drowned by a large one.",
+    )
+
+
+class DataConfig(_Strict):
+    name: Literal["bloodmnist", "blood_cell_images", "image_folder", "sources"] = Field(
         default="bloodmnist",
         description="bloodmnist, blood_cell_images (the Kaggle set), or image_folder: a lab's own "
         "images, data.root a folder of class folders (optionally under train/validation/test "
-        "folders) or a .csv/.tsv list of path,label[,group][,split].",
+        "folders) or a .csv/.tsv list of path,label[,group][,split]. sources (set by data.sources): "
+        "several of them in one model.",
+    )
+    sources: dict[SourceName, SourceConfig | None] | None = Field(
+        default=None,
+        description="Several sources in one model: {short name: source}, e.g. {kaggle: {name: "
+        "blood_cell_images, root: DIR}, bloodmnist: {name: bloodmnist}}; a source set to null is left "
+        "out. Needs data.classes. Each is put into one frame (data.image_size), as the serving "
+        "graph puts a raw capture of that lab; validation is reported per source and the "
+        "checkpoint kept is the one with the lowest mean validation loss over sources.",
     )
     root: Path | None = Field(
         default=None,
@@ -223,6 +279,8 @@ class DataConfig(_Strict):
     def _source_defaults(cls, values: Any) -> Any:
         if not isinstance(values, dict):
             return values
+        if values.get("sources") is not None and "name" not in values:
+            values = {**values, "name": "sources"}
         name = values.get("name", "bloodmnist")
         if name not in DEFAULT_IMAGE_SIZE:  # an unknown name is reported by its own field
             return values
@@ -248,6 +306,53 @@ class DataConfig(_Strict):
                 "(one file each); other sizes are for data.name blood_cell_images or image_folder"
             )
         return value
+
+    @model_validator(mode="after")
+    def _sources(self) -> "DataConfig":
+        if self.name != "sources":
+            if self.sources is not None:
+                raise ValueError(f"data.sources is for data.name sources (leave data.name out), not {self.name}")
+            return self
+        if not self.used_sources:
+            raise ValueError("data.sources: name at least one source (a short name: {name: ..., root: ...})")
+        if not self.classes:
+            raise ValueError("data.sources needs data.classes: the classes every source is mapped onto")
+        if self.root is not None:
+            raise ValueError("data.root is each source's own with data.sources: data.sources.<name>.root")
+        for name in self.used_sources:
+            try:
+                self.source_config(name)
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                key = ".".join(str(part) for part in error["loc"])
+                raise ValueError(f"data.sources.{name}{'.' + key if key else ''}: {error['msg'].removeprefix('Value error, ')}") from None
+        return self
+
+    @property
+    def used_sources(self) -> dict[str, SourceConfig]:
+        """data.sources without those set to null."""
+        return {name: source for name, source in (self.sources or {}).items() if source is not None}
+
+    def source_config(self, name: str) -> "DataConfig":
+        """Source ``name`` as a data config of its own, read at its size into the shared
+        tfds_dir. A lab's folder is listed with data.classes and the aliases (its other
+        classes left out, as alone); the data sets keep all their classes, mapped onto
+        data.classes by the caller."""
+        source = self.used_sources[name]
+        size = source.image_size or (DEFAULT_IMAGE_SIZE["bloodmnist"] if source.name == "bloodmnist" else self.image_size)
+        keys = ("root", "val_fraction", "test_fraction", "group_pattern", "skip_unreadable", "download", "max_examples")
+        folder = source.name == "image_folder"
+        return DataConfig(
+            name=source.name, image_size=size, cell_crop=None, tfds_dir=self.tfds_dir,
+            classes=self.classes if folder else None, class_aliases=self.source_aliases(name) if folder else None,
+            **{key: getattr(source, key) for key in keys},
+        )  # fmt: skip
+
+    def source_aliases(self, name: str) -> dict[str, list[str]]:
+        """data.class_aliases with source ``name``'s own added."""
+        own = self.used_sources[name].class_aliases or {}
+        shared = self.class_aliases or {}
+        return {key: [*shared.get(key, []), *own.get(key, [])] for key in {**shared, **own}}
 
     @model_validator(mode="after")
     def _folder_options(self) -> "DataConfig":
@@ -417,6 +522,12 @@ class ResNetConfig(_ModelParams):
     blocks_per_stage: Positive = 1
     residual: bool = True
     dropout: Rate = 0.2
+    norm: Literal["batch", "group", "layer"] = Field(
+        default="batch",
+        description="batch: batch norm (statistics of the training set, frozen at serving); group "
+        "(8 groups of channels) or layer (all channels): each image's own statistics, so that "
+        "another lab's brighter or paler images are not measured against the training lab's",
+    )
     upsample: Annotated[int, Field(ge=1, le=8)] = Field(
         default=1, description="Integer factor the model enlarges its input by (1: none)."
     )
@@ -456,13 +567,23 @@ class AugmentConfig(_Strict):
         default=0.0,
         description="max unsharp-mask amount (image + a * (image - blurred)): sharper optics than the training set's",
     )
+    blur: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.0,
+        description="max share of a Gaussian blur mixed in (image + a * (blurred - image), a up to this): "
+        "softer optics than the training set's; with sharpen, each image gets one of the two",
+    )
+    scale: Annotated[float, Field(ge=0.0, lt=0.5)] = Field(
+        default=0.0,
+        description="max zoom change about the centre (1 - scale to 1 + scale; past the edge, the "
+        "image's border colour): cells a little larger or smaller than the crop makes them",
+    )
     mixup_alpha: Annotated[float, Field(ge=0.0)] = Field(default=0.0, description="0 disables MixUp")
 
     @property
     def enabled(self) -> bool:
         return any(
             (self.flip, self.rot90, self.brightness, self.contrast, self.saturation, self.channel_gain,
-             self.grayscale, self.sharpen, self.mixup_alpha)
+             self.grayscale, self.sharpen, self.blur, self.scale, self.mixup_alpha)
         )
 
 
@@ -590,6 +711,13 @@ class Config(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    @property
+    def selection_key(self) -> str:
+        """The validation figure that picks the checkpoint kept and early stopping's epoch
+        (lowest wins): with data.sources the mean of the sources' validation losses, so that
+        a large source does not outvote a small one."""
+        return "val_sources_loss" if self.data.name == "sources" else "val_loss"
 
     @property
     def served_name(self) -> str:

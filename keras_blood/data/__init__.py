@@ -37,6 +37,6 @@ def load_data(config: DataConfig, seed: int = 0) -> DataBundle:
 
 
 # Importing the modules registers their sources.
-from keras_blood.data import blood_cell_images, bloodmnist, image_folder  # noqa: E402,F401
+from keras_blood.data import blood_cell_images, bloodmnist, image_folder, sources  # noqa: E402,F401
 
 __all__ = ["DATA_SOURCES", "DataBundle", "Split", "load_data", "register"]

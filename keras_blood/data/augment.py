@@ -55,12 +55,27 @@ def color_jitter(images: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
     return tf.clip_by_value(images, 0.0, 255.0)
 
 
-def random_sharpen(images: tf.Tensor, amount: float) -> tf.Tensor:
-    """Unsharp masking by a random amount in [0, ``amount``] per image (Gaussian sigma 1):
-    images as sharp as another microscope's, from a training set's softer ones."""
+def random_sharpen(images: tf.Tensor, amount: float, blur: float = 0.0) -> tf.Tensor:
+    """Unsharp masking by a random amount in [-``blur``, ``amount``] per image (Gaussian
+    sigma 1): a positive amount sharpens (images as sharp as another microscope's, from a
+    training set's softer ones), a negative one mixes in the blurred image (softer ones)."""
 
     detail = images - gaussian_blur(images, 5, 1.0)
-    return tf.clip_by_value(images + _per_sample(images, [1, 1, 1], 0.0, amount) * detail, 0.0, 255.0)
+    return tf.clip_by_value(images + _per_sample(images, [1, 1, 1], -blur, amount) * detail, 0.0, 255.0)
+
+
+def random_scale(images: tf.Tensor, amount: float) -> tf.Tensor:
+    """Each image zoomed about its centre by a random factor in [1 - ``amount``, 1 +
+    ``amount``], at its own size; where a smaller image leaves the frame, the mean colour
+    of its border fills it."""
+    zoom = _per_sample(images, [], 1.0 - amount, 1.0 + amount)
+    half = 0.5 / zoom
+    boxes = tf.stack([0.5 - half, 0.5 - half, 0.5 + half, 0.5 + half], axis=1)
+    index = tf.range(tf.shape(images)[0])
+    zoomed = tf.image.crop_and_resize(images, boxes, index, images.shape[1:3], extrapolation_value=-1.0)
+    edges = tf.concat([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], axis=1)
+    border = tf.reduce_mean(edges, axis=1)[:, None, None, :]
+    return tf.where(zoomed < 0.0, border, zoomed)
 
 
 def mixup(images: tf.Tensor, labels: tf.Tensor, alpha: float) -> Batch:
@@ -85,9 +100,11 @@ def make_augment(cfg: AugmentConfig) -> Callable[[tf.Tensor, tf.Tensor], Batch] 
             images = random_flips(images)
         if cfg.rot90:
             images = random_rot90(images)
+        if cfg.scale:
+            images = random_scale(images, cfg.scale)
         images = color_jitter(images, cfg)
-        if cfg.sharpen:
-            images = random_sharpen(images, cfg.sharpen)
+        if cfg.sharpen or cfg.blur:
+            images = random_sharpen(images, cfg.sharpen, cfg.blur)
         if cfg.mixup_alpha:
             images, labels = mixup(images, labels, cfg.mixup_alpha)
         return images, labels

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -13,18 +13,24 @@ from keras_blood.errors import ConfigError
 @dataclass(frozen=True)
 class Split:
     """One split held in memory: ``images`` uint8 ``[N, H, W, 3]``, ``labels`` int ``[N]``,
-    and, for sources read from files, the file each image came from."""
+    for sources read from files the file each image came from, and with data.sources the
+    index of the source each came from (into DataBundle.source_names)."""
 
     images: np.ndarray
     labels: np.ndarray
     files: np.ndarray | None = None
+    source: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def take(self, indices: np.ndarray) -> "Split":
-        files = None if self.files is None else self.files[indices]
-        return Split(self.images[indices], self.labels[indices], files)
+        return Split(
+            self.images[indices],
+            self.labels[indices],
+            None if self.files is None else self.files[indices],
+            None if self.source is None else self.source[indices],
+        )
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,8 @@ class DataBundle:
     splits: dict[str, Split]
     # How a raw image becomes a model input (recorded with the exported model).
     preparation: dict[str, Any] = field(default_factory=dict)
+    # data.sources: the sources' names, in the order Split.source numbers them.
+    source_names: list[str] = field(default_factory=list)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -54,7 +62,7 @@ class DataBundle:
             else split
             for name, split in self.splits.items()
         }
-        return DataBundle(self.name, self.class_names, splits, self.preparation)
+        return replace(self, splits=splits)
 
     def with_classes(self, names: list[str] | None) -> "DataBundle":
         """Only the classes ``names`` (``data.classes``), relabelled 0..k-1 in that order."""
@@ -70,9 +78,8 @@ class DataBundle:
         for split_name, split in self.splits.items():
             relabelled = new_label[split.labels]
             rows = np.flatnonzero(relabelled >= 0)
-            taken = split.take(rows)
-            splits[split_name] = Split(taken.images, relabelled[rows], taken.files)
-        return DataBundle(self.name, kept, splits, self.preparation)
+            splits[split_name] = replace(split.take(rows), labels=relabelled[rows])
+        return replace(self, class_names=kept, splits=splits)
 
 
 def match_classes(available: list[str], wanted: list[str]) -> list[str]:

@@ -143,7 +143,12 @@ class _Found:
 
 def source_listing(config: DataConfig, seed: int) -> Listing | None:
     """An image_folder source's listing (None for the other sources): what the commands
-    call before TensorFlow starts, so that a bad folder is one line at once."""
+    call before TensorFlow starts, so that a bad folder is one line at once; with
+    data.sources, each image_folder source's folder is checked."""
+    if config.name == "sources":
+        for name in config.used_sources:
+            source_listing(config.source_config(name), seed)
+        return None
     if config.name != "image_folder":
         return None
     root = config.given_root()

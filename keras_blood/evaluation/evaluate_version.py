@@ -96,7 +96,15 @@ def evaluate(
 
     images, labels = data.splits[split].images, data.splits[split].labels
     print(f"Evaluating {version_dir} on {data.name} {split} ({len(labels)} images) ...", flush=True)
-    return _report(version, version_dir, config, images, labels, split, output_dir)
+    # Against the training run's figures only where it is the data that run was scored on.
+    same = split == "test" and load_config(recorded_config).data == config.data
+    result = _report(version, version_dir, config, images, labels, split, output_dir, compare=same)
+    if data.source_names:  # data.sources: each source's figures too
+        from keras_blood.evaluation.report import by_source
+
+        result.metrics["sources"] = by_source(data.splits[split], result.probs, data)
+        (result.report_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
+    return result
 
 
 def evaluate_files(
@@ -131,7 +139,7 @@ def evaluate_files(
 
 
 def _report(version, version_dir: Path, config, images, labels, what: str, output_dir: Path,
-            extra: dict[str, Any] | None = None) -> EvaluateResult:  # fmt: skip
+            extra: dict[str, Any] | None = None, compare: bool = False) -> EvaluateResult:  # fmt: skip
     """Classify ``images`` (prepared pixels) with ``serving_default`` and write the report."""
     import numpy as np
     import tensorflow as tf
@@ -167,8 +175,10 @@ def _report(version, version_dir: Path, config, images, labels, what: str, outpu
 
     print(f"\n{title}: {summary_line(metrics)}")
     print(per_class_table(metrics))
-    if extra is None:
+    if compare:
         print(compare_with_training(metrics, version.extra / "metrics.json"))
+    elif extra is None:
+        print("Not compared with the training run's figures: other data than its test split (--split, --set).")
     else:  # another lab's images: what was not compared
         if extra["left_out"]:
             print("Left out: " + "; ".join(f"{what} ({count})" for what, count in extra["left_out"].items()))

@@ -26,15 +26,36 @@ from keras_blood.evaluation.plots import plot_confusion_matrix, plot_reliability
 from keras_blood.models import average_models, with_temperature, with_tta
 
 
-def best_epoch_summary(history: dict[str, list[float]]) -> dict[str, Any]:
-    """The epoch a checkpoint kept (lowest val_loss) and its validation figures."""
-    best = min(range(len(history["val_loss"])), key=history["val_loss"].__getitem__)
-    return {
+def best_epoch_summary(history: dict[str, list[float]], key: str = "val_loss") -> dict[str, Any]:
+    """The epoch a checkpoint kept (lowest ``key``: Config.selection_key) and its validation
+    figures; with data.sources, each source's too (``val_<source>_accuracy``)."""
+    best = min(range(len(history[key])), key=history[key].__getitem__)
+    summary = {
         "epochs_run": len(history["loss"]),
         "best_epoch": best + 1,
         "best_val_loss": float(history["val_loss"][best]),
         "best_val_accuracy": float(history["val_accuracy"][best]),
     }
+    per_source = {k[4:].removesuffix("_accuracy"): float(v[best]) for k, v in history.items()
+                  if k.startswith("val_") and k.endswith("_accuracy") and k != "val_accuracy"}  # fmt: skip
+    if per_source:
+        summary["best_val_sources_accuracy"] = per_source.pop("sources")  # their mean
+        summary["best_val_accuracy_by_source"] = per_source
+    return summary
+
+
+def by_source(split, probs, data: DataBundle) -> dict[str, dict[str, Any]]:
+    """data.sources: each source's own figures on ``split`` (its rows of ``probs``), printed
+    a line each."""
+    figures = {}
+    for index, name in enumerate(data.source_names):
+        rows = split.source == index
+        found = classification_metrics(split.labels[rows], probs[rows], data.class_names)
+        figures[name] = {key: found[key] for key in ("num_examples", "accuracy", "balanced_accuracy", "f1_macro")}
+        f = figures[name]
+        print(f"Test, source {name}: acc {f['accuracy']:.4f}  balanced {f['balanced_accuracy']:.4f}  "
+              f"F1 {f['f1_macro']:.4f}  (n={f['num_examples']})", flush=True)  # fmt: skip
+    return figures
 
 
 def calibrate(model, val_inputs, val_labels, test_labels, test_probs):
@@ -106,19 +127,21 @@ def score_test_split(
         )
         curves = {"uncalibrated": curves["model"], f"temperature {calibration['temperature']:.3f}": probs}
     metrics = classification_metrics(test.labels, probs, data.class_names)
+    if data.source_names:
+        metrics["sources"] = by_source(test, probs, data)
     if calibration:
         metrics["calibration"] = calibration
     if model_for_test is not model:
         plain = score(model)
         metrics["without_tta"] = {k: plain[k] for k in ("accuracy", "f1_macro", "auc")}
     if len(members) == 1:
-        metrics.update(best_epoch_summary(histories[0]))
+        metrics.update(best_epoch_summary(histories[0], config.selection_key))
     else:
         metrics["members"] = []
         for seed, member, history in zip(seeds, members, histories):
             alone = score(with_tta(member, config.eval.tta))
             metrics["members"].append(
-                {"seed": seed, **best_epoch_summary(history), "accuracy": alone["accuracy"], "auc": alone["auc"]}
+                {"seed": seed, **best_epoch_summary(history, config.selection_key), "accuracy": alone["accuracy"], "auc": alone["auc"]}
             )
         # The ensemble's own validation figures (no TTA), as a single model reports its best epoch's.
         model.compile(

@@ -1,4 +1,4 @@
-"""A compact residual (or plain VGG-style) network with batch norm for small inputs."""
+"""A compact residual (or plain VGG-style) network for small inputs, with batch, group or layer norm."""
 
 from __future__ import annotations
 
@@ -9,11 +9,18 @@ from keras_blood.config.schema import ResNetConfig
 from keras_blood.models.registry import HEAD, model_inputs, register
 
 
-def _conv_bn(x, filters: int, relu: bool = True, kernel_size: int = 3):
-    # No conv bias: the batch norm that follows has its own.
+def _normalization(norm: str, filters: int) -> layers.Layer:
+    if norm == "batch":
+        # Momentum 0.9: the moving statistics settle within the few hundred steps of a CPU run.
+        return layers.BatchNormalization(momentum=0.9)
+    # Per image, at training and serving alike: nothing of the training lab's statistics is kept.
+    return layers.GroupNormalization(groups=min(8, filters) if norm == "group" else 1)
+
+
+def _conv_bn(x, filters: int, relu: bool = True, kernel_size: int = 3, norm: str = "batch"):
+    # No conv bias: the normalisation that follows has its own.
     x = layers.Conv2D(filters, kernel_size, padding="same", use_bias=False)(x)
-    # Momentum 0.9: the moving statistics settle within the few hundred steps of a CPU run.
-    x = layers.BatchNormalization(momentum=0.9)(x)
+    x = _normalization(norm, filters)(x)
     return layers.ReLU()(x) if relu else x
 
 
@@ -25,14 +32,14 @@ def build_resnet(cfg: ResNetConfig, input_shape, num_classes) -> keras.Model:
         # Finer feature maps for small images: more compute, no new information, but the
         # 3x3 kernels see each cell's nucleus over more positions (README, BloodMNIST).
         x = layers.UpSampling2D(cfg.upsample, interpolation="bilinear")(x)
-    x = _conv_bn(x, cfg.widths[0])
+    x = _conv_bn(x, cfg.widths[0], norm=cfg.norm)
     for stage, width in enumerate(cfg.widths):
         if stage:
             x = layers.MaxPooling2D()(x)
         for _ in range(cfg.blocks_per_stage):
-            y = _conv_bn(_conv_bn(x, width), width, relu=not cfg.residual)
+            y = _conv_bn(_conv_bn(x, width, norm=cfg.norm), width, relu=not cfg.residual, norm=cfg.norm)
             if cfg.residual:
-                shortcut = x if x.shape[-1] == width else _conv_bn(x, width, relu=False, kernel_size=1)
+                shortcut = x if x.shape[-1] == width else _conv_bn(x, width, relu=False, kernel_size=1, norm=cfg.norm)
                 y = layers.ReLU()(layers.Add()([y, shortcut]))
             x = y
     x = layers.GlobalAveragePooling2D()(x)

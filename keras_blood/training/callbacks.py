@@ -145,6 +145,33 @@ class ValidationTensorBoard(keras.callbacks.TensorBoard):
         self._val_writer.flush()
 
 
+class SourceValidation(keras.callbacks.Callback):
+    """data.sources: after each epoch, each source's validation loss and accuracy, added to
+    the epoch's logs as ``val_<source>_loss`` and ``val_<source>_accuracy``, and their means
+    over the sources as ``val_sources_loss`` and ``val_sources_accuracy`` (what the kept
+    checkpoint is chosen on: Config.selection_key). history.csv and TensorBoard (the
+    validation run's ``epoch_<source>_accuracy``) show them. Put it before the callbacks
+    that read them.
+
+    ``sources``: name -> (the source's validation pipeline, its labels); ``loss``: the
+    training loss, so that each source's figure is the pooled ``val_loss``'s kind."""
+
+    def __init__(self, sources: dict[str, tuple[Any, np.ndarray]], loss: keras.losses.Loss):
+        super().__init__()
+        self.sources = sources
+        self.loss = loss
+
+    def on_epoch_end(self, epoch, logs=None):
+        losses, accuracies = [], []
+        for name, (inputs, labels) in self.sources.items():
+            probs = self.model.predict(inputs, verbose=0)
+            one_hot = np.eye(probs.shape[1], dtype=np.float32)[labels]
+            losses.append(float(keras.ops.convert_to_numpy(self.loss(one_hot, probs))))
+            accuracies.append(float(np.mean(probs.argmax(axis=1) == labels)))
+            logs[f"val_{name}_loss"], logs[f"val_{name}_accuracy"] = losses[-1], accuracies[-1]
+        logs["val_sources_loss"], logs["val_sources_accuracy"] = float(np.mean(losses)), float(np.mean(accuracies))
+
+
 class ElapsedTime(keras.callbacks.Callback):
     """Adds wall-clock minutes since the start of training to each epoch's logs, so
     history.csv and TensorBoard show accuracy against training time. Put it first:

@@ -26,7 +26,7 @@ from keras_blood.config.schema import Config
 from keras_blood.data import DataBundle, load_data
 from keras_blood.data.augment import make_augment
 from keras_blood.data.pipeline import make_dataset
-from keras_blood.errors import DataError
+from keras_blood.errors import ConfigError, DataError
 from keras_blood.evaluation.report import score_test_split
 from keras_blood.files import write_atomic
 from keras_blood.models.registry import build_model
@@ -35,6 +35,7 @@ from keras_blood.serving.export import export_model
 from keras_blood.serving.publish import NotPublished, find_run_version
 from keras_blood.training import distribute
 from keras_blood.training.keras_metrics import validation_metrics
+from keras_blood.training.callbacks import SourceValidation
 from keras_blood.training.runs import FINISHED, RunError, RunFolder
 from keras_blood.training.runtime import Cluster, seed_everything
 from keras_blood.training.transfer import Transfer, prepare_transfer
@@ -150,6 +151,11 @@ class Task:
         # and a seeded run must start from the same weights whether its copy was there or not.
         seed_everything(config.seed, config.train.deterministic)
         strategy = strategy or tf.distribute.get_strategy()
+        if data.source_names and distribute.is_multi_worker(strategy):
+            raise ConfigError(
+                "data.sources trains in one process for now (each source's validation is scored on "
+                "one machine): unset TF_CONFIG, or train on one source"
+            )
         return cls(config, data, strategy, cluster, transfer, make_preprocess(config.data))
 
     # ------------------------------------------------------------------ facts
@@ -189,6 +195,19 @@ class Task:
             augment=make_augment(self.config.augment) if training else None,
             preprocess=self.preprocess,
         )
+
+    def source_validation(self) -> list[keras.callbacks.Callback]:
+        """data.sources: the callback that adds each source's validation figures to the logs
+        (none for a single source)."""
+        if not self.data.source_names:
+            return []
+        val = self.data.splits["val"]
+        sources = {}
+        for index, name in enumerate(self.data.source_names):
+            rows = val.take(np.flatnonzero(val.source == index))
+            sources[name] = (self.build_inputs("val", examples=rows), rows.labels)
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=self.config.train.label_smoothing)
+        return [SourceValidation(sources, loss)]
 
     def build_training_inputs(self, member: int) -> TrainingInputs:
         """Single process: the seeded pipeline, one pass an epoch. A cluster: each worker its

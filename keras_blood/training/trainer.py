@@ -71,7 +71,7 @@ class TrainResult:
 def schedule_done(history: dict[str, list[float]], config: Config) -> bool:
     """Whether a member's recorded epochs already end its training: all epochs run, or
     early stopping's patience used up."""
-    val_loss, patience = history.get("val_loss", []), config.train.early_stopping_patience
+    val_loss, patience = history.get(config.selection_key, []), config.train.early_stopping_patience
     if len(val_loss) >= config.train.epochs:
         return True
     best = min(range(len(val_loss)), key=val_loss.__getitem__) if val_loss else 0
@@ -174,6 +174,7 @@ class Trainer:
         tag = RunFolder.tag(member, self.task.ensemble)
         callbacks: list[keras.callbacks.Callback] = [
             ElapsedTime(since=self.clock_start),  # first: later ones see its key
+            *self.task.source_validation(),  # before the ones that read its keys
             # Keras's TensorBoard callback plus validation confusion matrix and PR curves. Every
             # worker reads the validation metrics (a collective op); only the chief writes.
             ValidationTensorBoard(
@@ -186,13 +187,13 @@ class Trainer:
         if config.train.early_stopping_patience:
             callbacks.append(
                 ResumableEarlyStopping(
-                    past=history.get("val_loss"), monitor="val_loss", patience=config.train.early_stopping_patience
+                    past=history.get(config.selection_key), monitor=config.selection_key, patience=config.train.early_stopping_patience
                 )
             )
         # Last: an epoch's CSV row is written before its backup commits it, so a resumed run
         # never lacks a row for an epoch the backup holds (extra rows are cut on resume); the
         # best checkpoint is published after the commit, so it never holds an uncommitted epoch.
-        callbacks.append(EpochBackup(backup_dir, self.best if run is not None else None))
+        callbacks.append(EpochBackup(backup_dir, self.best if run is not None else None, config.selection_key))
         if self.stop is not None:  # after the backup: an epoch that ended is committed first
             callbacks.append(StopAtSafePoint(self.stop))
         return callbacks
@@ -220,7 +221,7 @@ class Trainer:
         history = read_history(record.history_csv(tag)) if record else {}
         history = {key: values[: backup.epoch if backup else 0] for key, values in history.items()}
         # The best checkpoint so far: what a new best must beat, and what the file holds.
-        self.best = BestCheckpoint(run.checkpoint(tag), best_value(history), backup.best if backup else None) if run else None
+        self.best = BestCheckpoint(run.checkpoint(tag), best_value(history, config.selection_key), backup.best if backup else None) if run else None
 
         if history.get("loss"):
             print(f"Resuming {tag or 'training'} after epoch {len(history['loss'])}", flush=True)
