@@ -1,7 +1,8 @@
 """Benchmark: the lab table, how configs/wbc_multilab.yaml does in each lab (not part of the tests).
 
     python benchmarks/labs.py --kaggle DIR --bloodmnist DIR --pbc ../shared/data/pbc-captures/labels.tsv \\
-        [--finetune 100 300 1000] [--reuse both=saved_models/wbc_multilab/1] [--set key=value ...]
+        [--rows both kaggle bloodmnist] [--finetune 100 300 1000] [--reuse both=saved_models/wbc_multilab/1] \\
+        [--set key=value ...]
 
 Rows are what a model was trained on, with the config's one recipe: the Kaggle images
 alone, BloodMNIST alone (its four white-cell classes), both; and the BloodMNIST model
@@ -81,7 +82,9 @@ def main() -> None:
     parser.add_argument("--kaggle", type=Path, required=True, help="the Kaggle images folder (TRAIN/, TEST/)")
     parser.add_argument("--bloodmnist", type=Path, required=True, help="the folder of bloodmnist.npz")
     parser.add_argument("--pbc", type=Path, required=True, help="pbc-captures/labels.tsv, or a folder of class folders")
-    parser.add_argument("--finetune", type=int, nargs="*", default=[100, 300, 1000], help="Kaggle TRAIN images")
+    parser.add_argument("--rows", nargs="+", default=["both", "kaggle", "bloodmnist"], choices=["both", "kaggle", "bloodmnist"])
+    parser.add_argument("--finetune", type=int, nargs="*", default=[100, 300, 1000],
+                        help="Kaggle TRAIN images to fine-tune the bloodmnist row on (none: no fine-tuning)")  # fmt: skip
     parser.add_argument("--reuse", action="append", default=[], metavar="ROW=VERSION", help="score this version as ROW")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
@@ -97,6 +100,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         versions = {}
         for row, overrides in rows.items():
+            if row not in args.rows and row not in reused:
+                continue
             start = time.perf_counter()
             if row in reused:
                 versions[row], minutes = Path(reused[row]), float("nan")
@@ -104,7 +109,7 @@ def main() -> None:
                 versions[row], minutes = train_row([*overrides, *args.overrides, f"output.name=labs_{row}"])
             table.append({"row": row, "train_min": minutes, **score(versions[row], args, Path(tmp))})
             print(f"{row}: {json.dumps(table[-1])} ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
-        for count in args.finetune:
+        for count in args.finetune if "bloodmnist" in versions else []:
             name = f"bloodmnist + {count} kaggle"
             tuned = [*rows["kaggle"], f"data.sources.kaggle.train_examples={count}", f"model.weights={versions['bloodmnist']}"]
             version, minutes = train_row([*tuned, *FINETUNE, *args.overrides, f"output.name=labs_finetune_{count}"])

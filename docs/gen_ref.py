@@ -192,6 +192,7 @@ def config_reference() -> str:
     lines += _section("data", schema.DataConfig, "data.", skip=())
     lines += _section("data.color", schema.ColorConfig, "data.color.")
     lines += _section("data.cell_crop", schema.CellCropConfig, "data.cell_crop.")
+    lines += _section("data.sources.<name>", schema.SourceConfig, "data.sources.<name>.")
     lines += [
         "## model",
         "",

@@ -285,13 +285,16 @@ def test_sigterm_in_an_epoch_is_one_line_and_the_run_resumes(tmp_path, capfd):
     stop_and_resume(tmp_path, "epoch:2", "SIGTERM", capfd)
 
 
-# SIGKILL at each kind of point of a run, SIGTERM where its handler takes another path (no
-# backup yet, a write under way, a callback after the commit, outside fit). The two quick
-# tests above add SIGKILL while epoch 2's backup is written and SIGTERM inside epoch 2, with
-# a backup to resume from. docs/reliability.md has every case, measured.
+# The stops CI runs (every case was measured: docs/reliability.md). SIGKILL while a backup
+# is written, between its two writes, while the best checkpoint is published, while
+# exporting, before the run's record; SIGTERM with no backup yet and while exporting,
+# outside fit. The two quick tests above add SIGKILL while epoch 2's backup is written and
+# SIGTERM inside epoch 2, with a backup to resume from. (SIGKILL mid-epoch leaves the state
+# a kill while the backup is written leaves; SIGTERM at a backup or a checkpoint defers, as
+# inside an epoch, to the epoch's end.)
 STOPS = [
-    *((point, "SIGKILL") for point in ("epoch:1", "backup:1", "commit:1", "checkpoint:1", "export", "record")),
-    *((point, "SIGTERM") for point in ("epoch:1", "backup:3", "checkpoint:1", "export")),
+    *((point, "SIGKILL") for point in ("backup:1", "commit:1", "checkpoint:1", "export", "record")),
+    *((point, "SIGTERM") for point in ("epoch:1", "export")),
 ]
 
 

@@ -96,9 +96,9 @@ def evaluate(
 
     images, labels = data.splits[split].images, data.splits[split].labels
     print(f"Evaluating {version_dir} on {data.name} {split} ({len(labels)} images) ...", flush=True)
-    # Against the training run's figures only where it is the data that run was scored on.
-    same = split == "test" and load_config(recorded_config).data == config.data
-    result = _report(version, version_dir, config, images, labels, split, output_dir, compare=same)
+    # Against the training run's figures only where it is the data that run read.
+    same = load_config(recorded_config).data == config.data
+    result = _report(version, version_dir, config, images, labels, split, output_dir, same_data=same)
     if data.source_names:  # data.sources: each source's figures too
         from keras_blood.evaluation.report import by_source
 
@@ -139,7 +139,7 @@ def evaluate_files(
 
 
 def _report(version, version_dir: Path, config, images, labels, what: str, output_dir: Path,
-            extra: dict[str, Any] | None = None, compare: bool = False) -> EvaluateResult:  # fmt: skip
+            extra: dict[str, Any] | None = None, same_data: bool = False) -> EvaluateResult:  # fmt: skip
     """Classify ``images`` (prepared pixels) with ``serving_default`` and write the report."""
     import numpy as np
     import tensorflow as tf
@@ -175,10 +175,10 @@ def _report(version, version_dir: Path, config, images, labels, what: str, outpu
 
     print(f"\n{title}: {summary_line(metrics)}")
     print(per_class_table(metrics))
-    if compare:
+    if same_data:
         print(compare_with_training(metrics, version.extra / "metrics.json"))
     elif extra is None:
-        print("Not compared with the training run's figures: other data than its test split (--split, --set).")
+        print("The data differs from the training run's (--set data...); nothing to compare.")
     else:  # another lab's images: what was not compared
         if extra["left_out"]:
             print("Left out: " + "; ".join(f"{what} ({count})" for what, count in extra["left_out"].items()))
