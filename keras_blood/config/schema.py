@@ -180,7 +180,7 @@ class SourceConfig(_Strict):
     weight: Annotated[float, Field(gt=0.0)] = Field(
         default=1.0,
         description="Times each training image is seen an epoch (a fraction: that share of them, "
-        "drawn anew each run), so that a small source is not drowned by a large one.",
+        "a seeded draw), so that a small source is not drowned by a large one.",
     )
 
 
