@@ -286,14 +286,14 @@ def test_sigterm_in_an_epoch_is_one_line_and_the_run_resumes(tmp_path, capfd):
 
 
 # The stops CI runs (every case was measured: docs/reliability.md). SIGKILL between a
-# backup's two writes, while the best checkpoint is published, while exporting and before
-# the run's record; SIGTERM while exporting, outside fit. The two quick tests above add
+# backup's two writes, while exporting and before the run's record (a kill between a commit
+# and the best checkpoint: the quick test further down); SIGTERM while exporting, outside fit. The two quick tests above add
 # SIGKILL while a backup is written and SIGTERM inside an epoch, with a backup to resume
 # from. (SIGKILL mid-epoch leaves the state a kill while the backup is written leaves;
 # SIGTERM at a backup or a checkpoint defers, as inside an epoch, to the epoch's end; a
 # stop before the first backup starts the run again, as the resume of any stop can.)
 STOPS = [
-    *((point, "SIGKILL") for point in ("commit:1", "checkpoint:1", "export", "record")),
+    *((point, "SIGKILL") for point in ("commit:1", "export", "record")),
     ("export", "SIGTERM"),
 ]
 
@@ -302,33 +302,6 @@ STOPS = [
 @pytest.mark.parametrize("point, sig", STOPS, ids=[f"{point}-{sig}" for point, sig in STOPS])
 def test_a_stop_at_any_point_resumes_to_one_version_and_each_epoch_once(tmp_path, point, sig, capfd):
     stop_and_resume(tmp_path, point, sig, capfd)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sig, delay", [(signal.SIGTERM, 0.3)], ids=["SIGTERM-0.3"])
-def test_a_stop_from_outside_at_any_moment_resumes(tmp_path, sig, delay):
-    """As ``timeout -s TERM`` or a scheduler stops a run: at some moment after epoch 1.
-    (SIGKILL and other moments were measured: docs/reliability.md; SIGKILL at each kind of
-    point is in STOPS.)"""
-    config = write_config(tmp_path)
-    process = subprocess.Popen([sys.executable, "-m", "keras_blood.train", str(config)], cwd=tmp_path, env=environment(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.time() + TIMEOUT
-    while time.time() < deadline and process.poll() is None:
-        if list((tmp_path / "runs").glob("tiny/*/backup/model/training_metadata.json")):
-            time.sleep(delay)
-            process.send_signal(sig)
-            break
-        time.sleep(0.01)
-    out, err = process.communicate(timeout=TIMEOUT)
-    print(f"stopped run: exit status {process.returncode}")  # -9, 143, or 0 where it finished first
-    assert "Traceback" not in out + err, err[-3000:]
-    run_dir = the_run(tmp_path / "runs")
-    if process.returncode == 0:  # it finished first: nothing to resume
-        assert_finished_once(subprocess.CompletedProcess([], 0, out, err), run_dir, tmp_path / "saved_models")
-        return
-    assert process.returncode in (-signal.SIGKILL, 128 + signal.SIGTERM, -signal.SIGTERM), (process.returncode, err[-3000:])
-    assert_finished_once(resume(tmp_path, run_dir), run_dir, tmp_path / "saved_models")
 
 
 # ----------------------------------------------------------------------------- damaged backups
@@ -568,7 +541,9 @@ def test_a_runs_dir_too_small_for_the_run_is_one_line_before_a_run_folder(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["fill", "fill-write"])
+# "fill-write" (the free-space check bypassed, h5py's write meets the full disk) also covers
+# the message of "fill" (the check catches it; measured: docs/reliability.md).
+@pytest.mark.parametrize("where", ["fill-write"])
 def test_a_runs_dir_that_fills_up_is_one_line_and_the_run_resumes_once_there_is_room(tmp_path, where):
     """``fill``: the backup's free-space check stops the run; ``fill-write``: that check
     misses and the weights file's write itself meets the full disk."""
