@@ -84,6 +84,7 @@ def test_each_epoch_writes_confusion_matrix_and_pr_curves(fit, tmp_path):
         assert np.all(tp + fn == positives) and np.all(fp + tn == len(val.labels) - positives)
 
 
+@pytest.mark.slow
 def test_the_figure_is_drawn_every_n_epochs_and_after_the_last(fit, tmp_path):
     fit(ValidationTensorBoard(tmp_path / "logs", NAMES, image_every=2), epochs=5)
     events = read_events(tmp_path / "logs" / "validation")

@@ -139,6 +139,7 @@ def test_download_checks_md5_and_moves_into_place(tmp_path):
     assert [p.name for p in dest.parent.iterdir()] == ["file.bin"]  # no .part left over
 
 
+@pytest.mark.slow
 def test_real_bloodmnist_matches_the_published_layout(bloodmnist_root):
     data = load_data(DataConfig(root=bloodmnist_root))
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 11959, "val": 1712, "test": 3421}
