@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 from keras_blood.config.schema import Config  # noqa: E402
 from keras_blood.data import load_data  # noqa: E402
 from keras_blood.data.decoded import RESIZE_METHOD  # noqa: E402
-from keras_blood.data.builders.blood_cell_images import scan  # noqa: E402
+from keras_blood.data.sources.blood_cell_images.builder import scan  # noqa: E402
 from keras_blood.data.pipeline import make_dataset  # noqa: E402
 from keras_blood.models.registry import build_model  # noqa: E402
 from keras_blood.preparation.cell_crop import crop_to_cell

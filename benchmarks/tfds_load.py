@@ -30,8 +30,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_blood.config.schema import DataConfig  # noqa: E402
-from keras_blood.data import blood_cell_images, bloodmnist, load_data  # noqa: E402
-from keras_blood.data.builders.blood_cell_images import class_folders, scan, split_by_source  # noqa: E402
+from keras_blood.data import decoded, load_data  # noqa: E402
+from keras_blood.data.sources.bloodmnist import loader as bloodmnist  # noqa: E402
+from keras_blood.data.sources.blood_cell_images.builder import class_folders, scan, split_by_source  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 
@@ -44,8 +45,8 @@ def timed(fn) -> tuple[float, object]:
 
 def clear_memos() -> None:
     bloodmnist.read_splits.cache_clear()
-    blood_cell_images._load.cache_clear()
-    blood_cell_images._records.cache_clear()
+    decoded.load_decoded.cache_clear()
+    decoded.encoded_splits.cache_clear()
 
 
 def direct_bloodmnist(root: Path) -> dict[str, np.ndarray]:

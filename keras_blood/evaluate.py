@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     # (and prints its log lines): reading the data needs no TensorFlow until it is prepared.
     config = load_config(version_config_file(Path(args.version)), args.overrides)
     if args.data is not None:
-        from keras_blood.evaluation.lab_data import lab_listing
+        from keras_blood.data.lab_data import lab_listing
 
         listing = lab_listing(Path(args.version), args.data, config)
 

@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> Path | int | None:
         config = load_config(args.config, args.overrides + ["output.publish=never"] * args.no_export)
         resume = None
 
-    from keras_blood.data.folders import source_listing
+    from keras_blood.data.sources.image_folder.listing import source_listing
 
     source_listing(config.data, config.seed)  # a lab's folder that cannot be used: one line, before TensorFlow
     if not os.environ.get("TF_CONFIG"):  # (in a cluster only the chief writes; train() knows which)

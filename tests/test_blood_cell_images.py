@@ -7,7 +7,7 @@ import pytest
 
 from keras_blood.config.schema import DataConfig
 from keras_blood.data import load_data
-from keras_blood.data.builders.blood_cell_images import SOURCE_PATTERN
+from keras_blood.data.sources.blood_cell_images.builder import SOURCE_PATTERN
 from keras_blood.errors import ConfigError, DataError
 from tests.helpers import kaggle_tree, synthetic_npz
 
@@ -202,7 +202,7 @@ def test_real_kaggle_slice(kaggle_root):
 
 def test_real_kaggle_validation_holds_a_fifth_of_the_sources(kaggle_root):
     """Source counts from the data's README: 75/27/16/159 per class in TRAIN."""
-    from keras_blood.data.builders.blood_cell_images import scan, split_by_source
+    from keras_blood.data.sources.blood_cell_images.builder import scan, split_by_source
 
     folder = scan(kaggle_root / "TRAIN", CLASSES)
     assert [len(set(folder.sources[folder.labels == k])) for k in range(4)] == [75, 27, 16, 159]

@@ -5,8 +5,8 @@ import pytest
 
 from keras_blood.config.schema import DataConfig
 from keras_blood.data import load_data
-from keras_blood.data.builders import bloodmnist
-from keras_blood.data.builders.download import download
+from keras_blood.data.sources.bloodmnist import builder as bloodmnist
+from keras_blood.data.download import download
 from keras_blood.errors import DataError
 from tests.helpers import synthetic_npz
 

@@ -17,8 +17,8 @@ import keras_blood.data.builders  # noqa: F401  (registers the builders)
 from keras_blood.config.cli import run_main
 from keras_blood.config.schema import DataConfig
 from keras_blood.data import load_data
-from keras_blood.data.builders import bloodmnist
-from keras_blood.data.builders.blood_cell_images import SOURCE_PATTERN, make_config, scan, split_by_source
+from keras_blood.data.sources.bloodmnist import builder as bloodmnist
+from keras_blood.data.sources.blood_cell_images.builder import SOURCE_PATTERN, make_config, scan, split_by_source
 from tests.helpers import REPO, kaggle_tree, synthetic_npz
 
 LAYOUT = {
@@ -134,7 +134,7 @@ def test_a_killed_prepare_is_prepared_again_cleanly(tmp_path):
         import os, signal
         from keras_blood.config.schema import DataConfig
         from keras_blood.data import load_data
-        from keras_blood.data.builders.bloodmnist import Bloodmnist
+        from keras_blood.data.sources.bloodmnist.builder import Bloodmnist
         examples = Bloodmnist._generate_examples
         def killed_halfway(self, images, labels):
             for i, example in enumerate(examples(self, images, labels)):

@@ -11,7 +11,7 @@ import tensorflow as tf
 from keras_blood import export_edge as edge_command
 from keras_blood.config.cli import run_main
 from keras_blood.config.schema import Config
-from keras_blood.data.builders.bloodmnist import CLASS_NAMES
+from keras_blood.data.sources.bloodmnist.builder import CLASS_NAMES
 from keras_blood.models.registry import build_model
 from keras_blood.models.tta import with_tta
 from keras_blood.serving import edge as edge_module

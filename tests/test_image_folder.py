@@ -1,5 +1,5 @@
 """A lab's own images: folders and lists listed, classes matched, splits drawn by group
-(keras_blood.data.folders, no TensorFlow), every image format read by one rule (the
+(keras_blood.data.sources.image_folder.listing, no TensorFlow), every image format read by one rule (the
 image_folder builder), and the commands end to end on a generated folder and on real
 captures laid out as a lab would lay them out."""
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_blood.data.folders import list_images, normal
+from keras_blood.data.sources.image_folder.listing import list_images, normal
 from keras_blood.errors import DataError
 from tests.helpers import FORMATS, REPO, SHARED_DATA, command_lines, lab_folder
 

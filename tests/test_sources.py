@@ -12,7 +12,7 @@ import pytest
 
 from keras_blood.config.loading import load_config
 from keras_blood.config.schema import SourceConfig
-from keras_blood.data.sources import epoch_rows, in_frame
+from keras_blood.data.mixture import epoch_rows, in_frame
 from keras_blood.errors import ConfigError
 from tests.helpers import REPO, SHARED_DATA, cell_at, lab_folder
 

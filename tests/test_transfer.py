@@ -13,7 +13,7 @@ from keras_blood import train as train_command
 from keras_blood.config.cli import run_main
 from keras_blood.config.loading import validate_config
 from keras_blood.config.schema import Config
-from keras_blood.data.builders.bloodmnist import CLASS_NAMES
+from keras_blood.data.sources.bloodmnist.builder import CLASS_NAMES
 from keras_blood.errors import ConfigError
 from keras_blood.models.ensemble import average_models
 from keras_blood.models.registry import BUILDERS, named_layers

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_blood.errors import ConfigError
+from keras_blood.data.classes import match_classes
 
 
 @dataclass(frozen=True)
@@ -80,16 +80,6 @@ class DataBundle:
             rows = np.flatnonzero(relabelled >= 0)
             splits[split_name] = replace(split.take(rows), labels=relabelled[rows])
         return replace(self, class_names=kept, splits=splits)
-
-
-def match_classes(available: list[str], wanted: list[str]) -> list[str]:
-    """The source's spelling of each name in ``wanted`` (matched case-insensitively), in
-    ``wanted``'s order; a ConfigError names the unknown ones and lists the allowed ones."""
-    by_folded = {name.casefold(): name for name in available}
-    unknown = [name for name in wanted if name.casefold() not in by_folded]
-    if unknown:
-        raise ConfigError(f"data.classes: unknown class(es) {unknown}; allowed: {available}")
-    return [by_folded[name.casefold()] for name in wanted]
 
 
 def missing_classes(class_names: list[str], labels: dict[str, np.ndarray]) -> list[tuple[str, str]]:

@@ -3,12 +3,45 @@ what the two file-based sources (blood_cell_images, image_folder) share."""
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import numpy as np
 
-from keras_blood.data.base import Split
-from keras_blood.data.prepared import read_only
+from keras_blood.data.base import DataBundle, Split
+from keras_blood.data.prepared import read_all, read_only
+from keras_blood.data.splits import FROM_TFDS
 
 RESIZE_METHOD = "area"  # averages whole pixel blocks: the cleanest large downscale
+
+
+@functools.lru_cache(maxsize=2)
+def encoded_splits(data_dir: str, _stamp: int) -> tuple[list[str], dict[str, Split]]:
+    """``(class names, splits)`` of a prepared copy of image files, without decoding: each
+    Split's images are the files' bytes, its files the paths relative to the folder it was
+    prepared from. Memoised per process and copy (``_stamp``: :func:`prepared.stamp`)."""
+    import tensorflow_datasets as tfds
+
+    builder, rows = read_all(data_dir, list(FROM_TFDS), decoders={"image": tfds.decode.SkipDecoding()})
+    splits = {
+        FROM_TFDS[name]: Split(r["image"], r["label"].astype(np.int32), np.array([f.decode() for f in r["file"]], dtype=str))
+        for name, r in rows.items()
+    }
+    return list(builder.info.features["label"].names), splits
+
+
+@functools.lru_cache(maxsize=2)
+def load_decoded(data_dir: str, _stamp: int, max_examples: int | None, seed: int, size: tuple[int, int], root: str):
+    """``(splits, class names)`` of a prepared copy of image files, ``max_examples`` a split
+    drawn (seeded) before decoding, decoded at ``size``, each file's path under ``root``.
+    Memoised per process, so a sweep that trains many models on the same data decodes it once."""
+    class_names, encoded = encoded_splits(data_dir, _stamp)
+    capped = DataBundle("encoded", class_names, encoded).capped(max_examples, seed)
+    located = {
+        name: Split(split.images, split.labels, np.array([str(Path(root) / f) for f in split.files], dtype=str))
+        for name, split in capped.splits.items()
+    }
+    return decode_splits(located, size), list(class_names)
 
 
 def decode_splits(encoded: dict[str, Split], size: tuple[int, int]) -> dict[str, Split]:

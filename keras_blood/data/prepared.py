@@ -5,7 +5,7 @@ changed (another ``data.root``, files added or replaced) is prepared again. Prep
 takes a lock, so workers that start together prepare once; it first removes what a
 killed prepare left (TFDS's ``incomplete.*`` folder), and on failure removes what it
 created. No GCS look-up: TFDS is told not to try its bucket, and the builders never ask it
-for metadata (keras_blood.data.builders.info).
+for metadata (keras_blood.data.builder_info).
 
 A damaged copy (a shard deleted or cut short, a metadata file unreadable) is found before
 it is read, from what ``dataset_info.json`` records (:func:`damage`: every split's shards
@@ -33,7 +33,7 @@ from keras_blood.files import out_of_space
 
 
 def prepared_builder(
-    name: str,
+    builder_class: type,
     config: Any,
     *,
     tfds_dir: Path,
@@ -41,7 +41,8 @@ def prepared_builder(
     accept: Callable[[Mapping[str, Any]], bool],
     check: Callable[[], None],
 ):
-    """The builder ``name``/``config``, prepared in ``tfds_dir`` from ``manual_dir``.
+    """The TFDS builder ``builder_class`` with ``config`` (a BuilderConfig, or the name of
+    a predefined one), prepared in ``tfds_dir`` from ``manual_dir``.
 
     A prepared copy is used if it is intact (:func:`damage`) and ``accept`` takes its
     metadata (the source it was made from); else ``check()`` (which raises a DataError
@@ -49,16 +50,16 @@ def prepared_builder(
     """
     import tensorflow_datasets as tfds
 
-    import keras_blood.data.builders  # noqa: F401  (registers the builders)
+    name = builder_class.name
 
     def builder():
         # TFDS logs every config it was not written with; a lab's folder always is one.
         with _absl_quiet("Using custom data configuration"):
-            return tfds.builder(name, config=config, data_dir=os.fspath(tfds_dir))
+            return builder_class(config=config, data_dir=os.fspath(tfds_dir))
 
     # The copy's folder, known before a builder reads (and chokes on) a damaged one.
     data_path = Path(tfds_dir) / name / (config if isinstance(config, str) else config.name)
-    data_path = data_path / str(tfds.builder_cls(name).VERSION)
+    data_path = data_path / str(builder_class.VERSION)
 
     def state() -> tuple[str, Any]:
         """``("usable", builder)``, or ``("missing" | "damaged" | "other source", why)``."""

@@ -35,10 +35,10 @@ from typing import Any
 from keras_blood.config.loading import load_config
 from keras_blood.config.paths import version_config_file
 from keras_blood.data import DataBundle, load_data
-from keras_blood.data.folders import Listing
+from keras_blood.data.sources.image_folder.listing import Listing
 from keras_blood.errors import ConfigError, DataError
 from keras_blood.evaluation.gradcam import gradcam_panel
-from keras_blood.evaluation.lab_data import lab_listing, listing_notes
+from keras_blood.data.lab_data import lab_listing, listing_notes
 from keras_blood.evaluation.metrics import classification_metrics, one_vs_rest_aucs, per_class_table, summary_line
 from keras_blood.evaluation.plots import (
     plot_confusion_matrix,
@@ -115,7 +115,7 @@ def evaluate_files(
     listing: Listing | None = None,
 ) -> EvaluateResult:
     """Evaluate ``version_dir`` on another lab's images: ``root`` a folder of class folders
-    or a list file (:mod:`keras_blood.data.folders`). Each file is prepared from the raw
+    or a list file (:mod:`keras_blood.data.sources.image_folder.listing`). Each file is prepared from the raw
     file by the version's recorded recipe, as ``predict`` and ``serving_bytes`` do.
     Classes are matched by name and ``data.class_aliases``; the data's classes that the
     model lacks are left out, and the model's classes that the data lacks are named."""

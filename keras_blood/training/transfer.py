@@ -33,9 +33,9 @@ import keras
 from keras_blood.config.loading import load_config
 from keras_blood.config.paths import weights_kind
 from keras_blood.config.schema import Config, VGG16Config
-from keras_blood.data.blood_cell_images import DEFAULT_ROOT
-from keras_blood.data.builders.blood_cell_images import FOLDERS, class_folders
-from keras_blood.data.builders.bloodmnist import CLASS_NAMES
+from keras_blood.data.sources.blood_cell_images.loader import DEFAULT_ROOT
+from keras_blood.data.sources.blood_cell_images.builder import FOLDERS, class_folders
+from keras_blood.data.sources.bloodmnist.builder import CLASS_NAMES
 from keras_blood.errors import ConfigError, ExportError
 from keras_blood.models.registry import HEAD, build_model, named_layers
 from keras_blood.serving.version import load_keras_model

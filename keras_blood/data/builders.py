@@ -1,4 +1,4 @@
-"""TFDS builders for keras-blood's data sources: the two published sets and a lab's own folder. Importing this package registers them:
+"""TFDS builders for keras-blood's data sources: the two published sets and a lab's own folder. Importing this module registers them with TFDS:
 
     import keras_blood.data.builders
     import tensorflow_datasets as tfds
@@ -11,8 +11,8 @@ A prepared copy needs neither this package nor keras-blood: ``tfds.builder_from_
 D / "bloodmnist" / "64" / "1.0.0")`` reads it.
 """
 
-from keras_blood.data.builders.blood_cell_images import BloodCellImages
-from keras_blood.data.builders.bloodmnist import Bloodmnist
-from keras_blood.data.builders.image_folder import ImageFolder
+from keras_blood.data.sources.blood_cell_images.builder import BloodCellImages
+from keras_blood.data.sources.bloodmnist.builder import Bloodmnist
+from keras_blood.data.sources.image_folder.builder import ImageFolder
 
 __all__ = ["BloodCellImages", "Bloodmnist", "ImageFolder"]

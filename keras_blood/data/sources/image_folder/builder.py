@@ -1,12 +1,12 @@
 """A lab's own images (a tree of class folders or a CSV/TSV list) as a TFDS builder.
 
     import keras_blood.data.builders, tensorflow_datasets as tfds
-    from keras_blood.data.builders.image_folder import make_config
+    from keras_blood.data.sources.image_folder.builder import make_config
     config = make_config(root="/data/our-lab", classes=("eosinophil", "neutrophil"))
     val = tfds.load("image_folder", builder_kwargs={"config": config}, split="validation", data_dir=D)
 
 What is listed, how classes are matched and how the splits are drawn:
-:mod:`keras_blood.data.folders`. The config names its source (the folder or list, by a
+:mod:`keras_blood.data.sources.image_folder.listing`. The config names its source (the folder or list, by a
 digest of its path) and every option that changes what is listed, so each lab's folder
 and each choice of classes is prepared once, side by side.
 
@@ -29,12 +29,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from keras_blood.data.builders.info import LocalDatasetInfo, unreadable, why_unreadable
-from keras_blood.data.folders import Listing, fingerprint, list_images
+from keras_blood.data.builder_info import LocalDatasetInfo, unreadable, why_unreadable
+from keras_blood.data.sources.image_folder.listing import Listing, fingerprint, list_images
+from keras_blood.data.splits import SPLITS, TFDS_SPLITS
 from keras_blood.errors import DataError
 
-# keras-blood's split -> the builder's.
-TFDS_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 # File signatures TensorFlow's decode_image reads as they are.
 KEPT_AS_THEY_ARE = (b"\xff\xd8", b"\x89PNG", b"GIF8")
 
@@ -113,7 +112,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
         self.info.features["label"].names = listing.class_names
         self.info.metadata.update(source=config.root, source_fingerprint=fingerprint(Path(config.root), listing),
                                   left_out=listing.left_out)  # fmt: skip
-        return {TFDS_SPLITS[name]: self._generate_examples(listing.split(name)) for name in TFDS_SPLITS if np.any(listing.splits == name)}
+        return {TFDS_SPLITS[name]: self._generate_examples(listing.split(name)) for name in SPLITS if np.any(listing.splits == name)}
 
     def _readable(self, listing: Listing) -> Listing:
         """``listing`` without files that do not decode (DataError unless skip_unreadable)."""

@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from keras_blood.data.builders.download import download, md5sum
-from keras_blood.data.builders.info import LocalDatasetInfo, manual_folder
+from keras_blood.data.builder_info import LocalDatasetInfo, manual_folder
+from keras_blood.data.download import download, md5sum
+from keras_blood.data.fingerprint import files_fingerprint
+from keras_blood.data.splits import SPLITS, TFDS_SPLITS
 from keras_blood.errors import DataError
 
 RECORD = "https://zenodo.org/records/10519652/files"
@@ -48,8 +50,6 @@ CLASS_NAMES = [
     "neutrophil",
     "platelet",
 ]
-# The file's split -> the TFDS split name.
-SPLITS = {"train": "train", "val": "validation", "test": "test"}
 
 CITATION = r"""@article{yang2023medmnist,
   title   = {MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image classification},
@@ -80,8 +80,7 @@ def url(size: int) -> str:
 
 def source_fingerprint(path: Path) -> str:
     """What identifies the file a prepared copy was made from, without reading it."""
-    stat = path.stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    return files_fingerprint([(path.name, path)])
 
 
 def read_npz(path: Path, size: int, num_classes: int = len(CLASS_NAMES)) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -207,7 +206,7 @@ class Bloodmnist(tfds.core.GeneratorBasedBuilder):
         arrays = read_npz(path, size)
         self.info.metadata.update(source=str(path), md5=md5, source_fingerprint=source_fingerprint(path))
         # TFDS cannot write an empty split: one the file has no rows for is left out.
-        return {name: self._generate_examples(*arrays[split]) for split, name in SPLITS.items() if len(arrays[split][1])}
+        return {TFDS_SPLITS[split]: self._generate_examples(*arrays[split]) for split in SPLITS if len(arrays[split][1])}
 
     def _source_file(self, dl_manager) -> Path:
         size = self.builder_config.size

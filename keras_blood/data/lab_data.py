@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from keras_blood.data.folders import ClassNames, Listing, list_images
+from keras_blood.data.classes import ClassNames
+from keras_blood.data.sources.image_folder.listing import Listing, list_images
 from keras_blood.errors import DataError, ExportError
 
 

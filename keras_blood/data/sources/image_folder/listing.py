@@ -36,7 +36,6 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
-import hashlib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -47,58 +46,15 @@ import numpy as np
 
 from keras_blood.config.quote import quoted
 from keras_blood.config.schema import DataConfig
+from keras_blood.data.classes import ClassNames, normal
+from keras_blood.data.fingerprint import files_fingerprint
+from keras_blood.data.splits import SPLITS
 from keras_blood.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif"})
 LIST_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 # A split folder's name (case-insensitive) -> keras-blood's split.
 SPLIT_NAMES = {"train": "train", "training": "train", "validation": "val", "val": "val", "valid": "val", "test": "test"}
-SPLITS = ("train", "val", "test")
-
-
-def normal(name: str) -> str:
-    """A class name as it is matched: case, and ``_``/``-``/space runs, ignored."""
-    return re.sub(r"[\s_\-]+", " ", name.strip()).casefold()
-
-
-class ClassNames:
-    """Maps the class names found (folders, list labels) onto the classes kept."""
-
-    def __init__(self, classes: Sequence[str] | None, aliases: Mapping[str, Sequence[str]] | None):
-        self.classes = list(classes) if classes else None
-        self.lookup: dict[str, str] = {}
-        for name, spellings in (aliases or {}).items():
-            target = self._target(name)
-            for spelling in [name, *spellings]:
-                self.lookup[normal(spelling)] = target
-        for name in self.classes or []:
-            self.lookup[normal(name)] = name
-
-    def _target(self, name: str) -> str:
-        if self.classes is None:
-            return name
-        for kept in self.classes:
-            if normal(kept) == normal(name):
-                return kept
-        raise DataError(
-            f"data.class_aliases: {quoted(name)} is not one of data.classes {self.classes}; "
-            "key the aliases by a class of data.classes"
-        )
-
-    def __call__(self, found: str) -> str | None:
-        """The class ``found`` is, or None where it is not kept."""
-        if (match := self.lookup.get(normal(found))) is not None:
-            return match
-        return None if self.classes is not None else found
-
-    def order(self, found: Sequence[str]) -> list[str]:
-        """The class names, in order: data.classes, else those found (sorted, alike merged)."""
-        if self.classes is not None:
-            return list(self.classes)
-        names: dict[str, str] = {}
-        for name in sorted(found):
-            names.setdefault(normal(name), name)
-        return sorted(names.values(), key=str.casefold)
 
 
 @dataclass(frozen=True)
@@ -384,14 +340,6 @@ def _check_files(base: Path, files: list[str], list_file: Path) -> None:
 def fingerprint(root: Path, listing: Listing) -> str:
     """What identifies the files a prepared copy was made from, without reading an image:
     every listed file's path, class, split, size and modification time."""
-    digest = hashlib.sha1()
-    if root.is_file():
-        stat = root.stat()
-        digest.update(f"{root}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    for file, label, split in zip(listing.files.tolist(), listing.labels.tolist(), listing.splits.tolist()):
-        try:
-            stat = (listing.root / file).stat()
-            digest.update(f"{file}\0{label}\0{split}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        except OSError:
-            digest.update(f"{file}\0missing\n".encode())
-    return digest.hexdigest()
+    rows = zip(listing.files.tolist(), listing.labels.tolist(), listing.splits.tolist())
+    listed = [(f"{file}\0{label}\0{split}", listing.root / file) for file, label, split in rows]
+    return files_fingerprint(([(root.name, root)] if root.is_file() else []) + listed)

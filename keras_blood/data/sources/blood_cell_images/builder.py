@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from keras_blood.data.base import match_classes
-from keras_blood.data.builders.info import LocalDatasetInfo, manual_folder, unreadable, why_unreadable
+from keras_blood.data.builder_info import LocalDatasetInfo, manual_folder, unreadable, why_unreadable
+from keras_blood.data.classes import match_classes
+from keras_blood.data.fingerprint import files_fingerprint
 from keras_blood.errors import DataError
 
 SOURCE_URL = "https://www.kaggle.com/datasets/paultimothymooney/blood-cells"
@@ -55,15 +56,15 @@ CITATION = r"""@misc{mooney2018bloodcells,
 
 
 @dataclass(frozen=True)
-class ImageFolder:
+class SplitFiles:
     """The image files of one split folder, in a fixed order (class, then file name)."""
 
     paths: np.ndarray  # str, full paths
     labels: np.ndarray  # int32, index into the class names
     sources: np.ndarray  # str, "<class>/<source index>"; the stem where a name has none
 
-    def take(self, indices: np.ndarray) -> "ImageFolder":
-        return ImageFolder(self.paths[indices], self.labels[indices], self.sources[indices])
+    def take(self, indices: np.ndarray) -> "SplitFiles":
+        return SplitFiles(self.paths[indices], self.labels[indices], self.sources[indices])
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -81,7 +82,7 @@ def _files(folder: Path) -> list[os.DirEntry]:
     return sorted(entries, key=lambda e: e.name)
 
 
-def scan(split_dir: Path, class_names: list[str]) -> ImageFolder:
+def scan(split_dir: Path, class_names: list[str]) -> SplitFiles:
     """List ``split_dir/<class>/*``; everything but hidden files, so a stray file is
     reported when it fails to decode, not lost."""
     paths, labels, sources = [], [], []
@@ -91,10 +92,10 @@ def scan(split_dir: Path, class_names: list[str]) -> ImageFolder:
             paths.append(entry.path)
             labels.append(label)
             sources.append(f"{name}/{match.group(1) if match else Path(entry.name).stem}")
-    return ImageFolder(np.array(paths, dtype=str), np.array(labels, np.int32), np.array(sources, dtype=str))
+    return SplitFiles(np.array(paths, dtype=str), np.array(labels, np.int32), np.array(sources, dtype=str))
 
 
-def split_by_source(folder: ImageFolder, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_by_source(folder: SplitFiles, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(train, val)``: per class, a seeded ``fraction`` of the source cells (at
     least one where a class has two or more) goes to validation with all its images."""
     rng = np.random.default_rng(seed)
@@ -130,14 +131,13 @@ def check_layout(root: Path | None) -> list[str]:
 def source_fingerprint(root: Path) -> str:
     """What identifies the folders a prepared copy was made from, without reading an
     image: every file's path, size and modification time."""
-    digest = hashlib.sha1()
-    for folder in sorted(set(FOLDERS.values())):
-        split_dir = root / folder
-        for name in class_folders(split_dir) if split_dir.is_dir() else []:
-            for entry in _files(split_dir / name):
-                stat = entry.stat()
-                digest.update(f"{folder}/{name}/{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+    return files_fingerprint(
+        (f"{folder}/{name}/{entry.name}", entry.path)
+        for folder in sorted(set(FOLDERS.values()))
+        if (root / folder).is_dir()
+        for name in class_folders(root / folder)
+        for entry in _files(root / folder / name)
+    )
 
 
 @dataclasses.dataclass
@@ -228,7 +228,7 @@ class BloodCellImages(tfds.core.GeneratorBasedBuilder):
         # TFDS cannot write an empty split: one without images is left out.
         return {name: self._generate_examples(folder, root) for name, folder in splits.items() if len(folder)}
 
-    def _readable(self, splits: dict[str, ImageFolder]) -> dict[str, ImageFolder]:
+    def _readable(self, splits: dict[str, SplitFiles]) -> dict[str, SplitFiles]:
         """``splits`` without the files that do not decode (DataError unless skip_unreadable)."""
         paths = [p for folder in splits.values() for p in folder.paths.tolist()]
         bad = unreadable(paths)
@@ -248,7 +248,7 @@ class BloodCellImages(tfds.core.GeneratorBasedBuilder):
         bad_paths = {paths[i] for i in bad}
         return {name: folder.take(np.flatnonzero([p not in bad_paths for p in folder.paths])) for name, folder in splits.items()}
 
-    def _generate_examples(self, folder: ImageFolder, root: Path):
+    def _generate_examples(self, folder: SplitFiles, root: Path):
         for path, label, source in zip(folder.paths.tolist(), folder.labels.tolist(), folder.sources.tolist()):
             relative = Path(path).relative_to(root).as_posix()
             yield relative, {"image": Path(path).read_bytes(), "label": label, "source": source, "file": relative}

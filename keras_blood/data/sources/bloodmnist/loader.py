@@ -1,5 +1,5 @@
 """BloodMNIST (MedMNIST v2): 8 blood-cell classes, read through the TFDS builder
-``bloodmnist/<size>`` (keras_blood.data.builders.bloodmnist), prepared once in ``data.tfds_dir``.
+``bloodmnist/<size>`` (:mod:`.builder`), prepared once in ``data.tfds_dir``.
 
 ``data.root`` is the builder's manual folder. Where it holds the size's ``.npz``, the
 prepared copy is made from that file (again if the file changes). Where it does not: with
@@ -16,41 +16,37 @@ from pathlib import Path
 import numpy as np
 
 from keras_blood.config.schema import DataConfig
-from keras_blood.data import register
 from keras_blood.data.base import DataBundle, Split, missing_classes
-from keras_blood.data.builders import bloodmnist as source
 from keras_blood.data.prepared import prepared_builder, read_all, read_only, stamp
+from keras_blood.data.sources.bloodmnist.builder import MD5, Bloodmnist, file_name, source_fingerprint, url
+from keras_blood.data.splits import FROM_TFDS
 from keras_blood.errors import DataError
 
 DEFAULT_ROOT = Path("~/.medmnist")
-# The builder's split -> keras-blood's.
-SPLITS = {"train": "train", "validation": "val", "test": "test"}
 
 
-@register("bloodmnist")
 def load_bloodmnist(config: DataConfig, seed: int = 0) -> DataBundle:
-
     size = config.image_size
     given = config.given_root()
-    path = (given or DEFAULT_ROOT.expanduser()) / source.file_name(size)
+    path = (given or DEFAULT_ROOT.expanduser()) / file_name(size)
 
     def check() -> None:
         if not path.is_file() and not config.download:
             raise DataError(
-                f"{path} does not exist and data.download is false. Get it from {source.url(size)} "
-                f"(MD5 {source.MD5[size]}) or set data.root to the folder that holds {source.file_name(size)}."
+                f"{path} does not exist and data.download is false. Get it from {url(size)} "
+                f"(MD5 {MD5[size]}) or set data.root to the folder that holds {file_name(size)}."
             )
 
     if path.is_file():
-        fingerprint = source.source_fingerprint(path)
+        fingerprint = source_fingerprint(path)
         accept = lambda meta: meta.get("source_fingerprint") == fingerprint  # noqa: E731
     elif given is not None:
         check()
-        accept = lambda meta: meta.get("md5") == source.MD5[size]  # noqa: E731
+        accept = lambda meta: meta.get("md5") == MD5[size]  # noqa: E731
     else:
         accept = lambda meta: True  # noqa: E731
     builder = prepared_builder(
-        "bloodmnist", str(size), tfds_dir=config.resolved_tfds_dir(), manual_dir=path.parent, accept=accept, check=check
+        Bloodmnist, str(size), tfds_dir=config.resolved_tfds_dir(), manual_dir=path.parent, accept=accept, check=check
     )
     bundle = DataBundle(
         name="bloodmnist",
@@ -73,5 +69,5 @@ def load_bloodmnist(config: DataConfig, seed: int = 0) -> DataBundle:
 def read_splits(data_dir: str, _stamp: int) -> dict[str, Split]:
     """Every split of a prepared copy as arrays (memoised per process and copy, so a sweep
     reads it once)."""
-    _, splits = read_all(data_dir, list(SPLITS), as_supervised=True)
-    return {SPLITS[name]: Split(read_only(images), read_only(labels.astype(np.int32))) for name, (images, labels) in splits.items()}
+    _, splits = read_all(data_dir, list(FROM_TFDS), as_supervised=True)
+    return {FROM_TFDS[name]: Split(read_only(images), read_only(labels.astype(np.int32))) for name, (images, labels) in splits.items()}

@@ -19,20 +19,20 @@ them (fine-tuning on a few hundred of a lab's images).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from keras_blood.config.schema import DataConfig, SourceConfig
-from keras_blood.data import load_data, register
 from keras_blood.data.base import DataBundle, Split
+from keras_blood.data.classes import ClassNames
 from keras_blood.data.decoded import RESIZE_METHOD
-from keras_blood.data.folders import ClassNames
+from keras_blood.data.splits import SPLITS
 from keras_blood.errors import DataError
 
-SPLITS = ("train", "val", "test")
 
-
-@register("sources")
-def load_sources(config: DataConfig, seed: int = 0) -> DataBundle:
+def load_sources(config: DataConfig, seed: int, load_data: Callable[[DataConfig, int], DataBundle]) -> DataBundle:
+    """The sources of ``config.sources``, each read by ``load_data`` (the registry's), in one frame."""
     frame = config.height_width
     names, parts, records = [], [], {}
     for name, source in config.used_sources.items():
