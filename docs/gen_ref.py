@@ -32,7 +32,7 @@ from keras_blood.config import schema
 from keras_blood.config.presets import GEORGETOWN_PRESETS
 from keras_blood.config.sweep import SweepSpec
 
-COMMANDS = ("train", "evaluate", "predict", "explain", "export_edge", "sweep", "launch", "color")
+COMMANDS = ("train", "evaluate", "adapt", "predict", "explain", "export_edge", "sweep", "launch", "color")
 NO_DESCRIPTION = ""
 
 # ------------------------------------------------------------------------- config keys

@@ -6,7 +6,11 @@
 ``--data`` takes a folder of class folders or a .csv/.tsv list (as data.name image_folder
 reads them): how the model does in a lab it never saw. Classes are matched by name and
 data.class_aliases; the data's classes the model lacks are left out and counted, the
-model's classes the data lacks are named, and the report adds balanced accuracy.
+model's classes the data lacks are named, and the report adds balanced accuracy. A folder
+of split folders (TRAIN/, TEST/) is pooled into one set, and a line says so. A file that
+is not a readable image, or whose header says it has more than ``--max-pixels`` pixels
+(default data.max_pixels), is an error naming it; ``--set data.skip_unreadable=true``
+leaves such files out and counts them.
 
 The report goes to a new folder, ``<output-dir>/<name>-v<version>-<split>-<timestamp>/``
 (:mod:`keras_blood.evaluation.evaluate_version` lists its files); the last line printed
@@ -38,6 +42,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
         help="evaluate on these images instead: a folder of class folders, or a .csv/.tsv list of path,label",
     )
     parser.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        help="with --data: refuse images whose header says they have more pixels than this "
+        "(default: the version's data.max_pixels, 50_000_000); decoding takes tens of bytes per pixel",
+    )
+    parser.add_argument(
         "--output-dir",
         type=Path,
         default=Path("reports"),
@@ -45,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
     add_overrides(parser)
     args = parser.parse_args(argv)
+    if args.max_pixels is not None and args.max_pixels < 1:
+        parser.error("--max-pixels must be at least 1")
     # A split the source lacks, or data that is not there, is said before TensorFlow starts
     # (and prints its log lines): reading the data needs no TensorFlow until it is prepared.
     config = load_config(version_config_file(Path(args.version)), args.overrides)
@@ -55,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
         from keras_blood.evaluation.evaluate_version import evaluate_files
 
-        result = evaluate_files(args.version, args.data, args.overrides, args.output_dir, listing=listing)
+        result = evaluate_files(args.version, args.data, args.overrides, args.output_dir, listing=listing,
+                                max_pixels=args.max_pixels)  # fmt: skip
         print(result.report_dir)
         return result.report_dir
     config.data.check_split(args.split)

@@ -186,8 +186,8 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_written(tmp_path, capsys)
     jpeg.write_bytes(jpeg.read_bytes()[:400])  # a valid header: only decoding all of it fails
     assert run_main(load(name="blood_cell_images", root=root)) == 2
     err = capsys.readouterr().err.splitlines()[-1]
-    assert err == f"error: {jpeg}: not a readable image (jpeg::Uncompress failed. Invalid JPEG data or crop " \
-        "window.); 1 such file(s) in all. Remove them or set data.skip_unreadable: true"
+    assert err == f"error: {jpeg}: not a readable image (corrupt or truncated image (jpeg::Uncompress failed. " \
+        "Invalid JPEG data or crop window)); 1 such file(s) in all. Remove them or set data.skip_unreadable: true"
     assert not tfds_dir.exists()  # no half-written copy, nor the folders on the way
 
 

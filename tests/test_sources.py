@@ -12,8 +12,8 @@ import pytest
 
 from keras_blood.config.loading import load_config
 from keras_blood.config.schema import SourceConfig
-from keras_blood.data.mixture import epoch_rows, in_frame
-from keras_blood.errors import ConfigError
+from keras_blood.data.mixture import _check_memory, epoch_rows, in_frame
+from keras_blood.errors import ConfigError, DataError
 from tests.helpers import REPO, SHARED_DATA, cell_at, lab_folder
 
 CONFIG = REPO / "configs" / "wbc_multilab.yaml"
@@ -39,6 +39,8 @@ def test_the_multilab_config_reads_each_sources_settings_and_drops_a_null_one():
         ("data.sources.kaggle.group_pattern=(x)", "data.sources.kaggle: group_pattern is for data.name image_folder"),
         ("data.sources.Kaggle={name: bloodmnist}", "data.sources.Kaggle.[key] = 'Kaggle': String should match pattern"),
         ("data.sources.kaggle.weight=0", "data.sources.kaggle.weight = 0: Input should be greater than 0"),
+        ("data.sources.kaggle.weight=.inf", "data.sources.kaggle.weight = inf: Input should be a finite number"),
+        ("data.sources.kaggle.weight=1e9", "data.sources.kaggle.weight = '1e9': Input should be less than or equal to 1000"),
         ("data.sources={kaggle: null, bloodmnist: null}", "data.sources: name at least one source"),
         ("data.name=blood_cell_images", "data.sources is for data.name sources (leave data.name out), not blood_cell_images"),
     ],
@@ -47,6 +49,49 @@ def test_a_bad_sources_setting_is_one_line_naming_the_fix(override, expected):
     with pytest.raises(ConfigError) as raised:
         load_config(CONFIG, [override])
     assert expected in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_labs_folder_may_lack_classes_and_a_class_no_source_has_is_one_line(tmp_path):
+    from keras_blood.data.sources.image_folder.listing import source_config_of, source_listing
+
+    lab_folder(tmp_path / "a", per_class=10)
+    lab_folder(tmp_path / "b", per_class=10, folders={"eosinophil": "EOS", "lymphocyte": "lymphocyte"})
+    sources = f"data.sources={{a: {{name: image_folder, root: '{tmp_path / 'a'}'}}, b: {{name: image_folder, root: '{tmp_path / 'b'}'}}}}"
+    config = load_config(CONFIG, [sources, "data.classes=[neutrophil, eosinophil, lymphocyte]", "data.class_aliases={eosinophil: [EOS]}"])
+    narrowed = source_config_of(config.data, "b")
+    assert narrowed.classes == ["eosinophil", "lymphocyte"] and narrowed.partial_splits  # its own, in data.classes' order
+    assert source_config_of(config.data, "a").classes == ["neutrophil", "eosinophil", "lymphocyte"]
+    assert source_listing(config.data, 0) is None  # every folder listed, none refused
+    lab_folder(tmp_path / "c", per_class=10, folders={"eosinophil": "platelet", "lymphocyte": "erythroblast"})
+    other = load_config(CONFIG, [sources.replace(str(tmp_path / "b"), str(tmp_path / "c")), "data.classes=[neutrophil, eosinophil, lymphocyte]"])
+    with pytest.raises(DataError) as raised:
+        source_config_of(other.data, "b")
+    assert str(raised.value) == (
+        "data.sources.b: none of its classes ['erythroblast', 'platelet'] is one of data.classes "
+        "['neutrophil', 'eosinophil', 'lymphocyte']; map them with data.class_aliases"
+    )
+
+
+def test_a_rare_class_may_miss_a_drawn_split_of_a_source_but_not_of_a_lab_alone(tmp_path):
+    from keras_blood.data.sources.image_folder.listing import list_images
+
+    lab_folder(tmp_path / "lab", per_class=30)
+    for extra in sorted((tmp_path / "lab" / "neutrophil").iterdir())[4:]:  # 4 neutrophils left
+        extra.unlink()
+    with pytest.raises(DataError, match="class 'neutrophil' has no images in the val split"):
+        list_images(tmp_path / "lab", seed=1)
+    listing = list_images(tmp_path / "lab", seed=1, partial_splits=True)
+    assert "warning: class 'neutrophil' has no images in the val split" in listing.counts()
+    assert np.sum((listing.labels == 2) & (listing.splits == "train")) > 0
+
+
+def test_a_weight_whose_epoch_would_not_fit_in_memory_is_one_line_before_it_is_made():
+    source = SourceConfig(name="image_folder", weight=1000)
+    with pytest.raises(DataError) as raised:
+        _check_memory("lab", source, 1000 * 20_000, 120 * 160 * 3)  # 20,000 frames, each 1,000 times: 1.07 TiB
+    assert str(raised.value).startswith("data.sources.lab.weight = 1000: an epoch of 20,000,000 of its images needs")
+    assert "lower the weight" in str(raised.value) and "\n" not in str(raised.value)
+    _check_memory("lab", source, 1000 * 20, 120 * 160 * 3)  # 1.1 GiB: made
 
 
 def test_an_epoch_repeats_or_thins_a_source_by_its_weight_and_keeps_train_examples():
@@ -77,8 +122,7 @@ def test_two_labs_folders_train_one_model_with_validation_and_test_figures_per_s
     """Two labs spell their classes otherwise and one has a class the model leaves out; each
     keeps its own splits; history.csv, metrics.json and the export say what each gave."""
     lab_folder(tmp_path / "lab_a", per_class=20)
-    lab_folder(tmp_path / "lab_b", per_class=12, seed=1,
-               folders={"eosinophil": "EOS", "lymphocyte": "Lymphocytes", "neutrophil": "neutrophil"})  # fmt: skip
+    lab_folder(tmp_path / "lab_b", per_class=12, seed=1, folders={"eosinophil": "EOS", "lymphocyte": "Lymphocytes"})
     (tmp_path / "lab_b" / "basophil").mkdir()
     (tmp_path / "lab_b" / "basophil" / "b.png").write_bytes((tmp_path / "lab_b" / "EOS" / "slide0_0.png").read_bytes())
     sources = (
@@ -93,13 +137,16 @@ def test_two_labs_folders_train_one_model_with_validation_and_test_figures_per_s
     lines = {line.split(":")[0]: line for line in trained.stdout.splitlines() if line.startswith("Source ")}
     assert lines["Source a"].startswith("Source a: image_folder, train ")
     assert f"Data: {tmp_path / 'lab_b'}: " in trained.stdout and "left out: class basophil (1)" in trained.stdout
+    assert lines["Source b"].endswith("; has no ['neutrophil']")  # a source may lack a class the model has
     version = Path(trained.stdout.strip().splitlines()[-1])
     extra = version / "assets.extra"
     metrics = json.loads((extra / "metrics.json").read_text())
     assert set(metrics["sources"]) == {"a", "b"}
     assert sum(s["num_examples"] for s in metrics["sources"].values()) == metrics["num_examples"]
     assert set(metrics["best_val_accuracy_by_source"]) == {"a", "b"}
+    assert json.loads((extra / "class_names.json").read_text()) == ["eosinophil", "lymphocyte", "neutrophil"]
     recorded = json.loads((extra / "preparation.json").read_text())["sources"]
+    assert recorded["b"]["classes"] == ["eosinophil", "lymphocyte"]
     assert recorded["b"]["data"] == "image_folder" and recorded["b"]["weight"] == 2
     assert recorded["b"]["train_per_epoch"] == 2 * recorded["b"]["examples"]["train"]  # each image twice
     assert f"; {recorded['b']['train_per_epoch']} training images an epoch" in lines["Source b"]

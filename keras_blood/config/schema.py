@@ -42,6 +42,13 @@ class _Strict(BaseModel):
 # ----------------------------------------------------------------------------- data
 
 
+def _root_given(value: Any) -> Any:
+    """data.root as given: an empty one (``--set data.root=``) would read the current folder."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("the path is empty (it would read the current folder); give a folder or a .csv/.tsv list, or leave the key out")
+    return value
+
+
 # Each source's sizes: BloodMNIST comes in four square files, each image one centred
 # cell. The Kaggle images (320x240, the white cell anywhere in a field of red cells) are
 # resized in tf.data to 120x160, and the 64x64 window around the white cell is cut out
@@ -67,6 +74,8 @@ SOURCE_SPLITS: dict[str, tuple[str, ...]] = {
     "sources": ("train", "val", "test"),
 }
 SourceName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+# A source's weight repeats its training images; past this, an epoch is one source over and over.
+MAX_SOURCE_WEIGHT = 1000.0
 
 HueValue = Annotated[int, Field(ge=0, le=179)]
 Byte = Annotated[int, Field(ge=0, le=255)]
@@ -156,6 +165,7 @@ class SourceConfig(_Strict):
         description="The source's kind, as data.name takes it."
     )
     root: Path | None = Field(default=None, description="Its data folder (or list), as data.root.")
+    _root_given = field_validator("root", mode="before")(_root_given)
     image_size: Side | tuple[Side, Side] | None = Field(
         default=None,
         description="The size it is read at before it is put into the shared frame. Default: 28 for "
@@ -177,10 +187,10 @@ class SourceConfig(_Strict):
         description="Keep this many of its training images (a seeded draw; validation and test "
         "untouched): how a model does with a few hundred of a lab's own images.",
     )
-    weight: Annotated[float, Field(gt=0.0)] = Field(
+    weight: Annotated[float, Field(gt=0.0, le=MAX_SOURCE_WEIGHT, allow_inf_nan=False)] = Field(
         default=1.0,
         description="Times each training image is seen an epoch (a fraction: that share of them, "
-        "a seeded draw), so that a small source is not drowned by a large one.",
+        f"a seeded draw), so that a small source is not drowned by a large one; at most {MAX_SOURCE_WEIGHT:g}.",
     )
 
 
@@ -244,6 +254,18 @@ class DataConfig(_Strict):
         description="Skip files that are not readable images (with a counted warning) "
         "instead of stopping with an error naming the first one.",
     )
+    partial_splits: bool = Field(
+        default=False,
+        description="image_folder: a class may have no images in the validation or test split (too "
+        "few images or groups to draw it in every split), with a warning instead of an error; it "
+        "must have training images. Each lab's folder of data.sources is read so.",
+    )
+    max_pixels: Annotated[int, Field(ge=1)] = Field(
+        default=50_000_000,  # keras_blood.preparation.limits.MAX_PIXELS (config is below preparation)
+        description="The largest image (width x height, read from its header before decoding) a "
+        "lab's folder may hold; a larger one is an error naming it (or, with skip_unreadable, "
+        "skipped). Decoding takes tens of bytes a pixel. Also the limit of the serving_bytes signature.",
+    )
     color_extraction: bool = Field(
         default=False,
         description="Georgetown colour extraction (settings in data.color), applied in "
@@ -289,6 +311,8 @@ class DataConfig(_Strict):
         if "cell_crop" not in values:  # an explicit null turns the crop off
             values = {**values, "cell_crop": DEFAULT_CELL_CROP[name]}
         return values
+
+    _root_given = field_validator("root", mode="before")(_root_given)
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -343,7 +367,7 @@ class DataConfig(_Strict):
         keys = ("root", "val_fraction", "test_fraction", "group_pattern", "skip_unreadable", "download", "max_examples")
         folder = source.name == "image_folder"
         return DataConfig(
-            name=source.name, image_size=size, cell_crop=None, tfds_dir=self.tfds_dir,
+            name=source.name, image_size=size, cell_crop=None, tfds_dir=self.tfds_dir, max_pixels=self.max_pixels,
             classes=self.classes if folder else None, class_aliases=self.source_aliases(name) if folder else None,
             **{key: getattr(source, key) for key in keys},
         )  # fmt: skip
@@ -365,6 +389,10 @@ class DataConfig(_Strict):
     @classmethod
     def _distinct_classes(cls, value: list[str] | None) -> list[str] | None:
         if value is not None:
+            # Without the spaces around them: a prepared copy reads its class names back stripped.
+            value = [name.strip() for name in value]
+            if not all(value):
+                raise ValueError("a class name is empty")
             counts = collections.Counter(name.casefold() for name in value)
             repeated = sorted({n for n in value if counts[n.casefold()] > 1})
             if repeated:

@@ -57,11 +57,15 @@ def decode_splits(encoded: dict[str, Split], size: tuple[int, int]) -> dict[str,
 
 
 def decode_images(encoded: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Decode and resize image files' bytes in a parallel tf.data map: uint8 ``[N, H, W, 3]``."""
+    """Decode and resize image files' bytes in a parallel tf.data map: uint8 ``[N, H, W, 3]``.
+    Decoded by the one rule (:func:`keras_blood.preparation.decode.decode`) that checked
+    them when the copy was prepared, so what was kept there reads here."""
     import tensorflow as tf
 
+    from keras_blood.preparation.decode import decode
+
     def load(data):
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image = decode(data)
         image = tf.image.resize(image, size, method=RESIZE_METHOD)
         return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 

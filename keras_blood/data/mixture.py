@@ -19,6 +19,7 @@ them (fine-tuning on a few hundred of a lab's images).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -27,6 +28,7 @@ from keras_blood.config.schema import DataConfig, SourceConfig
 from keras_blood.data.base import DataBundle, Split
 from keras_blood.data.classes import ClassNames
 from keras_blood.data.decoded import RESIZE_METHOD
+from keras_blood.data.sources.image_folder.listing import source_config_of
 from keras_blood.data.splits import SPLITS
 from keras_blood.errors import DataError
 
@@ -36,7 +38,7 @@ def load_sources(config: DataConfig, seed: int, load_data: Callable[[DataConfig,
     frame = config.height_width
     names, parts, records = [], [], {}
     for name, source in config.used_sources.items():
-        bundle = load_data(config.source_config(name), seed)
+        bundle = load_data(source_config_of(config, name), seed)
         kept = ClassNames(config.classes, config.source_aliases(name))
         mapping = np.array([_index(config.classes, kept(found)) for found in bundle.class_names], np.int32)
         if not np.any(mapping >= 0):
@@ -53,15 +55,20 @@ def load_sources(config: DataConfig, seed: int, load_data: Callable[[DataConfig,
             splits[split] = Split(in_frame(taken.images, bundle.preparation, frame), labels[labels >= 0],
                                   taken.files, np.full(len(taken), len(names), np.int8))  # fmt: skip
         examples = {split: len(splits[split]) for split in SPLITS}
-        splits["train"] = splits["train"].take(epoch_rows(len(splits["train"]), source, seed))
+        rows = epoch_rows(len(splits["train"]), source, seed)
+        _check_memory(name, source, len(rows), splits["train"].images[0].nbytes)
+        splits["train"] = splits["train"].take(rows)
         left_out = sorted({found for found, index in zip(bundle.class_names, mapping) if index < 0})
         counts = ", ".join(f"{split} {count}" for split, count in examples.items())
         if len(splits["train"]) != examples["train"]:
             counts += f"; {len(splits['train'])} training images an epoch"
-        print(f"Source {name}: {bundle.name}, {counts}" + (f"; classes left out: {left_out}" if left_out else ""), flush=True)
+        lacks = [cls for index, cls in enumerate(config.classes) if not np.any(splits["train"].labels == index)]
+        notes = (f"; classes left out: {left_out}" if left_out else "") + (f"; has no {lacks}" if lacks else "")
+        print(f"Source {name}: {bundle.name}, {counts}{notes}", flush=True)
         records[name] = {"data": bundle.name, "root": str(source.root) if source.root else None,
                          "preparation": bundle.preparation, "weight": source.weight, "examples": examples,
-                         "train_per_epoch": len(splits["train"])}  # fmt: skip
+                         "train_per_epoch": len(splits["train"]),
+                         "classes": [cls for cls in config.classes if cls not in lacks]}  # fmt: skip
         names.append(name)
         parts.append(splits)
     pooled = {split: _concatenate([part[split] for part in parts]) for split in SPLITS}
@@ -90,6 +97,18 @@ def epoch_rows(count: int, source: SourceConfig, seed: int) -> np.ndarray:
     whole, part = divmod(source.weight, 1.0)
     extra = rng.choice(rows, round(part * len(rows)), replace=False) if part else rows[:0]
     return np.concatenate([np.tile(rows, int(whole)), np.sort(extra)])
+
+
+def _check_memory(name: str, source: SourceConfig, rows: int, image_bytes: int) -> None:
+    """A weight whose epoch would not fit in half the machine's memory: one line, before it is made."""
+    needed = rows * image_bytes
+    available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if needed > available / 2:
+        raise DataError(
+            f"data.sources.{name}.weight = {source.weight:g}: an epoch of {rows:,} of its images needs "
+            f"{needed / 2**30:,.1f} GiB, more than half this machine's {available / 2**30:,.0f} GiB; lower the weight "
+            "(or draw fewer images with train_examples)"
+        )
 
 
 def in_frame(images: np.ndarray, preparation: dict, frame: tuple[int, int]) -> np.ndarray:

@@ -7,6 +7,12 @@ killed prepare left (TFDS's ``incomplete.*`` folder), and on failure removes wha
 created. No GCS look-up: TFDS is told not to try its bucket, and the builders never ask it
 for metadata (keras_blood.data.builder_info).
 
+A copy is never removed while another process reads it: a run reading one holds a shared
+lock on the copy's config folder (:func:`reading`) from its check to the end of its read,
+and a run that prepares it again (its source changed, or it is damaged) waits for an
+exclusive one. A run whose copy was prepared again between its check and its read says
+so in one line (:func:`read_all`).
+
 A damaged copy (a shard deleted or cut short, a metadata file unreadable) is found before
 it is read, from what ``dataset_info.json`` records (:func:`damage`: every split's shards
 and their total size), and prepared again; a shard damaged inside (a record whose CRC
@@ -70,9 +76,10 @@ def prepared_builder(
         current = builder()
         return ("usable", current) if accept(current.info.metadata) else ("other source", None)
 
-    found, why = state()
-    if found == "usable":
-        return why
+    with reading(data_path):  # a copy being prepared again is not looked at half-made
+        found, why = state()
+        if found == "usable":
+            return _checked(why)
     what = f"{name}/{data_path.parent.name}"
     try:
         check()
@@ -82,10 +89,12 @@ def prepared_builder(
         raise DataError(
             f"the prepared copy in {data_path} is damaged ({why}) and cannot be prepared again: {exc}"
         ) from None
-    with _removed_on_failure(tfds_dir, name, data_path), _locked(tfds_dir / name):
+    # The copy's own lock after the builder's: readers never wait on the builder's, so
+    # neither waits on the other. It waits for the runs reading the copy to finish.
+    with _removed_on_failure(tfds_dir, name, data_path), _locked(tfds_dir / name), _locked(data_path.parent):
         found, why = state()  # another process may have prepared it while we waited
         if found == "usable":
-            return why
+            return _checked(why)
         if found != "missing":  # a fresh builder must not read its metadata
             shutil.rmtree(data_path)
         current = builder()
@@ -105,7 +114,37 @@ def prepared_builder(
                 download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir), try_download_gcs=False)
             )
         print(f"Prepared {what} in {time.perf_counter() - start:.1f} s", flush=True)
-    return builder()
+        return _checked(builder())
+
+
+# The stamp of each copy this process checked (by its resolved folder): what it must read.
+_CHECKED: dict[str, int] = {}
+
+
+def _checked(builder):
+    """``builder``, its copy's stamp noted as the one this process checked."""
+    _CHECKED[os.path.realpath(builder.data_dir)] = stamp(builder.data_dir)
+    return builder
+
+
+@contextlib.contextmanager
+def reading(data_path: str | Path) -> Iterator[None]:
+    """A shared lock on the copy in ``data_path`` (a config's version folder) while it is
+    checked or read: a run preparing it again waits for it. Where the lock cannot be taken
+    (no copy yet, a filesystem without locks) it is read without one."""
+    try:
+        fd = os.open(Path(data_path).parent, os.O_RDONLY)
+    except OSError:
+        fd = None
+    if fd is None:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 RECORD_FRAMING = 16  # bytes a TFRecord adds to each record: its length (8) and two CRC32Cs (4 + 4)
@@ -277,13 +316,24 @@ def read_all(data_dir: str, splits: list[str], **as_dataset_kwargs) -> tuple[Any
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    try:
-        builder = tfds.builder_from_directory(data_dir)
-        splits = [name for name in splits if name in builder.info.splits]
-        everything = tfds.as_numpy(builder.as_dataset(split="+".join(splits), batch_size=-1, **as_dataset_kwargs))
-    except tf.errors.OpError as exc:  # DataLossError (a record's CRC), NotFoundError, ...
-        reason = " ".join(exc.message.split("}}")[-1].split("[Op:")[0].split())[:200]  # TF's own words only
-        raise DataError(f"the prepared copy in {data_dir} is damaged ({reason}); {delete_hint(data_dir)}") from None
+    with reading(data_dir):
+        checked = _CHECKED.get(os.path.realpath(data_dir))
+        try:
+            replaced = checked is not None and stamp(data_dir) != checked
+        except OSError:
+            replaced = True
+        if replaced:
+            raise DataError(
+                f"the prepared copy in {data_dir} was prepared again by another run (its source changed) "
+                "while this one started; run again to read the copy of the source as it is now"
+            )
+        try:
+            builder = tfds.builder_from_directory(data_dir)
+            splits = [name for name in splits if name in builder.info.splits]
+            everything = tfds.as_numpy(builder.as_dataset(split="+".join(splits), batch_size=-1, **as_dataset_kwargs))
+        except tf.errors.OpError as exc:  # DataLossError (a record's CRC), NotFoundError, ...
+            reason = " ".join(exc.message.split("}}")[-1].split("[Op:")[0].split())[:200]  # TF's own words only
+            raise DataError(f"the prepared copy in {data_dir} is damaged ({reason}); {delete_hint(data_dir)}") from None
     bounds = np.cumsum([0] + [builder.info.splits[name].num_examples for name in splits])
 
     def rows(start: int, end: int):

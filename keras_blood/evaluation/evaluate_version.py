@@ -25,8 +25,10 @@ The last line printed is the report folder's path.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +40,7 @@ from keras_blood.data import DataBundle, load_data
 from keras_blood.data.sources.image_folder.listing import Listing
 from keras_blood.errors import ConfigError, DataError
 from keras_blood.evaluation.gradcam import gradcam_panel
-from keras_blood.data.lab_data import lab_listing, listing_notes
+from keras_blood.data.lab_data import lab_listing, listing_notes, pooled_line, pooled_split_folders
 from keras_blood.evaluation.metrics import classification_metrics, one_vs_rest_aucs, per_class_table, summary_line
 from keras_blood.evaluation.plots import (
     plot_confusion_matrix,
@@ -47,7 +49,7 @@ from keras_blood.evaluation.plots import (
     plot_roc_curves,
 )
 from keras_blood.files import new_folder
-from keras_blood.serving.predict import prepared_files
+from keras_blood.serving.predict import prepared_files, unreadable
 from keras_blood.serving.version import load_version
 
 MISTAKES_SHOWN = 25
@@ -113,29 +115,64 @@ def evaluate_files(
     overrides: Sequence[str] = (),
     output_dir: Path = Path("reports"),
     listing: Listing | None = None,
+    max_pixels: int | None = None,
 ) -> EvaluateResult:
     """Evaluate ``version_dir`` on another lab's images: ``root`` a folder of class folders
-    or a list file (:mod:`keras_blood.data.sources.image_folder.listing`). Each file is prepared from the raw
-    file by the version's recorded recipe, as ``predict`` and ``serving_bytes`` do.
+    (or of split folders, pooled into one set and said so) or a list file
+    (:mod:`keras_blood.data.sources.image_folder.listing`). Each file is prepared from the
+    raw file by the version's recorded recipe, as ``predict`` and ``serving_bytes`` do.
     Classes are matched by name and ``data.class_aliases``; the data's classes that the
-    model lacks are left out, and the model's classes that the data lacks are named."""
+    model lacks are left out, and the model's classes that the data lacks are named.
+
+    A file that is not read (not an image, or more than ``max_pixels`` pixels by its header,
+    default ``data.max_pixels``) is a DataError naming it, or with ``data.skip_unreadable``
+    left out and counted."""
     version_dir = Path(version_dir)
     config = load_config(version_config_file(version_dir), list(overrides))
     listing = listing or lab_listing(version_dir, root, config)
+    max_pixels = config.data.max_pixels if max_pixels is None else max_pixels
+    pooled = pooled_split_folders(root, listing)
+    if pooled:
+        print(pooled_line(root, pooled), flush=True)
 
     import numpy as np
-
 
     version = load_version(version_dir)
     paths = [str(listing.root / file) for file in listing.files.tolist()]
     print(f"Evaluating {version_dir} on {root} ({len(paths)} images) ...", flush=True)
-    images = []
-    for path, (pixels, error) in zip(paths, prepared_files([(p, "") for p in paths], version.preparation)):
+    entries = [(path, unreadable(path, max_pixels, "--max-pixels")) for path in paths]
+    images, bad = [], []
+    for index, (pixels, error) in enumerate(prepared_files(entries, version.preparation)):
         if pixels is None:
-            raise DataError(f"{path}: {error}; remove it from {root} or fix it")
-        images.append(pixels)
+            bad.append((index, error))
+        else:
+            images.append(pixels)
+    if bad:
+        listing = _without_unreadable(listing, paths, bad, root, config.data.skip_unreadable)
     return _report(version, version_dir, config, np.stack(images), listing.labels, Path(root).name, output_dir,
-                   {"data": str(root), **listing_notes(listing)})  # fmt: skip
+                   {"data": str(root), **listing_notes(listing, pooled)})  # fmt: skip
+
+
+def _without_unreadable(listing: Listing, paths: list[str], bad: list[tuple[int, str]], root, skip: bool) -> Listing:
+    """``listing`` without the files in ``bad`` (index, why), counted; a DataError naming
+    the first unless ``skip`` (data.skip_unreadable)."""
+    import numpy as np
+
+    first, why = bad[0]
+    if not skip:
+        raise DataError(
+            f"{paths[first]}: not a readable image ({why}); {len(bad)} such file(s) in all. "
+            f"Remove them from {root} or pass --set data.skip_unreadable=true"
+        )
+    if len(bad) == len(paths):
+        raise DataError(f"{root}: none of its {len(paths)} files is a readable image (e.g. {paths[first]}: {why})")
+    print(f"warning: skipped {len(bad)} of {len(paths)} files that are not readable images "
+          f"(e.g. {Path(paths[first]).name})", file=sys.stderr, flush=True)  # fmt: skip
+    keep = np.setdiff1d(np.arange(len(paths)), [index for index, _ in bad])
+    return dataclasses.replace(
+        listing, files=listing.files[keep], labels=listing.labels[keep], groups=listing.groups[keep],
+        splits=listing.splits[keep], left_out={**listing.left_out, "unreadable files": len(bad)},
+    )  # fmt: skip
 
 
 def _report(version, version_dir: Path, config, images, labels, what: str, output_dir: Path,

@@ -81,8 +81,11 @@ def classification_metrics(
     labels = np.asarray(labels).reshape(-1)
     predictions = probs.argmax(axis=1)
     classes = list(range(len(class_names)))
+    # Macro figures over the classes the labels have: a lab (or a source of data.sources)
+    # that lacks a class of the model is not scored zero on it; a full split has them all.
+    present_classes = [c for c in classes if np.any(labels == c)] or classes
     precision, recall, f1, _ = precision_recall_fscore_support(
-        labels, predictions, labels=classes, average="macro", zero_division=0
+        labels, predictions, labels=present_classes, average="macro", zero_division=0
     )
     report = classification_report(
         labels,

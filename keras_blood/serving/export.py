@@ -2,8 +2,11 @@
 (``<export_dir>/<output.name>/<version>/``), published by :mod:`keras_blood.serving.publish`.
 
 The ``serving_default`` signature takes raw uint8 pixels at the model's input size; the
-``serving_bytes`` signature takes encoded image files of any size and applies the
-version's recorded preparation (:mod:`keras_blood.preparation.decode`) in-graph first.
+``serving_bytes`` signature takes encoded image files of any size, decodes them by the one
+rule (:func:`keras_blood.preparation.decode.decode`: a BMP longer than its header says cut
+to that length, an 8-bit BMP's palette looked up; an image whose header says more than
+``data.max_pixels`` pixels refused before decoding) and applies the version's recorded
+preparation in-graph first.
 Everything else happens in-graph too: the cell crop and colour extraction when the config
 turns them on. Beside them, ``model.keras`` keeps the same model (TTA and ensemble
 wrappers included) in Keras's native format
@@ -50,8 +53,11 @@ def export_model(
     metrics: dict[str, Any],
     preparation: dict[str, Any] | None = None,
     run: Path | None = None,
+    records: dict[str, Any] | None = None,
 ) -> Path:
     """Publish a new version of ``output.name`` and return its folder.
+
+    ``records``: more files for ``assets.extra/``, a file name and its JSON each.
 
     ``run``: the run folder that trained the model, recorded in ``assets.extra/run.json``
     (:func:`keras_blood.serving.publish.find_run_version` finds the version again, so a resumed run publishes once).
@@ -83,7 +89,7 @@ def export_model(
         with staging(base, prefix=owned_prefix(STAGING_PREFIX), folder=True) as stage:
             serving_archive(model, config, prep).write_out(str(stage.path), verbose=False)
             model.save(stage.path / KERAS_MODEL)
-            write_records(stage.path / "assets.extra", config, metrics, class_names, recipe, signature, run)
+            write_records(stage.path / "assets.extra", config, metrics, class_names, recipe, signature, run, records)
             make_readable(stage.path)
             return publish_version(stage, config, signature)
 
@@ -133,8 +139,10 @@ def serving_archive(model: keras.Model, config: Config, prep: Preparation) -> ke
         return {OUTPUT_KEY: probabilities}
 
     def serve_bytes(images):
+        # Each file's header is checked before it is decoded (data.max_pixels): a few bytes
+        # of PNG can say 20000x20000, which would take gigabytes to decode.
         pixels = tf.map_fn(
-            lambda data: prepare(decode(data), prep),
+            lambda data: prepare(decode(data, config.data.max_pixels), prep),
             images,
             fn_output_signature=tf.TensorSpec([height, width, channels], tf.uint8),
         )
@@ -161,6 +169,7 @@ def write_records(
     recipe: dict[str, Any],
     signature: Signature,
     run: Path | None,
+    records: dict[str, Any] | None = None,
 ) -> None:
     """``assets.extra/``: what a server, an evaluation or a later run reads about the version."""
     extra.mkdir()
@@ -171,3 +180,5 @@ def write_records(
     (extra / "signature.json").write_text(json.dumps(signature.to_json(), indent=2))
     if run is not None:
         (extra / RUN_RECORD).write_text(json.dumps({"run_dir": str(Path(run).resolve())}, indent=2))
+    for name, record in (records or {}).items():
+        (extra / name).write_text(json.dumps(record, indent=2))

@@ -47,9 +47,11 @@ PATH_WIDTH = 60  # screen table only; the CSV has full paths
 class Progress:
     """A progress bar on stderr: redrawn in place on a terminal, a line per 10% in logs."""
 
-    def __init__(self, total: int, stream: TextIO = sys.stderr):
-        self.total, self.stream = total, stream
-        self.live = stream.isatty()
+    def __init__(self, total: int, stream: TextIO | None = None):
+        # sys.stderr when the bar is made, not when this module was imported: it may have
+        # been replaced since (a caller capturing it, a test).
+        self.total, self.stream = total, stream or sys.stderr
+        self.live = self.stream.isatty()
         self.last_tenth = -1
 
     def update(self, done: int, failed: int) -> None:
@@ -147,7 +149,7 @@ def predict(
     inputs: Sequence[str],
     output: Path | None = None,
     batch_size: int = 64,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     overwrite: bool = False,
     max_pixels: int = MAX_PIXELS,
 ) -> tuple[Path, int]:
@@ -158,6 +160,7 @@ def predict(
     when complete, so a crash leaves no partial CSV. An existing ``output`` is replaced
     only with ``overwrite``.
     """
+    out = out or sys.stdout  # the one at call time: it may have been replaced since import
     entries = check_request(version_dir, inputs, output, overwrite)
     entries = [(path, error or unreadable(path, max_pixels, "--max-pixels")) for path, error in entries]
 

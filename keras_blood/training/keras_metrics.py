@@ -25,8 +25,8 @@ def _weights(sample_weight, index: tf.Tensor, dtype) -> tf.Tensor:
 
 class ConfusionMatrix(keras.metrics.Metric):
     """Counts of (true class, predicted class) from one-hot labels and class scores.
-    ``result()`` is the macro F1 of those counts, as ``classification_metrics`` (sklearn,
-    zero_division=0) computes it; ``counts()`` the matrix itself."""
+    ``result()`` is the macro F1 of those counts over the classes the labels have, as
+    ``classification_metrics`` (sklearn, zero_division=0) computes it; ``counts()`` the matrix itself."""
 
     def __init__(self, num_classes: int, name: str = "f1_macro", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -41,9 +41,13 @@ class ConfusionMatrix(keras.metrics.Metric):
 
     def result(self):
         true_positives = tf.linalg.diag_part(self.matrix)
-        # 2 TP / (2 TP + FP + FN); a class never true and never predicted scores 0.
-        support = tf.reduce_sum(self.matrix, 0) + tf.reduce_sum(self.matrix, 1)
-        return tf.reduce_mean(tf.math.divide_no_nan(2 * true_positives, support))
+        true_counts = tf.reduce_sum(self.matrix, 1)
+        # 2 TP / (2 TP + FP + FN), averaged over the classes the labels have (all of them
+        # where none has any), as classification_metrics averages it.
+        f1 = tf.math.divide_no_nan(2 * true_positives, tf.reduce_sum(self.matrix, 0) + true_counts)
+        present = tf.cast(true_counts > 0, f1.dtype)
+        present = tf.where(tf.reduce_any(true_counts > 0), present, tf.ones_like(present))
+        return tf.reduce_sum(f1 * present) / tf.reduce_sum(present)
 
     def counts(self) -> np.ndarray:
         return keras.ops.convert_to_numpy(self.matrix).round().astype(np.int64)

@@ -12,6 +12,11 @@ and SHA-256; it is the epoch's commit. A resumed run checks the file against the
 before trusting the epoch. The best checkpoint is published only after its epoch is
 committed (a hard link of the backup's file, renamed over ``checkpoints/best.weights.h5``),
 so it never holds an epoch the record does not; the record says what it must hold.
+
+``data_split.json`` records what the run trains on (:mod:`keras_blood.data.split_record`):
+a lab's folder's files with each one's class and split, a published data set's files'
+fingerprint. ``--resume`` on a folder whose split would be drawn otherwise is refused in
+one line (:func:`check_resumed_data`), before the data is read.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import csv
 import json
 import math
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +52,7 @@ FINE_TUNE_BACKUP = "fine-tune"  # inside a member's backup: the second stage of 
 METADATA = "training_metadata.json"  # Keras's name for a backup's epoch; here also its weights file
 STATE_PREFIX = "state-"  # state-<epoch>.weights.h5: a backup's weights and optimizer state
 LEGACY_WEIGHTS = "latest.weights.h5"  # Keras's BackupAndRestore file, rewritten in place (older runs)
+DATA_SPLIT = "data_split.json"  # what the run trains on: each file's class and split
 
 
 class RunError(KerasBloodError):
@@ -59,10 +66,13 @@ class RunFolder:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, config: Config) -> "RunFolder":
+    def create(cls, config: Config, data_split: dict[str, Any] | None = None) -> "RunFolder":
+        """A new run folder; ``data_split``: what it trains on (DATA_SPLIT), for ``--resume``."""
         run = cls(new_folder(config.output.runs_dir / config.name))
         try:
             save_config(config, run.path / "config.yaml")
+            if data_split is not None:
+                write_atomic(run.path / DATA_SPLIT, json.dumps(data_split))
             (run.path / "checkpoints").mkdir()
             run.save_status({"state": RUNNING, "members_done": 0})
         except BaseException:  # a full disk, a kill: no folder that looks like a run and is not one
@@ -297,6 +307,32 @@ def check_free_space(folder: Path, need: int, what: str, fix: str) -> None:
     free = shutil.disk_usage(folder).free
     if free < need:
         raise RunError(f"{what} needs about {megabytes(need)} under {str(folder)!r}, {megabytes(free)} free; {fix}")
+
+
+def check_resumed_data(run: RunFolder, current: dict[str, Any]) -> None:
+    """A RunError where the data ``current`` records (:func:`split_record` now) would not be
+    split as when ``run`` started: resuming would train on files it validated and tested on
+    before, and test on files it trained on. Files rewritten with the same split, or a
+    published data set's files changed: a warning line, and the run goes on."""
+    from keras_blood.data.split_record import split_changes
+
+    path = run.path / DATA_SPLIT
+    if not path.is_file():
+        print(f"warning: {run.path} has no {DATA_SPLIT} (a run of an earlier version): its data is taken "
+              "as it is now, unchecked", file=sys.stderr, flush=True)  # fmt: skip
+        return
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path} is unreadable ({exc}); this run cannot be checked against its data: start a new run") from None
+    refusal, warnings = split_changes(recorded, current)
+    for warning in warnings:
+        print(warning, file=sys.stderr, flush=True)
+    if refusal:
+        raise RunError(
+            f"{refusal}: resuming would draw its splits again. Start a new run (python -m keras_blood.train "
+            f"{run.path / 'config.yaml'}), or put the folder back as it was and resume"
+        )
 
 
 def read_history(path: Path) -> dict[str, list[float]]:

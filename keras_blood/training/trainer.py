@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from keras_blood.config.schema import Config
+from keras_blood.data.split_record import split_record
 from keras_blood.errors import KerasBloodError
 from keras_blood.evaluation.plots import log_color_extraction, plot_learning_curves
 from keras_blood.evaluation.report import write_report
@@ -47,6 +48,7 @@ from keras_blood.training.runs import (
     RunFolder,
     best_value,
     check_free_space,
+    check_resumed_data,
     check_run_target,
     existing_folder,
     member_backup,
@@ -81,9 +83,10 @@ def schedule_done(history: dict[str, list[float]], config: Config) -> bool:
 class Trainer:
     """Trains ``task``'s members in a new run folder, or continues the run at ``resume``."""
 
-    def __init__(self, task: Task, resume: Path | None = None):
+    def __init__(self, task: Task, resume: Path | None = None, data_split: dict[str, Any] | None = None):
         self.task = task
         self.resume = Path(resume) if resume else None
+        self.data_split = data_split  # what a new run folder records it trains on
         self.run: RunFolder | None = None  # the chief's run folder, once created or opened
         self.best: BestCheckpoint | None = None  # the chief's, for the member being trained
         self.stop: StopRequest | None = None  # SIGTERM's, where this process handles it
@@ -105,7 +108,7 @@ class Trainer:
         if task.is_chief:
             first_model.summary(print_fn=lambda line, **_: print(line))
             self.check_space(first_model)
-            self.run = RunFolder.open(self.resume) if self.resume else RunFolder.create(config)
+            self.run = RunFolder.open(self.resume) if self.resume else RunFolder.create(config, self.data_split)
             print(f"Run folder: {self.run.path}  (tensorboard --logdir {self.run.path.parent})", flush=True)
             if not self.resume and (config.data.color_extraction or config.data.cell_crop is not None):
                 log_color_extraction(task.data.splits["train"], task.data.class_names, config.data, self.run.path, config.seed)
@@ -332,15 +335,21 @@ def train(config: Config, resume: str | Path | None = None) -> TrainResult:
     is being written, with the folder to resume on it.
     """
     cluster = cluster_from_env()  # before TensorFlow starts: it must know the cluster first
+    data_split = None
     if cluster is None or cluster.is_chief:  # only the chief writes the run folder
         check_run_target(config, resume)
+        # Before the data is read (or prepared again): a resumed run goes on only on the
+        # split it trained on.
+        data_split = split_record(config.data, config.seed)
+        if resume:
+            check_resumed_data(RunFolder(Path(resume)), data_split)
     strategy = select_strategy(config.train.distribute, cluster)
     print(f"Device: {describe_devices(strategy, cluster)}", flush=True)
     # Everything that can fail on user input happens before a run folder exists.
     task = Task.from_config(config, strategy, cluster)
     sizes = ", ".join(f"{k} {len(v)}" for k, v in task.data.splits.items())
     print(f"Data: {task.data.name} {task.data.image_shape}, {task.data.num_classes} classes; {sizes}", flush=True)
-    trainer = Trainer(task, resume)
+    trainer = Trainer(task, resume, data_split)
     try:
         with stop_on_sigterm(cluster is None) as trainer.stop:
             return trainer.fit()

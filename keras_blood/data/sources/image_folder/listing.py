@@ -10,23 +10,31 @@ Two layouts of a folder (``data.root``):
 
 With split folders, a split that has none (validation, say) is drawn from train; other
 top-level folders (Kaggle's TEST_SIMPLE) are left out and named. Class folders may hold
-subfolders (a patient's or a slide's). Files with an image suffix (.jpg .jpeg .png .bmp
-.tif .tiff .gif, any case) are listed; others (notes, Thumbs.db) are counted and left out,
-as are hidden ones.
+subfolders (a patient's or a slide's), symlinked ones too: each folder is read once, by
+its real path, and a link to a folder already read, or into or above a class folder (a
+loop, or a second class for the same files), is left out and counted. Files with an image
+suffix (.jpg .jpeg .png .bmp .tif .tiff .gif, any case) are listed; others (notes,
+Thumbs.db) are counted and left out, as are hidden files and folders (.DS_Store, ._IMG.jpg).
+A file name that is not UTF-8 (a share written by an older system) is read by its real
+name and shown with its odd bytes escaped (``caf\\xe9.jpg``).
 
 A list file (``.csv`` or ``.tsv``) has the columns ``path,label[,group][,split]``, paths
 relative to the list's folder. A header row is optional; with one, columns are found by
 name (``path`` or ``file``; ``class``, else ``label``; ``group``; ``split``), so a lab
-system's export with more columns reads as it is.
+system's export with more columns reads as it is. A file listed twice with one class is
+read once (the second row counted); with two classes, or in two splits, it is an error,
+as is a row naming a folder, or a path or class holding a line break.
 
 Classes: ``data.classes`` gives their names and order; ``data.class_aliases`` maps other
-spellings onto them (``{neutrophil: [NEU, band neutrophil]}``). Names match ignoring case
-and treating ``_``, ``-`` and spaces alike. Files of classes outside ``data.classes`` are
+spellings onto them (``{neutrophil: [NEU, band neutrophil]}``). Names match ignoring case,
+the spaces around them, and treating ``_``, ``-`` and spaces alike: ``TRAIN/EOSINOPHIL``
+and ``TEST/Eosinophil`` are one class. Files of classes outside ``data.classes`` are
 left out and counted. Without ``data.classes`` every class found is kept, in sorted order.
 
 Groups: ``data.group_pattern`` is a regular expression searched in each file's relative
 path; its first group names the patient, slide or source cell, and a group's files all go
-to one split. A file it does not match is a group of its own. The drawn splits are a
+to one split. A file it does not match is a group of its own. A pattern with a nested
+quantifier (``(a+)+``) is refused: Python's engine can take exponentially long on it. The drawn splits are a
 seeded stratified group split (scikit-learn's StratifiedGroupKFold): ``test_fraction`` of
 the groups, then ``val_fraction`` of the rest, each class in proportion.
 """
@@ -38,15 +46,17 @@ import csv
 import dataclasses
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from re import _constants as _sre, _parser  # Python's own parser: no public one; used to refuse a pattern's shape
 
 import numpy as np
 
 from keras_blood.config.quote import quoted
 from keras_blood.config.schema import DataConfig
-from keras_blood.data.classes import ClassNames, normal
+from keras_blood.data.classes import ClassNames, check_class_name, has_line_break, normal
 from keras_blood.data.fingerprint import files_fingerprint
 from keras_blood.data.splits import SPLITS
 from keras_blood.errors import DataError
@@ -84,12 +94,19 @@ class Listing:
         text = f"{len(self.class_names)} classes {self.class_names}; {sizes} images"
         if self.left_out:
             text += "; left out: " + ", ".join(f"{what} ({count})" for what, count in self.left_out.items())
-        return "; ".join([text, *self.warnings])
+        return shown("; ".join([text, *self.warnings]))
+
+
+def shown(text: str) -> str:
+    """``text`` as it can be printed and stored as UTF-8: a file name's bytes that are not
+    UTF-8 (held as surrogates, Python's way of reading such names) escaped as ``\\xe9``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass
 class _Found:
     files: list[str] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # a list's line (0 for a folder's files)
     names: list[str] = field(default_factory=list)  # class as found
     splits: list[str] = field(default_factory=list)  # "" where not given
     groups: list[str | None] = field(default_factory=list)  # None: from group_pattern
@@ -103,7 +120,7 @@ def source_listing(config: DataConfig, seed: int) -> Listing | None:
     data.sources, each image_folder source's folder is checked."""
     if config.name == "sources":
         for name in config.used_sources:
-            source_listing(config.source_config(name), seed)
+            source_listing(source_config_of(config, name), seed)
         return None
     if config.name != "image_folder":
         return None
@@ -113,7 +130,27 @@ def source_listing(config: DataConfig, seed: int) -> Listing | None:
             "data.name image_folder needs data.root: --set data.root=<a folder of class folders, or a .csv/.tsv list>"
         )
     return list_images(root, config.classes, config.class_aliases, config.group_pattern,
-                       config.val_fraction, config.test_fraction, seed)  # fmt: skip
+                       config.val_fraction, config.test_fraction, seed, partial_splits=config.partial_splits)  # fmt: skip
+
+
+def source_config_of(config: DataConfig, name: str) -> DataConfig:
+    """Source ``name`` of data.sources as a data config of its own (``DataConfig.source_config``),
+    a lab's folder with data.classes narrowed to the classes it has images of: a source
+    may lack some (a differential's basophils come from one lab only); another source has
+    them, or the pooled check names the class no source has."""
+    source = config.source_config(name)
+    root = source.given_root()
+    if source.name != "image_folder" or not source.classes or root is None:
+        return source
+    found = list_images(root, source.classes, source.class_aliases, draw=False, min_classes=1)
+    present = sorted(set(found.labels.tolist()))
+    if not present:
+        others = sorted(key.removeprefix("class ") for key in found.left_out if key.startswith("class "))
+        raise DataError(
+            f"data.sources.{name}: none of its classes {quoted(others)} is one of data.classes "
+            f"{quoted(list(source.classes))}; map them with data.class_aliases"
+        )
+    return source.model_copy(update={"classes": [found.class_names[label] for label in present], "partial_splits": True})
 
 
 def list_images(
@@ -126,6 +163,7 @@ def list_images(
     seed: int = 0,
     draw: bool = True,
     min_classes: int = 2,
+    partial_splits: bool = False,
 ) -> Listing:
     """The images under ``root`` (a folder or a list file), classes matched, splits drawn.
 
@@ -134,39 +172,88 @@ def list_images(
     """
     root = Path(root).expanduser()
     names = ClassNames(classes, aliases)
+    pattern = _compile(group_pattern)
     if root.is_file():
         found, base = _read_list(root), root.parent
-        _check_files(base, found.files, root)
+        _check_files(base, found, root)
     elif root.is_dir():
         found, base = _scan_folders(root), root
+        for name in sorted(found.folders):
+            check_class_name(name, shown(str(root)), "rename its folder")
     else:
         raise DataError(f"data.root {quoted(str(root))} does not exist; give a folder of class folders or a .csv/.tsv list")
     if not found.files:
-        raise DataError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); expected {_LAYOUT}")
+        raise DataError(f"{shown(str(root))} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); expected {_LAYOUT}")
 
     kept_names = [names(name) for name in found.names]
-    for name, kept in zip(found.names, kept_names):
-        if kept is None:
-            found.left_out[f"class {name}"] += 1
+    rows = _unique_rows(found, kept_names, root)
+    for i in rows:
+        if kept_names[i] is None:
+            found.left_out[f"class {found.names[i]}"] += 1
     # A class folder without images is a class too: it is named below, not lost.
     class_names = names.order([k for k in [*kept_names, *map(names, sorted(found.folders))] if k is not None])
     if len(class_names) < min_classes:
-        raise DataError(f"{root}: found {len(class_names)} class(es) {class_names}; at least {min_classes} are needed ({_LAYOUT})")
-    index = {name: i for i, name in enumerate(class_names)}
-    rows = [i for i, kept in enumerate(kept_names) if kept is not None]
+        raise DataError(
+            f"{shown(str(root))}: found {len(class_names)} class(es) {quoted(class_names)}; at least {min_classes} are needed ({_LAYOUT})"
+        )
+    rows = [i for i in rows if kept_names[i] is not None]
+    if draw:  # a lab's folder to evaluate on may lack some of the model's classes
+        _check_every_class_found(root, class_names, names, found, [kept_names[i] for i in rows])
+    # Looked up as matched: TRAIN/EOSINOPHIL and TEST/Eosinophil are one class.
+    index = {normal(name): i for i, name in enumerate(class_names)}
     files = np.array([found.files[i] for i in rows], dtype=str)
-    labels = np.array([index[kept_names[i]] for i in rows], np.int32)
-    pattern = _compile(group_pattern)
+    labels = np.array([index[normal(kept_names[i])] for i in rows], np.int32)
     groups = np.array([found.groups[i] or _group(pattern, found.files[i]) for i in rows], dtype=str)
     given = np.array([found.splits[i] for i in rows], dtype=str)
     if draw:
-        splits = draw_splits(labels, groups, given, val_fraction, test_fraction, seed)
+        try:
+            splits = draw_splits(labels, groups, given, val_fraction, test_fraction, seed)
+        except DataError as exc:  # said of the folder or list it is about
+            raise DataError(f"{shown(str(root))}: {exc}") from None
     else:
         splits = np.full(len(rows), "test", dtype=object).astype(str)
     listing = Listing(base, files, labels, groups, splits, class_names, dict(found.left_out))
-    if draw:  # a lab's folder to evaluate on may lack some of the model's classes
-        _check_classes(listing, root)
-    return dataclasses.replace(listing, warnings=_shared_groups(listing) if draw else ())
+    if draw:
+        gaps = _check_classes(listing, root, partial_splits)
+    return dataclasses.replace(listing, warnings=(*gaps, *_shared_groups(listing)) if draw else ())
+
+
+def _unique_rows(found: _Found, kept_names: list[str | None], root: Path) -> list[int]:
+    """The rows to keep: a file listed twice with one class once (the second counted); a
+    DataError where its rows give it two classes or two splits."""
+    matched = [None if kept is None else normal(kept) for kept in kept_names]
+    first: dict[str, int] = {}
+    rows = []
+    for i, file in enumerate(found.files):
+        j = first.setdefault(os.path.normpath(file), i)
+        if j == i:
+            rows.append(i)
+            continue
+        where = f"{root}, lines {found.lines[j]} and {found.lines[i]}: {quoted(file)} is listed"
+        if matched[j] != matched[i]:
+            raise DataError(f"{where} as {quoted(found.names[j])} and as {quoted(found.names[i])}; keep the one row with its right class")
+        if found.splits[j] != found.splits[i]:
+            raise DataError(f"{where} in the {found.splits[j] or 'drawn'} and the {found.splits[i] or 'drawn'} split; keep one row")
+        found.left_out["duplicate rows"] += 1
+    return rows
+
+
+def _check_every_class_found(root: Path, class_names: list[str], names: ClassNames, found: _Found,
+                             kept: list[str]) -> None:  # fmt: skip
+    """Every class has a file (said before any split is drawn): else one line naming the
+    first without, and, where no folder or label is named so, the names found."""
+    with_files = {normal(name) for name in kept}
+    for name in class_names:
+        if normal(name) in with_files:
+            continue
+        if names.classes is not None and all(names(other) != name for other in [*found.names, *found.folders]):
+            seen = ClassNames(None, None).order([*found.names, *found.folders])
+            raise DataError(
+                f"{shown(str(root))}: class {quoted(name)} has no images in any file: no class folder or list label is "
+                f"named so (found {quoted(seen)}); name its folder so, map one onto it with data.class_aliases, "
+                "or leave it out of data.classes"
+            )
+        raise DataError(f"{shown(str(root))}: class {quoted(name)} has no images in any file; add images of it, or leave it out of data.classes")
 
 
 _LAYOUT = "one folder of images per class (optionally under train/validation/test folders), or a .csv/.tsv list of path,label"
@@ -174,8 +261,9 @@ _LAYOUT = "one folder of images per class (optionally under train/validation/tes
 
 def _scan_folders(root: Path) -> _Found:
     found = _Found()
-    tops = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    tops = _subfolders(root, found)
     split_folders = {p: SPLIT_NAMES[p.name.casefold()] for p in tops if p.name.casefold() in SPLIT_NAMES}
+    class_folders: list[tuple[Path, str]] = []
     if split_folders:
         for top in tops:
             if top not in split_folders:
@@ -185,32 +273,68 @@ def _scan_folders(root: Path) -> _Found:
             if split in seen:
                 raise DataError(f"{root}: two folders for the {split} split, {seen[split].name}/ and {folder.name}/; keep one")
             seen[split] = folder
-            for class_folder in _class_folders(folder):
-                _add_files(found, root, class_folder, split)
+            class_folders += [(class_folder, split) for class_folder in _subfolders(folder, found)]
     else:
-        for class_folder in tops:
-            _add_files(found, root, class_folder, "")
-    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        class_folders = [(class_folder, "") for class_folder in tops]
+    walk = _Walk([class_folder for class_folder, _ in class_folders])
+    for class_folder, split in class_folders:
+        _add_files(found, root, class_folder, split, walk)
+    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
     if loose:
         found.left_out["images outside a class folder"] += len(loose)
     return found
 
 
-def _class_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _subfolders(folder: Path, found: _Found) -> list[Path]:
+    """The folders in ``folder``, sorted; hidden files and folders there counted."""
+    kept = []
+    for path in folder.iterdir():
+        if path.name.startswith("."):
+            found.left_out["hidden folders" if path.is_dir() else "hidden files"] += 1
+        elif path.is_dir():
+            kept.append(path)
+    return sorted(kept)
 
 
-def _add_files(found: _Found, root: Path, class_folder: Path, split: str) -> None:
+class _Walk:
+    """The folders read so far, by real path: a symlinked subfolder is followed once, and
+    never one leading into or above a class folder (a loop, or the same files twice)."""
+
+    def __init__(self, class_folders: list[Path]):
+        self.class_folders = [os.path.realpath(folder) for folder in class_folders]
+        self.read: set[str] = set(self.class_folders)
+
+    def enter(self, path: str) -> bool:
+        real = os.path.realpath(path)
+        if real in self.read:
+            return False
+        if os.path.islink(path) and any(os.path.commonpath([real, folder]) in (real, folder) for folder in self.class_folders):
+            return False
+        self.read.add(real)
+        return True
+
+
+def _add_files(found: _Found, root: Path, class_folder: Path, split: str, walk: _Walk) -> None:
     found.folders.add(class_folder.name)
-    for dirpath, dirnames, filenames in os.walk(class_folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for dirpath, dirnames, filenames in os.walk(class_folder, followlinks=True):
+        kept = []
+        for name in sorted(dirnames):
+            if name.startswith("."):
+                found.left_out["hidden folders"] += 1
+            elif walk.enter(os.path.join(dirpath, name)):
+                kept.append(name)
+            else:
+                found.left_out["linked folders listed already"] += 1
+        dirnames[:] = kept
         for name in sorted(filenames):
             if name.startswith("."):
+                found.left_out["hidden files"] += 1
                 continue
             if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
                 found.left_out["files without an image suffix"] += 1
                 continue
             found.files.append(Path(dirpath, name).relative_to(root).as_posix())
+            found.lines.append(0)
             found.names.append(class_folder.name)
             found.splits.append(split)
             found.groups.append(None)
@@ -223,7 +347,11 @@ def _read_list(path: Path) -> _Found:
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f, delimiter=delimiter)
-            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+            rows, last = [], 0
+            for row in reader:  # numbered by the line a row starts on (a quoted cell may hold line breaks)
+                if any(cell.strip() for cell in row):
+                    rows.append((last + 1, row))
+                last = reader.line_num
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read the list ({exc}); expected UTF-8 text with columns path,label") from None
     columns: dict[str, int | None] = {"path": 0, "label": 1, "group": 2, "split": 3}
@@ -239,18 +367,35 @@ def _read_list(path: Path) -> _Found:
         cell = lambda key: row[columns[key]].strip() if columns.get(key) is not None and columns[key] < len(row) else ""  # noqa: E731
         file, label = cell("path"), cell("label")
         if not file or not label:
-            raise DataError(f"{path}, line {number}: {row} lacks a path or a label (columns path,label[,group][,split])")
+            raise DataError(f"{path}, line {number}: {quoted(row)} lacks a path or a label (columns path,label[,group][,split])")
+        for what, text in (("path", file), ("class", label)):
+            if has_line_break(text):
+                raise DataError(
+                    f"{path}, line {number}: the {what} {quoted(text)} holds a line break (a quoted cell over two lines); "
+                    "write it on one line"
+                )
+        check_class_name(label, f"{path}, line {number}", "fix that cell")
         split = cell("split")
         if split and normal(split) not in SPLIT_NAMES:
             raise DataError(f"{path}, line {number}: split {quoted(split)} is not one of train, validation, test (or empty)")
         if Path(file).suffix.lower() not in IMAGE_SUFFIXES:
+            if (path.parent / file).is_dir():
+                raise DataError(_a_folder(path, number, file))
             found.left_out["files without an image suffix"] += 1
             continue
         found.files.append(Path(file).as_posix())
+        found.lines.append(number)
         found.names.append(label)
         found.splits.append(SPLIT_NAMES[normal(split)] if split else "")
         found.groups.append(cell("group") or None)
     return found
+
+
+def _a_folder(list_file: Path, number: int, file: str) -> str:
+    return (
+        f"{list_file}, line {number}: {quoted(file)} is a folder; a row names one image file "
+        "(list the folder's images a row each, or give the folder itself as data.root)"
+    )
 
 
 def _compile(pattern: str | None) -> re.Pattern | None:
@@ -262,7 +407,41 @@ def _compile(pattern: str | None) -> re.Pattern | None:
         raise DataError(f"data.group_pattern {quoted(pattern)} is not a regular expression ({exc})") from None
     if compiled.groups < 1:
         raise DataError(f"data.group_pattern {quoted(pattern)} has no (group); put the part that names the group in parentheses")
+    if _nested_repeat(_parser.parse(pattern)):
+        raise DataError(
+            f"data.group_pattern {quoted(pattern)} has a nested quantifier (a repeated group that repeats inside, "
+            "as in (a+)+), which Python's engine can take exponentially long to search in some file names; "
+            "write it with one quantifier per part, e.g. '^([^_/]+)_' or '(slide\\d+)'"
+        )
     return compiled
+
+
+_REPEATS = {_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT}
+
+
+def _nested_repeat(items, repeated: bool = False) -> bool:
+    """Whether a parsed pattern repeats (more than once) something that itself repeats:
+    the shape that backtracks exponentially, as ``(a+)+$`` on ``aaaa...b``."""
+    for op, value in items:
+        if op in _REPEATS:
+            _, most, body = value
+            many = most > 1  # an unbounded repeat's most is MAXREPEAT
+            if (many and repeated) or _nested_repeat(body, repeated or many):
+                return True
+            continue
+        if op in (_sre.SUBPATTERN, _sre.ASSERT, _sre.ASSERT_NOT):
+            inner = [value[-1]]
+        elif op is _sre.BRANCH:
+            inner = value[1]
+        elif op is _sre.ATOMIC_GROUP:
+            inner = [value]
+        elif op is _sre.GROUPREF_EXISTS:
+            inner = [branch for branch in value[1:] if branch is not None]
+        else:
+            inner = []
+        if any(_nested_repeat(branch, repeated) for branch in inner):
+            return True
+    return False
 
 
 def _group(pattern: re.Pattern | None, file: str) -> str:
@@ -298,23 +477,40 @@ def _held_out(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
     # The fold is drawn over integer codes: the group names' own order must not matter.
     codes = np.unique(groups, return_inverse=True)[1]
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    _, held = next(splitter.split(np.zeros(len(labels)), labels, codes))
+    with warnings.catch_warnings():
+        # "The least populated class in y has only N members": a rare class is drawn as it
+        # can be; what each split lacks is checked and said afterwards.
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        try:
+            _, held = next(splitter.split(np.zeros(len(labels)), labels, codes))
+        except ValueError:  # scikit-learn's: every class has fewer images than folds
+            raise DataError(
+                f"every class has fewer than {folds} images (at most {np.bincount(labels).max()}): too few to draw "
+                f"{fraction:g} of each for a split; add images, or give train/validation/test folders"
+            ) from None
     mask = np.zeros(len(labels), bool)
     mask[held] = True
     return mask
 
 
-def _check_classes(listing: Listing, root: Path) -> None:
-    """Every class has images in every split: else one line naming the first that has none."""
+def _check_classes(listing: Listing, root: Path, partial_splits: bool = False) -> tuple[str, ...]:
+    """Every class has images in every split: else one line naming the first that has none.
+    With ``partial_splits``, only training images are required; the gaps in validation and
+    test are warnings, returned."""
+    gaps = []
     for split in SPLITS:
         present = set(listing.labels[listing.splits == split].tolist())
         for label, name in enumerate(listing.class_names):
             if label not in present:
+                if partial_splits and split != "train" and np.any(listing.labels == label):
+                    gaps.append(f"warning: class {quoted(name)} has no images in the {split} split")
+                    continue
                 where = "in any file" if not np.any(listing.labels == label) else f"in the {split} split"
                 fix = "add images of it, or leave it out of data.classes"
                 if where != "in any file":
                     fix += " (with split folders: add its folder to that split's; else: it has too few groups to draw every split)"
                 raise DataError(f"{root}: class {quoted(name)} has no images {where}; {fix}")
+    return tuple(gaps)
 
 
 def _shared_groups(listing: Listing) -> tuple[str, ...]:
@@ -328,18 +524,24 @@ def _shared_groups(listing: Listing) -> tuple[str, ...]:
     return tuple(warnings)
 
 
-def _check_files(base: Path, files: list[str], list_file: Path) -> None:
-    missing = [file for file in files if not (base / file).is_file()]
+def _check_files(base: Path, found: _Found, list_file: Path) -> None:
+    missing = [i for i, file in enumerate(found.files) if not (base / file).is_file()]
+    for i in missing:
+        if (base / found.files[i]).is_dir():
+            raise DataError(_a_folder(list_file, found.lines[i], found.files[i]))
     if missing:
         raise DataError(
-            f"{list_file}: {len(missing)} listed file(s) do not exist, e.g. {base / missing[0]}; "
+            f"{list_file}: {len(missing)} listed file(s) do not exist, e.g. {shown(str(base / found.files[missing[0]]))}; "
             "paths are relative to the list's folder"
         )
 
 
 def fingerprint(root: Path, listing: Listing) -> str:
     """What identifies the files a prepared copy was made from, without reading an image:
-    every listed file's path, class, split, size and modification time."""
+    every listed file's path, class, split, size and modification and change times, and a
+    list file's own. The same whatever spelling names the folder or list (relative, through
+    a symlink), as the prepared copy's config is: else each spelling prepares it again."""
+    root = Path(root).expanduser().resolve()
     rows = zip(listing.files.tolist(), listing.labels.tolist(), listing.splits.tolist())
     listed = [(f"{file}\0{label}\0{split}", listing.root / file) for file, label, split in rows]
     return files_fingerprint(([(root.name, root)] if root.is_file() else []) + listed)

@@ -15,16 +15,17 @@ from keras_blood.data.base import DataBundle
 from keras_blood.data.decoded import RESIZE_METHOD, load_decoded
 from keras_blood.data.prepared import prepared_builder, stamp
 from keras_blood.data.sources.image_folder.builder import ImageFolder, make_config
-from keras_blood.data.sources.image_folder.listing import fingerprint, source_listing
+from keras_blood.data.sources.image_folder.listing import fingerprint, shown, source_listing
 
 
 def load_image_folder(config: DataConfig, seed: int = 0) -> DataBundle:
     listing = source_listing(config, seed)
     root = config.given_root()
-    print(f"Data: {root}: {listing.counts()}", flush=True)
+    print(f"Data: {shown(str(root))}: {listing.counts()}", flush=True)
     current = fingerprint(root.expanduser(), listing)
     builder_config = make_config(root, tuple(config.classes or ()), config.class_aliases, config.group_pattern,
-                                 config.val_fraction, config.test_fraction, seed, config.skip_unreadable)  # fmt: skip
+                                 config.val_fraction, config.test_fraction, seed, config.skip_unreadable,
+                                 config.max_pixels, config.partial_splits)  # fmt: skip
     builder = prepared_builder(
         ImageFolder,
         builder_config,
