@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     from keras_blood.training.adapt import adapt_version
 
-    adapted = adapt_version(args.version, entries, " ".join(args.data), args.overrides, args.batch_size)
+    adapted = adapt_version(args.version, entries, args.data, args.overrides, args.batch_size)
     print(adapted)
     return adapted
 

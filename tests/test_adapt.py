@@ -62,7 +62,7 @@ def test_adapt_publishes_a_version_fitted_to_a_labs_images_that_a_server_loads(s
     new = tmp_path / "saved_models" / "tiny" / "2"
     assert adapted.stdout.strip().splitlines()[-1] == str(new)
     record = json.loads((new / "assets.extra" / "adaptation.json").read_text())
-    assert record["adapted_from"] == str(version.resolve()) and record["data"] == str(lab.resolve())
+    assert record["adapted_from"] == str(version.resolve()) and record["data"] == [str(lab.resolve())]
     assert record["images"] == 40 and record["left_out"] == 0
 
     from keras_blood.serving.version import load_keras_model

@@ -107,13 +107,17 @@ def load_version(path: str | Path) -> ExportedVersion:
     path = Path(path)
     if not (path / "saved_model.pb").is_file():
         raise ExportError(f"{path} is not an exported model version (no saved_model.pb)")
+    class_names, recipe = read_records(path)
+    return ExportedVersion(path, _load_saved_model(path), class_names, Preparation.from_json(recipe))
+
+
+def read_records(path: Path) -> tuple[list[str], dict[str, Any]]:
+    """A version's class names and preparation recipe (as recorded: JSON), from its files."""
     extra = path / "assets.extra"
     try:
-        class_names = json.loads((extra / "class_names.json").read_text())
-        recipe = json.loads((extra / "preparation.json").read_text())
+        return json.loads((extra / "class_names.json").read_text()), json.loads((extra / "preparation.json").read_text())
     except (OSError, ValueError) as exc:
         raise ExportError(f"{path}: unreadable assets.extra ({exc})") from None
-    return ExportedVersion(path, _load_saved_model(path), class_names, Preparation.from_json(recipe))
 
 
 def _load_saved_model(path: Path):

@@ -19,7 +19,6 @@ preparation are the version's, and the new version records where it came from
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,12 +30,12 @@ import tensorflow as tf
 
 from keras_blood.config.loading import load_config
 from keras_blood.config.paths import version_config_file
-from keras_blood.errors import DataError, ExportError
+from keras_blood.errors import DataError
 from keras_blood.preparation.decode import Preparation
 from keras_blood.preparation.steps import make_preprocess
 from keras_blood.serving.export import export_model
 from keras_blood.serving.predict import Progress, prepared_files
-from keras_blood.serving.version import load_keras_model
+from keras_blood.serving.version import load_keras_model, read_records
 
 ADAPTATION_RECORD = "adaptation.json"  # in assets.extra: the version and the images it was fitted from
 
@@ -127,25 +126,20 @@ def model_inputs(entries: list[tuple[str, str]], config, preparation: Preparatio
 def adapt_version(
     version: str | Path,
     entries: list[tuple[str, str]],
-    data: str | Path,
+    data: Sequence[str],
     overrides: Sequence[str] = (),
     batch_size: int = 64,
     min_images: int = 20,
 ) -> Path:
     """Publish ``version`` fitted to the images of ``entries`` (``(path, error)`` pairs, as
-    :func:`keras_blood.serving.request.check_request` gives them; ``data``: the folder they
-    were found in, for the record) and return the new version's folder.
+    :func:`keras_blood.serving.request.check_request` gives them; ``data``: the folders, files
+    or globs they were found in, for the record) and return the new version's folder.
 
     The new version goes under ``output.name`` (the version's own name unless ``overrides``
     set it), numbered after the newest there."""
     version = Path(version)
     start = time.perf_counter()
-    extra = version / "assets.extra"
-    try:
-        recipe = json.loads((extra / "preparation.json").read_text())
-        class_names = json.loads((extra / "class_names.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"{version}: unreadable assets.extra ({exc}); is it an exported version?") from None
+    class_names, recipe = read_records(version)
     config = load_config(version_config_file(version), list(overrides))
     # The adapted version has no test figures of its own: it is published as it is.
     config = config.model_copy(update={"output": config.output.model_copy(update={"publish": "always", "publish_if_better": False})})
@@ -161,15 +155,15 @@ def adapt_version(
         print(f"warning: {path}: left out ({why})", flush=True)
     if used < min_images:
         raise DataError(
-            f"{data}: {used} readable image(s) ({len(failed)} unreadable); at least {min_images} are needed to "
+            f"{' '.join(data)}: {used} readable image(s) ({len(failed)} unreadable); at least {min_images} are needed to "
             "estimate a lab's statistics: add captures of the lab"
         )
     adapted = adapt_batch_norm(model, batches)
-    print(f"Adapted {adapted} batch-normalisation layers to {used} images of {data} "
+    print(f"Adapted {adapted} batch-normalisation layers to {used} images of {' '.join(data)} "
           f"({len(failed)} left out) in {time.perf_counter() - start:.1f} s", flush=True)  # fmt: skip
     record: dict[str, Any] = {
         "adapted_from": str(version.resolve()),
-        "data": str(Path(data).resolve()),
+        "data": [str(Path(path).resolve()) for path in data],
         "images": used,
         "left_out": len(failed),
         "method": "AdaBN: batch-normalisation statistics re-estimated on the lab's images",

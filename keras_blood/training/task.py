@@ -26,6 +26,7 @@ from keras_blood.config.schema import Config
 from keras_blood.data import DataBundle, load_data
 from keras_blood.data.augment import make_augment
 from keras_blood.data.pipeline import make_dataset
+from keras_blood.data.splits import SPLITS
 from keras_blood.errors import ConfigError, DataError
 from keras_blood.evaluation.report import score_test_split
 from keras_blood.files import write_atomic
@@ -39,8 +40,6 @@ from keras_blood.training.callbacks import SourceValidation
 from keras_blood.training.runs import FINISHED, RunError, RunFolder
 from keras_blood.training.runtime import Cluster, seed_everything
 from keras_blood.training.transfer import Transfer, prepare_transfer
-
-REQUIRED_SPLITS = ("train", "val", "test")
 
 
 def member_seeds(seed: int, count: int) -> list[int]:
@@ -83,7 +82,7 @@ def make_optimizer(config: Config, steps_per_epoch: int):
 def load_checked_data(config: Config) -> DataBundle:
     """The data the config names, with every split training needs (DataError if not)."""
     data = load_data(config.data, config.seed)
-    for split in REQUIRED_SPLITS:
+    for split in SPLITS:  # training, validation (the checkpoint) and test (the report)
         if split not in data.splits or len(data.splits[split]) == 0:
             raise DataError(f"data source {data.name!r} has no {split!r} examples")
     return data

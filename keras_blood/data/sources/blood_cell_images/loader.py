@@ -21,7 +21,14 @@ from keras_blood.data.base import DataBundle, missing_classes
 from keras_blood.data.classes import match_classes
 from keras_blood.data.decoded import RESIZE_METHOD, encoded_splits, load_decoded
 from keras_blood.data.prepared import prepared_builder, stamp
-from keras_blood.data.sources.blood_cell_images.builder import BloodCellImages, builder_config, check_layout, source_fingerprint
+from keras_blood.data.sources.blood_cell_images.builder import (
+    FOLDERS,
+    BloodCellImages,
+    builder_config,
+    check_layout,
+    source_fingerprint,
+)
+from keras_blood.data.splits import TFDS_SPLITS
 from keras_blood.errors import DataError
 
 DEFAULT_ROOT = Path("~/blood-cell-images/dataset2-master/images")
@@ -70,5 +77,5 @@ def _why_empty(root: Path, split: str, name: str) -> str:
     fix = "add images, or leave the class out with data.classes"
     if split == "val":  # validation holds out whole source cells and keeps one for train
         return f"{root / 'TRAIN' / name} holds images of one source cell only; {fix}"
-    folder = root / {"train": "TRAIN", "test": "TEST", "test_simple": "TEST_SIMPLE"}[split] / name
+    folder = root / FOLDERS[TFDS_SPLITS[split]] / name
     return f"{folder} {'holds no files' if folder.is_dir() else 'does not exist'}; {fix}"
