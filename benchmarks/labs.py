@@ -1,8 +1,17 @@
-"""Benchmark: the lab table, how configs/wbc_multilab.yaml does in each lab (not part of the tests).
+"""Benchmark: the lab table, how configs/wbc_multilab.yaml does in each lab, and
+leave-one-lab-out for configs/wbc_labs.yaml (not part of the tests).
 
     python benchmarks/labs.py --kaggle DIR --bloodmnist DIR --pbc ../shared/data/pbc-captures/labels.tsv \\
         [--rows both kaggle bloodmnist] [--finetune 100 300 1000] [--reuse both=saved_models/wbc_multilab/1] \\
         [--set key=value ...]
+    python benchmarks/labs.py --leave-one-out --kaggle DIR --bloodmnist DIR --pbc ../shared/data/pbc-captures/labels.tsv \\
+        --bionet ../shared/data/labs/bionet_pk/labels.tsv --andrade ../shared/data/labs/leukocytes_andrade/labels.tsv \\
+        [--labs kaggle bloodmnist bionet andrade] [--set key=value ...]
+
+``--leave-one-out`` trains wbc_labs.yaml once per lab with that lab left out
+(``data.sources.<lab>=null``) and scores it on that lab (:func:`left_out_images`: never a
+test split, never the BCCD fields), zero-shot and after ``adapt`` on the same images; the
+mean balanced accuracy over the left-out labs is the figure a lever is chosen on.
 
 Rows are what a model was trained on, with the config's one recipe: the Kaggle images
 alone, BloodMNIST alone (its four white-cell classes), both; and the BloodMNIST model
@@ -77,17 +86,126 @@ def score(version: Path, args, reports: Path) -> dict[str, float]:
     return figures
 
 
+LOO_CONFIG = REPO / "configs" / "wbc_labs.yaml"
+LOO_LABS = ("kaggle", "bloodmnist", "bionet", "andrade")
+# Classes only one lab has: left out of data.classes (and of its scoring) when that lab is.
+ONLY_IN = {"bloodmnist": ["basophil"]}
+
+
+def without_lab(lab: str) -> list[str]:
+    """The overrides that leave ``lab`` out of wbc_labs.yaml (and the classes only it has)."""
+    from keras_blood.config.loading import load_config
+
+    overrides = [f"data.sources.{lab}=null"]
+    if lab in ONLY_IN:
+        classes = [c for c in load_config(LOO_CONFIG).data.classes if c not in ONLY_IN[lab]]
+        overrides.append(f"data.classes=[{', '.join(classes)}]")
+    return overrides
+
+
+def left_out_images(lab: str, args, folder: Path) -> Path:
+    """The images a recipe is scored on with ``lab`` left out, as a list file in ``folder``:
+    never a test split, never the BCCD fields. Kaggle: a seeded 250 a class of TRAIN (the
+    augmentations of its 277 source cells); BloodMNIST: the PBC captures behind its
+    validation rows (its raw files); a lab's own list: its rows outside the test split that
+    training draws (the same seed), so that its test split stays unread."""
+    import numpy as np
+
+    from keras_blood.config.loading import load_config
+    from keras_blood.data.sources.image_folder.listing import list_images, source_config_of, source_listing
+
+    config = load_config(LOO_CONFIG, [f"data.sources.{name}.root={getattr(args, name)}" for name in LOO_LABS] + [
+        o for o in without_lab(lab) if o.startswith("data.classes=")])  # fmt: skip
+    if lab == "bloodmnist":  # the model's classes of the 320 captures (40 a class)
+        listing = list_images(args.pbc, config.data.classes, config.data.class_aliases, draw=False, min_classes=1)
+        rows = [(str(listing.root / file), listing.class_names[label]) for file, label in zip(listing.files, listing.labels)]
+    elif lab == "kaggle":
+        rng = np.random.default_rng(0)
+        rows = []
+        for class_folder in sorted(p for p in (args.kaggle / "TRAIN").iterdir() if p.is_dir()):
+            files = sorted(class_folder.iterdir())
+            rows += [(str(f), class_folder.name) for f in rng.choice(files, min(250, len(files)), replace=False)]
+    else:
+        # Listed as training lists it (the classes it has, the run's seed): the same test split.
+        listing = source_listing(source_config_of(config.data, lab), config.seed)
+        rows = [(str(listing.root / file), listing.class_names[label])
+                for file, label, split in zip(listing.files, listing.labels, listing.splits) if split != "test"]  # fmt: skip
+    path = folder / f"{lab}-left-out.tsv"
+    path.write_text("file\tlabel\n" + "".join(f"{file}\t{label}\n" for file, label in rows))
+    return path
+
+
+def leave_one_out(args) -> None:
+    """Train the recipe once per lab with that lab left out; score it there, zero-shot and
+    after ``adapt`` on the same images (their labels unread), and say how it did in the labs
+    it trained on (their validation splits)."""
+    from keras_blood.config.loading import load_config
+    from keras_blood.evaluation.evaluate_version import evaluate_files
+    from keras_blood.serving.request import expand_inputs
+    from keras_blood.training.adapt import adapt_version
+    from keras_blood.training.trainer import train
+
+    roots = [f"data.sources.{lab}.root={getattr(args, lab)}" for lab in LOO_LABS]
+    out = Path(f"labs-leave-one-out-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    table = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for lab in args.labs:
+            start = time.perf_counter()
+            overrides = [*roots, *without_lab(lab), *args.overrides, f"output.name=loo_{lab}"]
+            result = train(load_config(LOO_CONFIG, overrides))
+            version = result.export_dir
+            images = left_out_images(lab, args, Path(tmp))
+            zero = evaluate_files(version, images, output_dir=Path(tmp) / "reports").metrics
+            files = [line.split("\t")[0] for line in images.read_text().splitlines()[1:]]
+            adapted = adapt_version(version, expand_inputs(files), [str(images)], args.overrides)
+            after = evaluate_files(adapted, images, output_dir=Path(tmp) / "reports").metrics
+            metrics = json.loads((version / "assets.extra" / "metrics.json").read_text())
+            row = {
+                "left_out": lab,
+                "n": zero["num_examples"],
+                "zero_shot_balanced": zero["balanced_accuracy"],
+                "adapted_balanced": after["balanced_accuracy"],
+                "recall": {c: round(v["recall"], 3) for c, v in zero["per_class"].items() if v["support"]},
+                "adapted_recall": {c: round(v["recall"], 3) for c, v in after["per_class"].items() if v["support"]},
+                "confusion": zero["confusion_matrix"],
+                "val_by_source": metrics.get("best_val_accuracy_by_source"),
+                "minutes": (time.perf_counter() - start) / 60,
+            }
+            table.append(row)
+            print(f"left out {lab}: {json.dumps(row)}", flush=True)
+            out.write_text(json.dumps(table, indent=2))  # row by row: a failed row keeps the others
+    print("\n| left out | images | zero-shot balanced | adapted balanced | recall (zero-shot) | in training: validation accuracy |")
+    print("|---|---|---|---|---|---|")
+    for r in table:
+        val = ", ".join(f"{k} {v:.3f}" for k, v in (r["val_by_source"] or {}).items())
+        recall = ", ".join(f"{k} {v:.2f}" for k, v in r["recall"].items())
+        print(f"| {r['left_out']} | {r['n']} | {r['zero_shot_balanced']:.3f} | {r['adapted_balanced']:.3f} | {recall} | {val} |")
+    zero = [r["zero_shot_balanced"] for r in table]
+    adapted = [r["adapted_balanced"] for r in table]
+    print(f"\nmean over left-out labs: zero-shot {sum(zero) / len(zero):.3f}, adapted {sum(adapted) / len(adapted):.3f}")
+    print(f"written: {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kaggle", type=Path, required=True, help="the Kaggle images folder (TRAIN/, TEST/)")
     parser.add_argument("--bloodmnist", type=Path, required=True, help="the folder of bloodmnist.npz")
     parser.add_argument("--pbc", type=Path, required=True, help="pbc-captures/labels.tsv, or a folder of class folders")
+    parser.add_argument("--leave-one-out", action="store_true",
+                        help="configs/wbc_labs.yaml once per lab with it left out (needs --bionet and --andrade)")  # fmt: skip
+    parser.add_argument("--bionet", type=Path, help="bionet_pk/labels.tsv (--leave-one-out)")
+    parser.add_argument("--andrade", type=Path, help="leukocytes_andrade/labels.tsv (--leave-one-out)")
+    parser.add_argument("--labs", nargs="+", default=list(LOO_LABS), choices=LOO_LABS, help="the labs to leave out in turn")
     parser.add_argument("--rows", nargs="+", default=["both", "kaggle", "bloodmnist"], choices=["both", "kaggle", "bloodmnist"])
     parser.add_argument("--finetune", type=int, nargs="*", default=[100, 300, 1000],
                         help="Kaggle TRAIN images to fine-tune the bloodmnist row on (none: no fine-tuning)")  # fmt: skip
     parser.add_argument("--reuse", action="append", default=[], metavar="ROW=VERSION", help="score this version as ROW")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
+    if args.leave_one_out:
+        if args.bionet is None or args.andrade is None:
+            parser.error("--leave-one-out needs --bionet and --andrade")
+        return leave_one_out(args)
     roots = [f"data.sources.kaggle.root={args.kaggle}", f"data.sources.bloodmnist.root={args.bloodmnist}"]
     args.data_overrides = [o for o in args.overrides if o.startswith("data.tfds_dir=")]
     reused = dict(item.split("=", 1) for item in args.reuse)
