@@ -375,6 +375,7 @@ def report_of(result) -> dict:
     return json.loads((Path(result.stdout.strip().splitlines()[-1]) / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_evaluate_data_reads_long_bmps_and_names_an_unreadable_file_and_the_key(lab_version, command, tmp_path):
     root = lab_folder(tmp_path / "lab", per_class=5)
     (root / "eosinophil" / "long.bmp").write_bytes(encode(np.full((40, 30, 3), 200, np.uint8), "BMP") + b"\0\0")
