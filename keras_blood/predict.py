@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from keras_blood.config.cli import files_parser, run_main
+from keras_blood.preparation.limits import MAX_PIXELS  # no TensorFlow: an argument is checked at once
 from keras_blood.serving.request import check_request
-
-MAX_PIXELS = 50_000_000  # keras_blood.preparation.decode.MAX_PIXELS (not imported: it loads TensorFlow)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
