@@ -45,9 +45,8 @@ def test_the_moving_statistics_become_the_mean_over_the_batches_and_nothing_else
 
 @pytest.mark.slow
 def test_adapt_publishes_a_version_fitted_to_a_labs_images_that_a_server_loads(synthetic, tmp_path, command, model_server):
-    from keras_blood.training.trainer import train
-
     from keras_blood.config.schema import ResNetConfig
+    from keras_blood.training.trainer import train
 
     config = synthetic(train={"epochs": 2})
     config = config.model_copy(update={"model": ResNetConfig(name="resnet", widths=(8, 16), blocks_per_stage=1)})

@@ -248,8 +248,8 @@ def test_a_damaged_copy_whose_source_is_gone_names_the_folder(tmp_path):
 def test_a_record_damaged_inside_names_the_folder_to_delete(tmp_path):
     from keras_blood.config.schema import DataConfig
     from keras_blood.data import load_data
-    from keras_blood.data.sources.bloodmnist import loader as bloodmnist
     from keras_blood.data.prepared import damage as damage_of
+    from keras_blood.data.sources.bloodmnist import loader as bloodmnist
     from keras_blood.errors import DataError
 
     _, root, copy = prepared_copy(tmp_path)

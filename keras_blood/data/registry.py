@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from keras_blood.config.schema import DataConfig
-from keras_blood.data.mixture import load_sources
 from keras_blood.data.base import DataBundle
+from keras_blood.data.mixture import load_sources
 from keras_blood.data.sources.blood_cell_images.loader import load_blood_cell_images
 from keras_blood.data.sources.bloodmnist.loader import load_bloodmnist
 from keras_blood.data.sources.image_folder.loader import load_image_folder

@@ -37,10 +37,10 @@ from typing import Any
 from keras_blood.config.loading import load_config
 from keras_blood.config.paths import version_config_file
 from keras_blood.data import DataBundle, load_data
+from keras_blood.data.lab_data import lab_listing, listing_notes, pooled_line, pooled_split_folders
 from keras_blood.data.sources.image_folder.listing import Listing
 from keras_blood.errors import ConfigError, DataError
 from keras_blood.evaluation.gradcam import gradcam_panel
-from keras_blood.data.lab_data import lab_listing, listing_notes, pooled_line, pooled_split_folders
 from keras_blood.evaluation.metrics import classification_metrics, one_vs_rest_aucs, per_class_table, summary_line
 from keras_blood.evaluation.plots import (
     plot_confusion_matrix,

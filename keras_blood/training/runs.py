@@ -35,6 +35,7 @@ from typing import Any
 from keras_blood.config.loading import load_config, save_config
 from keras_blood.config.paths import STATUS
 from keras_blood.config.schema import Config
+from keras_blood.data.split_record import split_changes
 from keras_blood.errors import ConfigError, KerasBloodError
 from keras_blood.files import (
     digest,
@@ -314,8 +315,6 @@ def check_resumed_data(run: RunFolder, current: dict[str, Any]) -> None:
     split as when ``run`` started: resuming would train on files it validated and tested on
     before, and test on files it trained on. Files rewritten with the same split, or a
     published data set's files changed: a warning line, and the run goes on."""
-    from keras_blood.data.split_record import split_changes
-
     path = run.path / DATA_SPLIT
     if not path.is_file():
         print(f"warning: {run.path} has no {DATA_SPLIT} (a run of an earlier version): its data is taken "

@@ -35,8 +35,8 @@ from keras_blood.preparation.steps import make_preprocess
 from keras_blood.serving.export import export_model
 from keras_blood.serving.publish import NotPublished, find_run_version
 from keras_blood.training import distribute
-from keras_blood.training.keras_metrics import validation_metrics
 from keras_blood.training.callbacks import SourceValidation
+from keras_blood.training.keras_metrics import validation_metrics
 from keras_blood.training.runs import FINISHED, RunError, RunFolder
 from keras_blood.training.runtime import Cluster, seed_everything
 from keras_blood.training.transfer import Transfer, prepare_transfer

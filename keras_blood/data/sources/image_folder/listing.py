@@ -50,7 +50,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from re import _constants as _sre, _parser  # Python's own parser: no public one; used to refuse a pattern's shape
+from re import _constants as _sre  # Python's own parser: no public one; used to refuse a pattern's shape
+from re import _parser
 
 import numpy as np
 
