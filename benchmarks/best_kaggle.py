@@ -40,8 +40,14 @@ def one_seed(seed: int, overrides: list[str], pbc: Path | None) -> dict:
     import json
 
     m = json.loads((Path(result.run_dir) / "metrics.json").read_text())
-    row = {"seed": seed, "val_acc": m["best_val_accuracy"], "test_acc": m["accuracy"], "test_f1": m["f1_macro"],
-           "train_min": m["train_seconds"] / 60, "version": str(result.export_dir)}
+    row = {
+        "seed": seed,
+        "val_acc": m["best_val_accuracy"],
+        "test_acc": m["accuracy"],
+        "test_f1": m["f1_macro"],
+        "train_min": m["train_seconds"] / 60,
+        "version": str(result.export_dir),
+    }
     root = [o for o in overrides if o.startswith("data.root=")]
     with tempfile.TemporaryDirectory() as tmp:
         row["test_simple_acc"] = evaluate(result.export_dir, root, "test_simple", Path(tmp)).metrics["accuracy"]

@@ -35,7 +35,12 @@ ABLATIONS = {
     "no flips / rotations": ["augment.flip=false", "augment.rot90=false"],
     "no colour jitter": ["augment.brightness=0", "augment.contrast=0", "augment.saturation=0"],
     "no label smoothing": ["train.label_smoothing=0"],
-    "constant learning rate (Adam 1e-3)": ["train.schedule=constant", "train.learning_rate=0.001", "train.optimizer=adam", "train.weight_decay=0"],
+    "constant learning rate (Adam 1e-3)": [
+        "train.schedule=constant",
+        "train.learning_rate=0.001",
+        "train.optimizer=adam",
+        "train.weight_decay=0",
+    ],
     "plain (no residual connections)": ["model.residual=false"],
     "plus MixUp (alpha 0.2)": ["augment.mixup_alpha=0.2"],
 }
@@ -47,7 +52,11 @@ def run(overrides: list[str]) -> dict:
 
     start = time.perf_counter()
     result = train(load_config(REPO / "configs" / "best.yaml", overrides))
-    return {**summarise(result.run_dir), "total_min": (time.perf_counter() - start) / 60, "export": str(result.export_dir)}
+    return {
+        **summarise(result.run_dir),
+        "total_min": (time.perf_counter() - start) / 60,
+        "export": str(result.export_dir),
+    }
 
 
 def throughput(overrides: list[str], steps: int = 25, warmup: int = 5) -> None:
@@ -118,8 +127,16 @@ def plot_curves(rows: dict[str, dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, r in rows.items():
         minutes, acc = zip(*r["curve"])
-        (line,) = ax.plot(minutes, acc, label=f"{name}: validation (one view)", alpha=0.9 if name.startswith("seed") else 0.5)
-        ax.plot(r["train_min"], r["acc"], "o", color=line.get_color(), label=f"{name}: test ACC {r['acc']:.4f}" + (" (TTA)" if r["tta"] else ""))
+        (line,) = ax.plot(
+            minutes, acc, label=f"{name}: validation (one view)", alpha=0.9 if name.startswith("seed") else 0.5
+        )
+        ax.plot(
+            r["train_min"],
+            r["acc"],
+            "o",
+            color=line.get_color(),
+            label=f"{name}: test ACC {r['acc']:.4f}" + (" (TTA)" if r["tta"] else ""),
+        )
     ax.axhline(0.990, color="black", linestyle="--", linewidth=0.8, label="goal: test ACC 0.990")
     ax.axvline(30, color="grey", linestyle=":", linewidth=0.8, label="budget: 30 min")
     ax.set_xlabel("training minutes (wall clock)")
@@ -235,7 +252,18 @@ def main() -> None:
 
     results = new_file(args.out, "results-", ".csv")
     with open(results, "w", newline="") as f:
-        fields = ["run", "acc", "auc", "acc_no_tta", "acc_member", "train_min", "total_min", "params", "export", "run_dir"]
+        fields = [
+            "run",
+            "acc",
+            "auc",
+            "acc_no_tta",
+            "acc_member",
+            "train_min",
+            "total_min",
+            "params",
+            "export",
+            "run_dir",
+        ]
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for name, changes in plan.items():
@@ -243,7 +271,9 @@ def main() -> None:
             writer.writerow({"run": name, **rows[name]})
             f.flush()
 
-    print(f"\n{'run':<38} {'test ACC':>8} {'AUC':>7} {'ACC no TTA':>10} {'ACC member':>10} {'train min':>9} {'params':>8}")
+    print(
+        f"\n{'run':<38} {'test ACC':>8} {'AUC':>7} {'ACC no TTA':>10} {'ACC member':>10} {'train min':>9} {'params':>8}"
+    )
     for name, r in rows.items():
         print(
             f"{name:<38} {r['acc']:8.4f} {r['auc']:7.4f} {r['acc_no_tta']:10.4f} {r['acc_member']:10.4f}"
@@ -253,7 +283,9 @@ def main() -> None:
     # A spread needs two seeds at least; one seed's "± 0" would claim a precision it lacks.
     for key in ("acc", "auc", "acc_no_tta", "acc_member", "train_min") if len(seeds) > 1 else ():
         values = [r[key] for r in seeds]
-        print(f"mean over {len(values)} seeds  {key:<10} {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
+        print(
+            f"mean over {len(values)} seeds  {key:<10} {statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        )
 
     if len(seeds) > 1:
         print_pooled(pooled([r["export"] for r in seeds], args.out))

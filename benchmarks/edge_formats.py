@@ -100,8 +100,13 @@ def bench_version(version_dir: Path, overrides: list[str], args) -> list[dict]:
     test = load_data(config.data, config.seed).splits["test"]
     version = load_version(version_dir)
     threads = os.cpu_count()
-    models = [("SavedModel", saved_model_predictor(version), [version_dir / "saved_model.pb", version_dir / "variables"])]
-    models += [(name, load_edge_model(edge_file(version_dir, f, q), threads), [edge_file(version_dir, f, q)]) for name, f, q in EDGE]
+    models = [
+        ("SavedModel", saved_model_predictor(version), [version_dir / "saved_model.pb", version_dir / "variables"])
+    ]
+    models += [
+        (name, load_edge_model(edge_file(version_dir, f, q), threads), [edge_file(version_dir, f, q)])
+        for name, f, q in EDGE
+    ]
 
     rows, reference = [], None
     for name, model, files in models:

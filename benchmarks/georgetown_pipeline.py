@@ -25,16 +25,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+# The imports below stay after the log level and sys.path are set (hence noqa: E402):
+# TensorFlow reads TF_CPP_MIN_LOG_LEVEL when it loads, and keras_blood is found through REPO.
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_blood.config.schema import Config  # noqa: E402
 from keras_blood.data import load_data  # noqa: E402
 from keras_blood.data.decoded import RESIZE_METHOD  # noqa: E402
-from keras_blood.data.sources.blood_cell_images.builder import scan  # noqa: E402
 from keras_blood.data.pipeline import make_dataset  # noqa: E402
+from keras_blood.data.sources.blood_cell_images.builder import scan  # noqa: E402
 from keras_blood.models.registry import build_model  # noqa: E402
-from keras_blood.preparation.cell_crop import crop_to_cell
+from keras_blood.preparation.cell_crop import crop_to_cell  # noqa: E402
 from keras_blood.preparation.color import extract_colors  # noqa: E402
 from keras_blood.preparation.opencv_reference import extract_colors_cv2  # noqa: E402
 
@@ -74,7 +76,9 @@ def bench_color(images: np.ndarray, cfg, batch: int) -> tuple[float, float]:
 def bench_crop(images: np.ndarray, config: Config, batch: int) -> float:
     """Seconds per pass of the pure-TF cell crop, after a warm-up pass."""
     ds = tf.data.Dataset.from_tensor_slices(images).batch(batch)
-    ds = ds.map(lambda x: crop_to_cell(x, config.data.color, config.data.cell_crop), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(
+        lambda x: crop_to_cell(x, config.data.color, config.data.cell_crop), num_parallel_calls=tf.data.AUTOTUNE
+    )
     drain(ds)
     return min(drain(ds) for _ in range(2))
 

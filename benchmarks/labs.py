@@ -4,7 +4,8 @@ leave-one-lab-out for configs/wbc_labs.yaml (not part of the tests).
     python benchmarks/labs.py --kaggle DIR --bloodmnist DIR --pbc ../shared/data/pbc-captures/labels.tsv \\
         [--rows both kaggle bloodmnist] [--finetune 100 300 1000] [--reuse both=saved_models/wbc_multilab/1] \\
         [--set key=value ...]
-    python benchmarks/labs.py --leave-one-out --kaggle DIR --bloodmnist DIR --pbc ../shared/data/pbc-captures/labels.tsv \\
+    python benchmarks/labs.py --leave-one-out --kaggle DIR --bloodmnist DIR \\
+        --pbc ../shared/data/pbc-captures/labels.tsv \\
         --bionet ../shared/data/labs/bionet_pk/labels.tsv --andrade ../shared/data/labs/leukocytes_andrade/labels.tsv \\
         [--labs kaggle bloodmnist bionet andrade] [--set key=value ...]
 
@@ -73,10 +74,14 @@ def score(version: Path, args, reports: Path) -> dict[str, float]:
         "kaggle_test": evaluate_files(version, args.kaggle / "TEST", output_dir=reports),
         "bloodmnist_test": evaluate(
             version,
-            ["data.sources.kaggle=null", f"data.sources.bloodmnist={{name: bloodmnist, root: '{args.bloodmnist}'}}", *args.data_overrides],
+            [
+                "data.sources.kaggle=null",
+                f"data.sources.bloodmnist={{name: bloodmnist, root: '{args.bloodmnist}'}}",
+                *args.data_overrides,
+            ],
             "test",
             reports,
-        ),  # fmt: skip
+        ),
         "pbc160": evaluate_files(version, args.pbc, output_dir=reports),
     }
     figures = {}
@@ -114,11 +119,16 @@ def left_out_images(lab: str, args, folder: Path) -> Path:
     from keras_blood.config.loading import load_config
     from keras_blood.data.sources.image_folder.listing import list_images, source_config_of, source_listing
 
-    config = load_config(LOO_CONFIG, [f"data.sources.{name}.root={getattr(args, name)}" for name in LOO_LABS] + [
-        o for o in without_lab(lab) if o.startswith("data.classes=")])  # fmt: skip
+    config = load_config(
+        LOO_CONFIG,
+        [f"data.sources.{name}.root={getattr(args, name)}" for name in LOO_LABS]
+        + [o for o in without_lab(lab) if o.startswith("data.classes=")],
+    )
     if lab == "bloodmnist":  # the model's classes of the 320 captures (40 a class)
         listing = list_images(args.pbc, config.data.classes, config.data.class_aliases, draw=False, min_classes=1)
-        rows = [(str(listing.root / file), listing.class_names[label]) for file, label in zip(listing.files, listing.labels)]
+        rows = [
+            (str(listing.root / file), listing.class_names[label]) for file, label in zip(listing.files, listing.labels)
+        ]
     elif lab == "kaggle":
         rng = np.random.default_rng(0)
         rows = []
@@ -128,8 +138,11 @@ def left_out_images(lab: str, args, folder: Path) -> Path:
     else:
         # Listed as training lists it (the classes it has, the run's seed): the same test split.
         listing = source_listing(source_config_of(config.data, lab), config.seed)
-        rows = [(str(listing.root / file), listing.class_names[label])
-                for file, label, split in zip(listing.files, listing.labels, listing.splits) if split != "test"]  # fmt: skip
+        rows = [
+            (str(listing.root / file), listing.class_names[label])
+            for file, label, split in zip(listing.files, listing.labels, listing.splits)
+            if split != "test"
+        ]
     path = folder / f"{lab}-left-out.tsv"
     path.write_text("file\tlabel\n" + "".join(f"{file}\t{label}\n" for file, label in rows))
     return path
@@ -174,15 +187,23 @@ def leave_one_out(args) -> None:
             table.append(row)
             print(f"left out {lab}: {json.dumps(row)}", flush=True)
             out.write_text(json.dumps(table, indent=2))  # row by row: a failed row keeps the others
-    print("\n| left out | images | zero-shot balanced | adapted balanced | recall (zero-shot) | in training: validation accuracy |")
+    print(
+        "\n| left out | images | zero-shot balanced | adapted balanced | recall (zero-shot) "
+        "| in training: validation accuracy |"
+    )
     print("|---|---|---|---|---|---|")
     for r in table:
         val = ", ".join(f"{k} {v:.3f}" for k, v in (r["val_by_source"] or {}).items())
         recall = ", ".join(f"{k} {v:.2f}" for k, v in r["recall"].items())
-        print(f"| {r['left_out']} | {r['n']} | {r['zero_shot_balanced']:.3f} | {r['adapted_balanced']:.3f} | {recall} | {val} |")
+        print(
+            f"| {r['left_out']} | {r['n']} | {r['zero_shot_balanced']:.3f} | {r['adapted_balanced']:.3f} "
+            f"| {recall} | {val} |"
+        )
     zero = [r["zero_shot_balanced"] for r in table]
     adapted = [r["adapted_balanced"] for r in table]
-    print(f"\nmean over left-out labs: zero-shot {sum(zero) / len(zero):.3f}, adapted {sum(adapted) / len(adapted):.3f}")
+    print(
+        f"\nmean over left-out labs: zero-shot {sum(zero) / len(zero):.3f}, adapted {sum(adapted) / len(adapted):.3f}"
+    )
     print(f"written: {out}")
 
 
@@ -191,14 +212,26 @@ def main() -> None:
     parser.add_argument("--kaggle", type=Path, required=True, help="the Kaggle images folder (TRAIN/, TEST/)")
     parser.add_argument("--bloodmnist", type=Path, required=True, help="the folder of bloodmnist.npz")
     parser.add_argument("--pbc", type=Path, required=True, help="pbc-captures/labels.tsv, or a folder of class folders")
-    parser.add_argument("--leave-one-out", action="store_true",
-                        help="configs/wbc_labs.yaml once per lab with it left out (needs --bionet and --andrade)")  # fmt: skip
+    parser.add_argument(
+        "--leave-one-out",
+        action="store_true",
+        help="configs/wbc_labs.yaml once per lab with it left out (needs --bionet and --andrade)",
+    )
     parser.add_argument("--bionet", type=Path, help="bionet_pk/labels.tsv (--leave-one-out)")
     parser.add_argument("--andrade", type=Path, help="leukocytes_andrade/labels.tsv (--leave-one-out)")
-    parser.add_argument("--labs", nargs="+", default=list(LOO_LABS), choices=LOO_LABS, help="the labs to leave out in turn")
-    parser.add_argument("--rows", nargs="+", default=["both", "kaggle", "bloodmnist"], choices=["both", "kaggle", "bloodmnist"])
-    parser.add_argument("--finetune", type=int, nargs="*", default=[100, 300, 1000],
-                        help="Kaggle TRAIN images to fine-tune the bloodmnist row on (none: no fine-tuning)")  # fmt: skip
+    parser.add_argument(
+        "--labs", nargs="+", default=list(LOO_LABS), choices=LOO_LABS, help="the labs to leave out in turn"
+    )
+    parser.add_argument(
+        "--rows", nargs="+", default=["both", "kaggle", "bloodmnist"], choices=["both", "kaggle", "bloodmnist"]
+    )
+    parser.add_argument(
+        "--finetune",
+        type=int,
+        nargs="*",
+        default=[100, 300, 1000],
+        help="Kaggle TRAIN images to fine-tune the bloodmnist row on (none: no fine-tuning)",
+    )
     parser.add_argument("--reuse", action="append", default=[], metavar="ROW=VERSION", help="score this version as ROW")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
@@ -229,7 +262,11 @@ def main() -> None:
             print(f"{row}: {json.dumps(table[-1])} ({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
         for count in args.finetune if "bloodmnist" in versions else []:
             name = f"bloodmnist + {count} kaggle"
-            tuned = [*rows["kaggle"], f"data.sources.kaggle.train_examples={count}", f"model.weights={versions['bloodmnist']}"]
+            tuned = [
+                *rows["kaggle"],
+                f"data.sources.kaggle.train_examples={count}",
+                f"model.weights={versions['bloodmnist']}",
+            ]
             version, minutes = train_row([*tuned, *FINETUNE, *args.overrides, f"output.name=labs_finetune_{count}"])
             table.append({"row": name, "train_min": minutes, **score(version, args, Path(tmp))})
             print(f"{name}: {json.dumps(table[-1])}", flush=True)
@@ -239,7 +276,10 @@ def main() -> None:
         writer = csv.DictWriter(file, columns)
         writer.writeheader()
         writer.writerows(table)
-    print("\n| trained on | Kaggle TEST acc | balanced | BloodMNIST test acc | balanced | PBC-160 acc | balanced | train min |")
+    print(
+        "\n| trained on | Kaggle TEST acc | balanced | BloodMNIST test acc | balanced "
+        "| PBC-160 acc | balanced | train min |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for entry in table:
         cells = [f"{entry[c]:.3f}" for c in columns[1:-1]] + [f"{entry['train_min']:.1f}"]

@@ -73,9 +73,15 @@ def measure(overrides: list[str], steps: int, warmup: int) -> dict:
 
     model.fit(data, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[StepTimer()])
     step = statistics.median(times[warmup:])
-    result = {"workers": strategy.num_replicas_in_sync, "params": model.count_params(), "step_s": step, "images_per_s": batch / step}
+    result = {
+        "workers": strategy.num_replicas_in_sync,
+        "params": model.count_params(),
+        "step_s": step,
+        "images_per_s": batch / step,
+    }
     if cluster is not None:
         size = model.count_params()
+
         def ones():
             return tf.ones([size])
 
@@ -132,12 +138,19 @@ def main() -> None:
     step2 = max(r["step_s"] for r in two)
     reduce_s = max(r["allreduce_s"] for r in two)
     print(f"network: best.yaml {' '.join(args.overrides)} ({one['params']:,} params), global batch from the config")
-    print(f"1 process ({len(os.sched_getaffinity(0))} cores):      step {whole['step_s'] * 1e3:7.1f} ms  {whole['images_per_s']:7.0f} images/s")
+    print(
+        f"1 process ({len(os.sched_getaffinity(0))} cores):      step {whole['step_s'] * 1e3:7.1f} ms  "
+        f"{whole['images_per_s']:7.0f} images/s"
+    )
     print(f"1 worker  (1 core):        step {one['step_s'] * 1e3:7.1f} ms  {one['images_per_s']:7.0f} images/s")
-    print(f"2 workers (1 core each):   step {step2 * 1e3:7.1f} ms  {two[0]['images_per_s']:7.0f} images/s  "
-          f"(speed-up {one['step_s'] / step2:.2f}x)")  # fmt: skip
-    print(f"all-reduce of {two[0]['allreduce_mb']:.2f} MB (the weights' size, float32) over 127.0.0.1: "
-          f"{reduce_s * 1e3:.2f} ms = {100 * reduce_s / step2:.1f}% of a 2-worker step")  # fmt: skip
+    print(
+        f"2 workers (1 core each):   step {step2 * 1e3:7.1f} ms  {two[0]['images_per_s']:7.0f} images/s  "
+        f"(speed-up {one['step_s'] / step2:.2f}x)"
+    )
+    print(
+        f"all-reduce of {two[0]['allreduce_mb']:.2f} MB (the weights' size, float32) over 127.0.0.1: "
+        f"{reduce_s * 1e3:.2f} ms = {100 * reduce_s / step2:.1f}% of a 2-worker step"
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ import tensorflow as tf  # noqa: E402
 
 from keras_blood.config.schema import DataConfig  # noqa: E402
 from keras_blood.data import decoded, load_data  # noqa: E402
-from keras_blood.data.sources.bloodmnist import loader as bloodmnist  # noqa: E402
 from keras_blood.data.sources.blood_cell_images.builder import class_folders, scan, split_by_source  # noqa: E402
+from keras_blood.data.sources.bloodmnist import loader as bloodmnist  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 
@@ -58,12 +58,16 @@ def direct_kaggle(root: Path, size: tuple[int, int], seed: int) -> dict[str, np.
     names = class_folders(root / "TRAIN")
     train = scan(root / "TRAIN", names)
     train_idx, val_idx = split_by_source(train, 0.2, seed)
-    folders = {"train": train.take(train_idx), "val": train.take(val_idx), "test": scan(root / "TEST", names),
-               "test_simple": scan(root / "TEST_SIMPLE", names)}  # fmt: skip
+    folders = {
+        "train": train.take(train_idx),
+        "val": train.take(val_idx),
+        "test": scan(root / "TEST", names),
+        "test_simple": scan(root / "TEST_SIMPLE", names),
+    }
 
     def load(path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        image = tf.image.resize(image, size, method=blood_cell_images.RESIZE_METHOD)
+        image = tf.image.resize(image, size, method=decoded.RESIZE_METHOD)
         return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
     paths = np.concatenate([f.paths for f in folders.values()])
@@ -91,8 +95,11 @@ def run(name: str, config: DataConfig, direct, seed: int, repeats: int) -> None:
     for split, images in arrays.items():
         assert np.array_equal(data.splits[split].images, images), f"{name} {split}: arrays differ"
     count = sum(len(s) for s in data.splits.values())
-    print(f"{name:<34} {count:>6} images  cold {cold:6.1f} s  warm load {warm_s:5.2f} s  "
-          f"direct {direct_s:5.2f} s  (prepared copy {size_mb:.0f} MB)", flush=True)  # fmt: skip
+    print(
+        f"{name:<34} {count:>6} images  cold {cold:6.1f} s  warm load {warm_s:5.2f} s  "
+        f"direct {direct_s:5.2f} s  (prepared copy {size_mb:.0f} MB)",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -107,12 +114,22 @@ def main() -> None:
     tfds.disable_progress_bar()
 
     if (args.bloodmnist / "bloodmnist.npz").is_file():
-        run("bloodmnist 28x28 (all splits)", DataConfig(root=args.bloodmnist), lambda: direct_bloodmnist(args.bloodmnist),
-            seed=42, repeats=args.repeats)  # fmt: skip
+        run(
+            "bloodmnist 28x28 (all splits)",
+            DataConfig(root=args.bloodmnist),
+            lambda: direct_bloodmnist(args.bloodmnist),
+            seed=42,
+            repeats=args.repeats,
+        )
     if (args.kaggle / "TRAIN").is_dir():
         config = DataConfig(name="blood_cell_images", root=args.kaggle)
-        run("blood_cell_images 120x160 (all)", config, lambda: direct_kaggle(args.kaggle, (120, 160), 42),
-            seed=42, repeats=args.repeats)  # fmt: skip
+        run(
+            "blood_cell_images 120x160 (all)",
+            config,
+            lambda: direct_kaggle(args.kaggle, (120, 160), 42),
+            seed=42,
+            repeats=args.repeats,
+        )
 
 
 if __name__ == "__main__":

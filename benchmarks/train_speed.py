@@ -131,7 +131,10 @@ def main() -> None:
     epochs = args.epochs * len(args.configs) if len(args.epochs) == 1 else args.epochs
 
     backup_header = f" {'+backup s':>9}" if args.backup else ""
-    print(f"{'config':<8} {'epochs':>6} {'repeat':>6} {'plain s':>8}{backup_header} {'keras_blood s':>13} {'ratio':>6}", flush=True)
+    print(
+        f"{'config':<8} {'epochs':>6} {'repeat':>6} {'plain s':>8}{backup_header} {'keras_blood s':>13} {'ratio':>6}",
+        flush=True,
+    )
     for name, n in zip(args.configs, epochs):
         path = Path(name) if name.endswith((".yaml", ".yml")) else REPO / "configs" / f"{name}.yaml"
         overrides = [f"train.epochs={n}", "train.early_stopping_patience=0", *args.overrides]
@@ -142,7 +145,9 @@ def main() -> None:
             ours = time_keras_blood(path, overrides)
             rows.append((plain, ours, backed_up))
             extra = f" {backed_up:>9.1f}" if args.backup else ""
-            print(f"{path.stem:<8} {n:>6} {repeat:>6} {plain:>8.1f}{extra} {ours:>13.1f} {plain / ours:>6.2f}", flush=True)
+            print(
+                f"{path.stem:<8} {n:>6} {repeat:>6} {plain:>8.1f}{extra} {ours:>13.1f} {plain / ours:>6.2f}", flush=True
+            )
         plain, ours = (statistics.median(column) for column in list(zip(*rows))[:2])
         ratio = statistics.median(p / o for p, o, _ in rows)
         extra = ""
@@ -151,7 +156,10 @@ def main() -> None:
             extra = f" {statistics.median(b for _, _, b in rows):>9.1f}"
         print(f"{path.stem:<8} {n:>6} {'median':>6} {plain:>8.1f}{extra} {ours:>13.1f} {ratio:>6.2f}", flush=True)
         if args.backup:
-            print(f"{path.stem:<8} BackupAndRestore alone: {per_epoch:+.2f} s per epoch (median over repeats)", flush=True)
+            print(
+                f"{path.stem:<8} BackupAndRestore alone: {per_epoch:+.2f} s per epoch (median over repeats)", flush=True
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -65,8 +65,13 @@ def main() -> None:
     parser.add_argument("--bloodmnist", type=Path, help="folder of bloodmnist.npz (to train the sources)")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
-    parser.add_argument("--source", action="append", default=[], metavar="MODEL=RUN",
-                        help="use this BloodMNIST run as MODEL's source instead of training one")
+    parser.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="MODEL=RUN",
+        help="use this BloodMNIST run as MODEL's source instead of training one",
+    )
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/transfer_kaggle"))
     args = parser.parse_args()
     sources = dict(item.split("=", 1) for item in args.source if "=" in item)
@@ -94,17 +99,27 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=["model", "init", "seed", *COLUMNS, "copied", "run"])
         writer.writeheader()
         writer.writerows(rows)
-    print("| model | weights | seed | " + " | ".join(COLUMNS) + " | layers copied (of all with weights) |\n|" + "---|" * (len(COLUMNS) + 4))
+    print(
+        "| model | weights | seed | "
+        + " | ".join(COLUMNS)
+        + " | layers copied (of all with weights) |\n|"
+        + "---|" * (len(COLUMNS) + 4)
+    )
     for row in rows:
-        print(f"| {row['model']} | {row['init']} | {row['seed']} | " + " | ".join(f"{row[c]:.4f}" for c in COLUMNS)
-              + f" | {row['copied']} |")
+        print(
+            f"| {row['model']} | {row['init']} | {row['seed']} | "
+            + " | ".join(f"{row[c]:.4f}" for c in COLUMNS)
+            + f" | {row['copied']} |"
+        )
     if len(args.seeds) > 1:
         print("\n| model | weights | " + " | ".join(COLUMNS) + " |\n|" + "---|" * (len(COLUMNS) + 2))
         for model in args.models:
             for init in ("scratch", "BloodMNIST"):
                 group = [row for row in rows if row["model"] == model and row["init"] == init]
-                cells = [f"{statistics.mean(r[c] for r in group):.4f} +- {statistics.stdev(r[c] for r in group):.4f}"
-                         for c in COLUMNS]
+                cells = [
+                    f"{statistics.mean(r[c] for r in group):.4f} +- {statistics.stdev(r[c] for r in group):.4f}"
+                    for c in COLUMNS
+                ]
                 print(f"| {model} | {init} | " + " | ".join(cells) + " |")
     print(out)
 

@@ -74,8 +74,12 @@ def _yaml(value: Any) -> str:
 def _constraints(metadata: list[Any]) -> list[str]:
     out = []
     for item in metadata:
-        for cls, symbol in ((annotated_types.Gt, ">"), (annotated_types.Ge, ">="),
-                            (annotated_types.Lt, "<"), (annotated_types.Le, "<=")):
+        for cls, symbol in (
+            (annotated_types.Gt, ">"),
+            (annotated_types.Ge, ">="),
+            (annotated_types.Lt, "<"),
+            (annotated_types.Le, "<="),
+        ):
             if isinstance(item, cls):
                 out.append(f"{symbol} {_yaml(getattr(item, cls.__name__.lower()))}")
         if isinstance(item, annotated_types.MinLen):
@@ -129,8 +133,7 @@ def _default(model: type[BaseModel], name: str, field: Any) -> str:
         return "per source: " + "; ".join(f"{k} {_code(_yaml(v))}" for k, v in schema.DEFAULT_IMAGE_SIZE.items())
     if model is schema.DataConfig and name == "cell_crop":
         return "per source: " + "; ".join(
-            f"{k} " + ("`null`" if v is None else "on (the keys below)")
-            for k, v in schema.DEFAULT_CELL_CROP.items()
+            f"{k} " + ("`null`" if v is None else "on (the keys below)") for k, v in schema.DEFAULT_CELL_CROP.items()
         )
     if field.default is PydanticUndefined:
         return "required" if field.default_factory is None else _code(_yaml(field.default_factory()))
@@ -210,8 +213,12 @@ def config_reference() -> str:
         if doc:
             lines += [_no_tags(_rst_to_md(doc)), ""]
         if cls is schema.GeorgetownConfig:
-            lines += ["Presets (what each name sets over the defaults below):", "",
-                      "| `model.name` | sets |", "|---|---|"]
+            lines += [
+                "Presets (what each name sets over the defaults below):",
+                "",
+                "| `model.name` | sets |",
+                "|---|---|",
+            ]
             for preset, values in GEORGETOWN_PRESETS.items():
                 sets = ", ".join(f"`{k}: {_yaml(v)}`" for k, v in values.items()) or "nothing (the defaults)"
                 lines.append(f"| `{preset}` | {sets} |")
@@ -223,13 +230,17 @@ def config_reference() -> str:
     lines += _section("train", schema.TrainConfig, "train.")
     lines += _section("eval", schema.EvalConfig, "eval.")
     lines += _section("output", schema.OutputConfig, "output.")
-    lines += [
-        "## sweep",
-        "",
-        "Only in a sweep file (`python -m keras_blood.sweep`): an experiment config without "
-        "`model`, plus this section. Each cell (model x input) is a full config as above.",
-        "",
-    ] + _table(SweepSpec, "sweep.") + [""]
+    lines += (
+        [
+            "## sweep",
+            "",
+            "Only in a sweep file (`python -m keras_blood.sweep`): an experiment config without "
+            "`model`, plus this section. Each cell (model x input) is a full config as above.",
+            "",
+        ]
+        + _table(SweepSpec, "sweep.")
+        + [""]
+    )
     return "\n".join(lines)
 
 

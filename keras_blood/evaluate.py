@@ -1,6 +1,7 @@
 """Evaluate an exported model version again, on a split of the data its config names.
 
-    python -m keras_blood.evaluate saved_models/dropout03/1 [--split test] [--set data.root=DIR ...] [--output-dir reports]
+    python -m keras_blood.evaluate saved_models/dropout03/1 [--split test] [--set data.root=DIR ...] \\
+        [--output-dir reports]
     python -m keras_blood.evaluate saved_models/dropout03/1 --data DIR   # another lab's images
 
 ``--data`` takes a folder of class folders or a .csv/.tsv list (as data.name image_folder
@@ -68,8 +69,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
         from keras_blood.evaluation.evaluate_version import evaluate_files
 
-        result = evaluate_files(args.version, args.data, args.overrides, args.output_dir, listing=listing,
-                                max_pixels=args.max_pixels)  # fmt: skip
+        result = evaluate_files(
+            args.version, args.data, args.overrides, args.output_dir, listing=listing, max_pixels=args.max_pixels
+        )
         print(result.report_dir)
         return result.report_dir
     config.data.check_split(args.split)

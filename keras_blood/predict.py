@@ -1,6 +1,7 @@
 """Classify image files with an exported model version.
 
-    python -m keras_blood.predict saved_models/dropout03/1 cell.jpg scans/ "more/**/*.tif" [--output out.csv [--overwrite]]
+    python -m keras_blood.predict saved_models/dropout03/1 cell.jpg scans/ "more/**/*.tif" \\
+        [--output out.csv [--overwrite]]
 
 Writes one CSV row per file (label, probability, every class's probability, or why the
 file could not be read) and prints a table; the last line printed is the CSV's path. An

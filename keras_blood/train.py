@@ -31,7 +31,9 @@ from keras_blood.errors import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> Path | int | None:
-    parser = argparse.ArgumentParser(prog="python -m keras_blood.train", description="Train, evaluate and export a model.")
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_blood.train", description="Train, evaluate and export a model."
+    )
     parser.add_argument("config", nargs="?", help="YAML experiment config, e.g. configs/dropout03.yaml")
     parser.add_argument("--no-export", action="store_true", help="publish no version (output.publish=never)")
     parser.add_argument(
@@ -50,7 +52,11 @@ def main(argv: Sequence[str] | None = None) -> Path | int | None:
         config, run = resolve_resume(args.resume, args.config, args.overrides)
         if run.finished:
             status = run.status()
-            outcome = f"exported as {status['export']}" if status.get("export") else f"not published: {status.get('not_published')}"
+            outcome = (
+                f"exported as {status['export']}"
+                if status.get("export")
+                else f"not published: {status.get('not_published')}"
+            )
             print(f"{run.path} finished already; {outcome}", flush=True)
             return Path(status["export"]) if status.get("export") else None
 
@@ -74,7 +80,9 @@ def main(argv: Sequence[str] | None = None) -> Path | int | None:
     try:
         result = train(config, resume=resume)
     except Stopped as stop:  # SIGTERM: one line, the shell's status for it
-        then = f"continue with: python -m keras_blood.train --resume {stop.run}" if stop.run else "no run folder was made"
+        then = (
+            f"continue with: python -m keras_blood.train --resume {stop.run}" if stop.run else "no run folder was made"
+        )
         print(f"stopped by {stop.signal_name}; {then}", file=sys.stderr, flush=True)
         return 128 + int(signal.SIGTERM)
     if result.export_dir is not None:

@@ -4,7 +4,8 @@ not fixtures live in tests/helpers.py, a plain module the tests import).
 Markers (pyproject.toml): ``e2e`` is added here to every test that takes a real-data
 fixture (``bloodmnist_root``, ``kaggle_root``); ``slow`` (over SLOW_SECONDS on a 2-core
 machine) here to every test of a fixture that trains a model or starts TensorFlow in
-another process (SLOW_FIXTURES), and by hand to the others. The summary of a run names the unmarked tests that took longer.
+another process (SLOW_FIXTURES), and by hand to the others. The summary of a run names
+the unmarked tests that took longer.
 ``pytest -m "not slow"`` is the quick loop; plain ``pytest`` runs everything.
 """
 
@@ -231,8 +232,9 @@ def model_server(tmp_path_factory):
     import sys
 
     workdir = tmp_path_factory.mktemp("model-server")
-    server = subprocess.Popen([sys.executable, "-c", MODEL_SERVER], cwd=workdir, text=True,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-c", MODEL_SERVER], cwd=workdir, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     numbers = itertools.count()
 
     def serve(version: Path, pixels: np.ndarray) -> np.ndarray:

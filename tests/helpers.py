@@ -15,7 +15,9 @@ KAGGLE_ROOT = SHARED_DATA / "blood-cell-images" / "dataset2-master" / "images"
 
 # TensorFlow's C++ runtime logs through absl before a process sets logging up, whatever
 # TF_CPP_MIN_LOG_LEVEL says: "Could not find cuda drivers" on a machine without a GPU, say.
-TF_LOG_LINE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)|[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\] ")
+TF_LOG_LINE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\)|[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\] "
+)
 
 
 def command_lines(stderr: str) -> list[str]:

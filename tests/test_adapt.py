@@ -38,13 +38,17 @@ def test_the_moving_statistics_become_the_mean_over_the_batches_and_nothing_else
     bn = model.layers[2]
     features = [np.asarray(model.layers[1](batch)) for batch in batches]
     assert np.allclose(bn.moving_mean.numpy(), np.mean([f.mean(axis=(0, 1, 2)) for f in features], axis=0), atol=1e-4)
-    assert np.allclose(bn.moving_variance.numpy(), np.mean([f.var(axis=(0, 1, 2)) for f in features], axis=0), rtol=1e-3)
+    assert np.allclose(
+        bn.moving_variance.numpy(), np.mean([f.var(axis=(0, 1, 2)) for f in features], axis=0), rtol=1e-3
+    )
     assert np.array_equal(model.layers[1].kernel.numpy(), kernel)
     assert bn.momentum == 0.99 and model.layers[4].rate == 0.5  # put back
 
 
 @pytest.mark.slow
-def test_adapt_publishes_a_version_fitted_to_a_labs_images_that_a_server_loads(synthetic, tmp_path, command, model_server):
+def test_adapt_publishes_a_version_fitted_to_a_labs_images_that_a_server_loads(
+    synthetic, tmp_path, command, model_server
+):
     from keras_blood.config.schema import ResNetConfig
     from keras_blood.training.trainer import train
 

@@ -3,7 +3,15 @@ import pytest
 import tensorflow as tf
 
 from keras_blood.config.schema import AugmentConfig
-from keras_blood.data.augment import color_jitter, make_augment, mixup, random_flips, random_rot90, random_scale, random_sharpen
+from keras_blood.data.augment import (
+    color_jitter,
+    make_augment,
+    mixup,
+    random_flips,
+    random_rot90,
+    random_scale,
+    random_sharpen,
+)
 
 
 def _batch(n=64, h=6, w=6, seed=0):
@@ -50,7 +58,9 @@ def test_color_jitter_stays_in_range_and_is_mild():
 
 def test_mixup_blends_images_and_labels_alike():
     tf.random.set_seed(3)
-    images = tf.constant(np.repeat(np.arange(8, dtype="float32")[:, None, None, None], 2, axis=1) * np.ones((8, 2, 2, 3), "float32"))
+    images = tf.constant(
+        np.repeat(np.arange(8, dtype="float32")[:, None, None, None], 2, axis=1) * np.ones((8, 2, 2, 3), "float32")
+    )
     labels = tf.one_hot(tf.range(8), 8)
     mixed, soft = mixup(images, labels, alpha=0.4)
     soft = soft.numpy()

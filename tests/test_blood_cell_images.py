@@ -105,8 +105,11 @@ def test_max_examples_caps_each_split_before_decoding(folder):
 
 
 def test_test_simple_is_an_extra_split(tmp_path):
-    root = kaggle_tree(tmp_path, {**LAYOUT, "TEST_SIMPLE": {"MONOCYTE": 2, "EOSINOPHIL": 1,
-                                                             "LYMPHOCYTE": 1, "NEUTROPHIL": 1}}, per_source=1)  # fmt: skip
+    root = kaggle_tree(
+        tmp_path,
+        {**LAYOUT, "TEST_SIMPLE": {"MONOCYTE": 2, "EOSINOPHIL": 1, "LYMPHOCYTE": 1, "NEUTROPHIL": 1}},
+        per_source=1,
+    )
     data = load_data(config(root))
     assert len(data.splits["test_simple"]) == 5
     assert np.bincount(data.splits["test_simple"].labels).tolist() == [1, 1, 2, 1]
@@ -164,12 +167,27 @@ def empty_folder(folder: Path) -> None:
     [
         ({}, lambda root: (root / "TRAIN" / "BASOPHIL").mkdir(), "BASOPHIL", "train", "TRAIN/BASOPHIL holds no files"),
         ({}, lambda root: empty_folder(root / "TEST" / "MONOCYTE"), "MONOCYTE", "test", "TEST/MONOCYTE holds no files"),
-        ({}, lambda root: (root / "TEST" / "MONOCYTE").rename(root / "m"), "MONOCYTE", "test",
-         "TEST/MONOCYTE does not exist"),
-        ({"TEST_SIMPLE": {name: 1 for name in CLASSES[1:]}}, None, "EOSINOPHIL", "test_simple",
-         "TEST_SIMPLE/EOSINOPHIL does not exist"),
-        ({"TRAIN": {**LAYOUT["TRAIN"], "MONOCYTE": 1}}, None, "MONOCYTE", "val",
-         "TRAIN/MONOCYTE holds images of one source cell only"),
+        (
+            {},
+            lambda root: (root / "TEST" / "MONOCYTE").rename(root / "m"),
+            "MONOCYTE",
+            "test",
+            "TEST/MONOCYTE does not exist",
+        ),
+        (
+            {"TEST_SIMPLE": {name: 1 for name in CLASSES[1:]}},
+            None,
+            "EOSINOPHIL",
+            "test_simple",
+            "TEST_SIMPLE/EOSINOPHIL does not exist",
+        ),
+        (
+            {"TRAIN": {**LAYOUT["TRAIN"], "MONOCYTE": 1}},
+            None,
+            "MONOCYTE",
+            "val",
+            "TRAIN/MONOCYTE holds images of one source cell only",
+        ),
     ],
 )
 def test_a_class_without_examples_in_a_split_is_named(tmp_path, layout, change, name, split, cause):

@@ -27,6 +27,7 @@ def test_ece_of_a_hand_computed_example():
     probs = np.array([[edge, 1 - edge], [0.62, 0.38]])
     assert expected_calibration_error(np.array([0, 1]), probs) == pytest.approx((1 - edge + 0.62) / 2)
 
+
 def toy(confidence_scale: float, n=20000, k=4, seed=0):
     """Labels drawn from softmax(logits): exactly calibrated; the probabilities reported
     are softmax(confidence_scale * logits), over-confident when the scale is above 1."""

@@ -15,8 +15,16 @@ from keras_blood.training.callbacks import ValidationTensorBoard, tag
 from keras_blood.training.keras_metrics import ScoreHistogram, validation_metrics
 from tests.helpers import synthetic_npz
 
-NAMES = ["basophil", "eosinophil", "erythroblast", "immature granulocyte",
-         "lymphocyte", "monocyte", "neutrophil", "platelet"]  # fmt: skip
+NAMES = [
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "immature granulocyte",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+    "platelet",
+]
 
 
 @pytest.fixture
@@ -34,8 +42,14 @@ def fit(tmp_path):
         tiny = {"name": "basic", "filters": [4, 4, 4], "dense_units": 8}
         model = build_model(Config.model_validate({"name": "t", "model": tiny}).model, (28, 28, 3), 8)
         model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy", *validation_metrics(8)])
-        model.fit(make_dataset(train, 8, 16, training=True, seed=0), validation_data=val_data,
-                  epochs=epochs, callbacks=[callback], shuffle=False, verbose=0)  # fmt: skip
+        model.fit(
+            make_dataset(train, 8, 16, training=True, seed=0),
+            validation_data=val_data,
+            epochs=epochs,
+            callbacks=[callback],
+            shuffle=False,
+            verbose=0,
+        )
         return val, val_data, model
 
     return run

@@ -52,8 +52,9 @@ def test_stain_normalisation_removes_a_colour_cast():
 
 
 def test_preprocess_normalises_the_crop():
-    data = DataConfig(name="blood_cell_images", image_size=[120, 160], stain_normalize="grey",
-                      cell_crop={"fit": "extent", "size": 32})
+    data = DataConfig(
+        name="blood_cell_images", image_size=[120, 160], stain_normalize="grey", cell_crop={"fit": "extent", "size": 32}
+    )
     images = np.stack([cell_at((50, 60), radius=12, size=(120, 160))] * 2)
     out = make_preprocess(data)(images).numpy()
     expected = normalize_stain(crop_to_cell_extent(images, data.color, data.cell_crop), "grey").numpy()

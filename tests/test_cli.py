@@ -19,8 +19,11 @@ def test_run_main_exit_statuses(capsys):
 def test_new_folders_and_files_are_never_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(folders.time, "strftime", lambda fmt: "20250101-000000")
     made = [folders.new_folder(tmp_path / "reports", "m-v1-test-") for _ in range(3)]
-    assert [p.name for p in made] == ["m-v1-test-20250101-000000", "m-v1-test-20250101-000000-1",
-                                      "m-v1-test-20250101-000000-2"]  # fmt: skip
+    assert [p.name for p in made] == [
+        "m-v1-test-20250101-000000",
+        "m-v1-test-20250101-000000-1",
+        "m-v1-test-20250101-000000-2",
+    ]
     first = folders.new_file(tmp_path / "predictions", "m-v1-", ".csv")
     first.write_text("keep")
     second = folders.new_file(tmp_path / "predictions", "m-v1-", ".csv")

@@ -22,7 +22,9 @@ from tests.helpers import REPO, cell_at, kaggle_tree
 # The defaults, a wrapping hue range with every morphology step, and no blur at all.
 SETTINGS = {
     "default": ColorConfig(),
-    "wrapping": ColorConfig(hue=[150, 20], saturation=[40, 255], open_size=3, dilate_size=5, blur_size=5, blur_sigma=1.5),
+    "wrapping": ColorConfig(
+        hue=[150, 20], saturation=[40, 255], open_size=3, dilate_size=5, blur_size=5, blur_sigma=1.5
+    ),
     "mask_only": ColorConfig(dilate_size=0, blur_size=0),
 }
 

@@ -20,7 +20,14 @@ CONFIGS = [p for p in ALL_CONFIGS if p not in SWEEPS]
 def test_shipped_configs_are_valid_and_named_after_their_file(path):
     config = load_config(path)
     assert config.name == path.stem
-    if path.stem not in ("best", "best_kaggle", "vgg16_bloodmnist", "image_folder", "wbc_multilab", "wbc_labs"):  # one config per paper model, named after it
+    if path.stem not in (
+        "best",
+        "best_kaggle",
+        "vgg16_bloodmnist",
+        "image_folder",
+        "wbc_multilab",
+        "wbc_labs",
+    ):  # one config per paper model, named after it
         assert config.model.name == path.stem
 
 
@@ -255,10 +262,16 @@ def test_sweep_models_as_a_list_and_one_input(write_config):
 @pytest.mark.parametrize(
     "content, overrides, expected",
     [
-        ({"sweep": {"models": {"dropout03": {}}}}, ["sweep.models.dropout03.dense_dropout=2"],
-         ["sweep.models.dropout03.dense_dropout = 2", "less than 1"]),
-        ({"sweep": {"models": {"dropout03": {}}}}, ["sweep.models.dropout03.dropout=0.1"],
-         ["sweep.models.dropout03.dropout", "unknown key", "dense_dropout"]),
+        (
+            {"sweep": {"models": {"dropout03": {}}}},
+            ["sweep.models.dropout03.dense_dropout=2"],
+            ["sweep.models.dropout03.dense_dropout = 2", "less than 1"],
+        ),
+        (
+            {"sweep": {"models": {"dropout03": {}}}},
+            ["sweep.models.dropout03.dropout=0.1"],
+            ["sweep.models.dropout03.dropout", "unknown key", "dense_dropout"],
+        ),
         ({"sweep": {"models": {"resnet9": {}}}}, [], ["sweep.models.resnet9.name = 'resnet9'", "unknown model"]),
         ({"sweep": {"models": ["basic", "resnet9"]}}, [], ["sweep.models.resnet9.name = 'resnet9'", "unknown model"]),
         ({"sweep": {"models": [{"name": "cnn", "filters": [0, 8]}]}}, [], ["sweep.models.cnn.filters.0 = 0"]),

@@ -5,8 +5,8 @@ import pytest
 
 from keras_blood.config.schema import DataConfig
 from keras_blood.data import load_data
-from keras_blood.data.sources.bloodmnist import builder as bloodmnist
 from keras_blood.data.download import download
+from keras_blood.data.sources.bloodmnist import builder as bloodmnist
 from keras_blood.errors import DataError
 from tests.helpers import synthetic_npz
 
@@ -85,8 +85,10 @@ def test_damaged_arrays_name_the_file_the_array_and_the_fix(tmp_path, damage):
 def test_a_class_missing_from_a_split_of_the_file_is_named(tmp_path):
     arrays = synthetic_npz(tmp_path / "bloodmnist.npz")
     keep = arrays["test_labels"].ravel() != 7  # no platelet in test
-    np.savez(tmp_path / "bloodmnist.npz", **{**arrays, "test_images": arrays["test_images"][keep],
-                                             "test_labels": arrays["test_labels"][keep]})  # fmt: skip
+    np.savez(
+        tmp_path / "bloodmnist.npz",
+        **{**arrays, "test_images": arrays["test_images"][keep], "test_labels": arrays["test_labels"][keep]},
+    )
     with pytest.raises(DataError) as info:
         load_data(DataConfig(root=tmp_path, download=False, max_examples=1000))
     assert "no examples of class 'platelet' in test" in str(info.value)

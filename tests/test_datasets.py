@@ -17,8 +17,8 @@ import keras_blood.data.builders  # noqa: F401  (registers the builders)
 from keras_blood.config.cli import run_main
 from keras_blood.config.schema import DataConfig
 from keras_blood.data import load_data
-from keras_blood.data.sources.bloodmnist import builder as bloodmnist
 from keras_blood.data.sources.blood_cell_images.builder import SOURCE_PATTERN, make_config, scan, split_by_source
+from keras_blood.data.sources.bloodmnist import builder as bloodmnist
 from tests.helpers import REPO, kaggle_tree, synthetic_npz
 
 LAYOUT = {
@@ -36,8 +36,14 @@ def manual(folder: Path) -> dict:
 def test_bloodmnist_with_plain_tfds(tmp_path, capsys):
     (tmp_path / "manual").mkdir()
     arrays = synthetic_npz(tmp_path / "manual" / "bloodmnist.npz")
-    splits = tfds.load("bloodmnist/28", split=["train", "validation", "test"], as_supervised=True, batch_size=-1,
-                       data_dir=tmp_path / "tfds", download_and_prepare_kwargs=manual(tmp_path / "manual"))  # fmt: skip
+    splits = tfds.load(
+        "bloodmnist/28",
+        split=["train", "validation", "test"],
+        as_supervised=True,
+        batch_size=-1,
+        data_dir=tmp_path / "tfds",
+        download_and_prepare_kwargs=manual(tmp_path / "manual"),
+    )
     for (images, labels), name in zip(tfds.as_numpy(splits), ("train", "val", "test")):
         np.testing.assert_array_equal(images, arrays[f"{name}_images"])  # in the file's order
         np.testing.assert_array_equal(labels, arrays[f"{name}_labels"].ravel())
@@ -61,7 +67,11 @@ def test_blood_cell_images_with_plain_tfds(tmp_path):
     assert builder.info.features["label"].names == sorted(LAYOUT["TRAIN"])
     splits = tfds.as_numpy(builder.as_dataset(batch_size=-1))
     assert {name: len(split["label"]) for name, split in splits.items()} == {
-        "train": 3 * 14 - 3 * 4, "validation": 3 * 4, "test": 3 * 8, "test_simple": 3 * 4}  # fmt: skip
+        "train": 3 * 14 - 3 * 4,
+        "validation": 3 * 4,
+        "test": 3 * 8,
+        "test_simple": 3 * 4,
+    }
     train, val = ({s.decode() for s in splits[name]["source"]} for name in ("train", "validation"))
     assert not train & val and len(val) == 4  # one source cell per class held out
     assert splits["test"]["image"].shape == (24, 30, 40, 3)  # the JPEGs, decoded
@@ -88,7 +98,9 @@ def test_a_prepared_copy_needs_neither_keras_blood_nor_a_network(tmp_path):
         connect_ok, socket.socket.connect = socket.socket.connect, connect
         import atexit; atexit.register(lambda: print("CONNECT ATTEMPTS", attempts))
     """
-    prepare = guard + """
+    prepare = (
+        guard
+        + """
         from keras_blood.config.schema import DataConfig
         from keras_blood.data import load_data
         load_data(DataConfig(root="{tmp}", tfds_dir="{tmp}/tfds"))
@@ -96,15 +108,20 @@ def test_a_prepared_copy_needs_neither_keras_blood_nor_a_network(tmp_path):
         import tensorflow_datasets as tfds
         tfds.load("bloodmnist/28", data_dir="{tmp}/tfds")  # TFDS's defaults: try_gcs and all
     """
-    read = guard + """
+    )
+    read = (
+        guard
+        + """
         import sys
         sys.modules["keras_blood"] = None  # any import of it fails
         import tensorflow_datasets as tfds
         for copy in ("bloodmnist/28/1.0.0", "blood_cell_images/seed42-val0.2/1.0.0"):
             builder = tfds.builder_from_directory("{tmp}/tfds/" + copy)
-            print(copy, {{k: v.num_examples for k, v in builder.info.splits.items()}}, builder.info.features["label"].names)
+            counts = {{k: v.num_examples for k, v in builder.info.splits.items()}}
+            print(copy, counts, builder.info.features["label"].names)
             next(iter(builder.as_dataset(split="test", as_supervised=True)))
     """
+    )
     trace = ["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect"]
     if not shutil.which("strace") or subprocess.run([*trace, "-o", os.devnull, "true"], capture_output=True).returncode:
         trace = []  # no strace, or no ptrace here (inside strace itself, say): the guard alone
@@ -112,10 +129,16 @@ def test_a_prepared_copy_needs_neither_keras_blood_nor_a_network(tmp_path):
     outputs = []
     for script, cwd, pythonpath in ((prepare, REPO, str(REPO)), (read, tmp_path, "")):
         log = tmp_path / f"connect-{len(outputs)}.log"
-        command = [*trace, *(["-o", str(log)] if trace else []), sys.executable, "-c",
-                   textwrap.dedent(script).format(tmp=tmp_path)]  # fmt: skip
-        proc = subprocess.run(command, cwd=cwd, env={**env, "PYTHONPATH": pythonpath}, capture_output=True,
-                              text=True, timeout=300)  # fmt: skip
+        command = [
+            *trace,
+            *(["-o", str(log)] if trace else []),
+            sys.executable,
+            "-c",
+            textwrap.dedent(script).format(tmp=tmp_path),
+        ]
+        proc = subprocess.run(
+            command, cwd=cwd, env={**env, "PYTHONPATH": pythonpath}, capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "CONNECT ATTEMPTS []" in proc.stdout, proc.stdout
         if trace:
@@ -144,8 +167,14 @@ def test_a_killed_prepare_is_prepared_again_cleanly(tmp_path):
         Bloodmnist._generate_examples = killed_halfway
         load_data(DataConfig(root="{tmp_path}", tfds_dir="{tmp_path}/tfds"))
     """)
-    proc = subprocess.run([sys.executable, "-c", killer], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", killer],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -9, proc.stderr[-3000:]
     config_dir = tmp_path / "tfds" / "bloodmnist" / "28"
     assert [p.name[:11] for p in config_dir.iterdir()] == ["incomplete."]  # what the kill left
@@ -186,8 +215,10 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_written(tmp_path, capsys)
     jpeg.write_bytes(jpeg.read_bytes()[:400])  # a valid header: only decoding all of it fails
     assert run_main(load(name="blood_cell_images", root=root)) == 2
     err = capsys.readouterr().err.splitlines()[-1]
-    assert err == f"error: {jpeg}: not a readable image (corrupt or truncated image (jpeg::Uncompress failed. " \
+    assert (
+        err == f"error: {jpeg}: not a readable image (corrupt or truncated image (jpeg::Uncompress failed. "
         "Invalid JPEG data or crop window)); 1 such file(s) in all. Remove them or set data.skip_unreadable: true"
+    )
     assert not tfds_dir.exists()  # no half-written copy, nor the folders on the way
 
 
@@ -205,8 +236,12 @@ def read_before(root: Path, size: tuple[int, int], seed: int, fraction: float) -
     names = sorted(p.name for p in (root / "TRAIN").iterdir())
     train = scan(root / "TRAIN", names)
     train_idx, val_idx = split_by_source(train, fraction, seed)
-    folders = {"train": train.take(train_idx), "val": train.take(val_idx), "test": scan(root / "TEST", names),
-               "test_simple": scan(root / "TEST_SIMPLE", names)}  # fmt: skip
+    folders = {
+        "train": train.take(train_idx),
+        "val": train.take(val_idx),
+        "test": scan(root / "TEST", names),
+        "test_simple": scan(root / "TEST_SIMPLE", names),
+    }
 
     def decode(path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)

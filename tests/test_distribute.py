@@ -83,7 +83,12 @@ def test_launcher_stops_every_worker_when_one_fails(tmp_path, capsys):
 
 def run_launcher(args, cwd, env, timeout=WORKER_TIMEOUT):
     return subprocess.run(
-        [sys.executable, "-m", "keras_blood.launch", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "keras_blood.launch", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -136,7 +141,9 @@ def test_two_workers_train_one_model_and_publish_it_once(bloodmnist_root, tmp_pa
 
     monkeypatch.chdir(tmp_path)
     capfd.readouterr()
-    assert run_main(main, [str(REPO / "configs" / "fnn.yaml"), *overrides(bloodmnist_root, tmp_path / "single")]) == 0, capfd.readouterr().err[-2000:]
+    assert (
+        run_main(main, [str(REPO / "configs" / "fnn.yaml"), *overrides(bloodmnist_root, tmp_path / "single")]) == 0
+    ), capfd.readouterr().err[-2000:]
     from keras_blood.training.runs import read_history
 
     multi_loss = read_history(runs[0] / "history.csv")["loss"]
@@ -174,7 +181,15 @@ def run_probe(tmp_path, mode, child_env):
     procs = []
     for index in range(2):
         env = {**child_env, "TF_CONFIG": launch.tf_config([f"127.0.0.1:{p}" for p in ports], index)}
-        procs.append(subprocess.Popen([sys.executable, str(script), mode], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), mode],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     return [p.communicate(timeout=WORKER_TIMEOUT)[0] for p in procs]
 
 
@@ -211,11 +226,23 @@ def test_a_killed_worker_then_resume_on_every_worker_continues_from_the_backup(b
     import signal
     import time
 
-    args = ["--workers", "2", str(REPO / "configs" / "cnn.yaml"),
-            *overrides(bloodmnist_root, tmp_path, **{"data.max_examples": 512, "train.epochs": 5,
-                                                       "train.early_stopping_patience": 0})]  # fmt: skip
-    launcher = subprocess.Popen([sys.executable, "-m", "keras_blood.launch", *args], cwd=tmp_path, env=child_env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    args = [
+        "--workers",
+        "2",
+        str(REPO / "configs" / "cnn.yaml"),
+        *overrides(
+            bloodmnist_root,
+            tmp_path,
+            **{"data.max_examples": 512, "train.epochs": 5, "train.early_stopping_patience": 0},
+        ),
+    ]
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "keras_blood.launch", *args],
+        cwd=tmp_path,
+        env=child_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + WORKER_TIMEOUT
     while time.time() < deadline and launcher.poll() is None:
         backups = list((tmp_path / "runs" / "cnn").glob("*/backup/model/training_metadata.json"))

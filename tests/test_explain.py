@@ -51,13 +51,15 @@ PIXELS = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 3)).astype(np.uin
     [
         ({"name": "cnn"}, keras.layers.Conv2D),
         ({"name": "fnn"}, keras.layers.Rescaling),  # no convolution: the map is at the pixels
-        *[({"name": name}, keras.layers.Conv2D) for name in
-          ("basic", "dropout01", "dropout03", "dropout01x3", "lasso", "ridge", "ridge_dropout01")],
+        *[
+            ({"name": name}, keras.layers.Conv2D)
+            for name in ("basic", "dropout01", "dropout03", "dropout01x3", "lasso", "ridge", "ridge_dropout01")
+        ],
         ({"name": "resnet", "widths": [8, 16]}, keras.layers.ReLU),
         ({"name": "vgg16", "weights": "none", "dense_units": 8}, keras.layers.Conv2D),  # inside the nested base
     ],
     ids=lambda v: v.get("name") if isinstance(v, dict) else "",
-)  # fmt: skip
+)
 def test_every_builder_gets_maps_of_its_input_size(model, layer_type, tmp_path):
     keras.utils.set_random_seed(0)
     loaded = round_trip(build_model(model_config(**model).model, (28, 28, 3), 8), tmp_path)
@@ -211,9 +213,11 @@ def test_explain_writes_a_figure_per_file_a_grid_and_a_csv_and_goes_on_past_bad_
     with open(folder / "explanations.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["path"] for r in rows] == [
-        str(files / "broken.png"), *(str(files / f"cell{i}.png") for i in range(3)),
-        str(files / "sub" / "cell0.png"), str(tmp_path / "missing.png"),
-    ]  # fmt: skip
+        str(files / "broken.png"),
+        *(str(files / f"cell{i}.png") for i in range(3)),
+        str(files / "sub" / "cell0.png"),
+        str(tmp_path / "missing.png"),
+    ]
     assert rows[0]["error"].startswith("not an image file") and rows[-1]["error"] == "no such file or folder"
     explained = [r for r in rows if not r["error"]]
     class_names = json.loads((version / "assets.extra" / "class_names.json").read_text())

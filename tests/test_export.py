@@ -123,6 +123,8 @@ def test_a_recipe_that_does_not_fit_the_model_is_refused(tiny):
     with pytest.raises(ExportError, match="resizes to \\[64, 64\\]"):
         export_model(model, config, list("abcdefgh"), {}, {"resize": [64, 64]})
     assert not list((config.output.export_dir / "tiny").glob("[0-9]*"))
+
+
 def test_serving_applies_color_extraction_to_raw_pixels(tiny, model_server):
     from keras_blood.preparation.color import extract_colors
 
@@ -150,8 +152,12 @@ def test_serving_crops_to_the_cell_in_graph(tmp_path, model_server):
     config = Config.model_validate(
         {
             "name": "cropped",
-            "data": {"name": "blood_cell_images", "image_size": [40, 60], "color_extraction": True,
-                     "cell_crop": {"window": 0.5, "size": 16}},
+            "data": {
+                "name": "blood_cell_images",
+                "image_size": [40, 60],
+                "color_extraction": True,
+                "cell_crop": {"window": 0.5, "size": 16},
+            },
             "model": {"name": "basic", "filters": [4, 4, 4], "dense_units": 8},
             "output": {"runs_dir": str(tmp_path / "runs"), "export_dir": str(tmp_path / "sm")},
         }
@@ -232,7 +238,10 @@ def test_another_signature_is_refused_before_training_and_at_publish_time(tiny, 
     config, model = tiny
     first = export_model(model, config, list("abcdefgh"), {})
     assert json.loads((first / "assets.extra" / "signature.json").read_text()) == {
-        "input_shape": [28, 28, 3], "dtype": "uint8", "class_names": list("abcdefgh")}  # fmt: skip
+        "input_shape": [28, 28, 3],
+        "dtype": "uint8",
+        "class_names": list("abcdefgh"),
+    }
     check_export_target(config, list("abcdefgh"), (28, 28, 3))  # the same signature: fine
     # A Kaggle model (4 classes, 120x160) under the BloodMNIST model's name: its clients would break.
     with pytest.raises(ExportError) as refused:
@@ -276,6 +285,7 @@ def test_no_export_flag_means_publish_never(monkeypatch, tmp_path):
     from keras_blood.training import trainer as train_module
 
     seen = []
+
     def train(config, resume=None):
         seen.append(config)
         return train_module.TrainResult(None, {}, tmp_path, None)
@@ -356,9 +366,13 @@ def test_train_checks_the_target_before_training_and_says_why_it_did_not_publish
 
     synthetic_npz(tmp_path / "bloodmnist.npz")
     overrides = [
-        f"data.root={tmp_path}", "data.download=false", "data.max_examples=40", "train.epochs=1",
-        f"output.runs_dir={tmp_path / 'runs'}", f"output.export_dir={tmp_path / 'sm'}",
-    ]  # fmt: skip
+        f"data.root={tmp_path}",
+        "data.download=false",
+        "data.max_examples=40",
+        "train.epochs=1",
+        f"output.runs_dir={tmp_path / 'runs'}",
+        f"output.export_dir={tmp_path / 'sm'}",
+    ]
     config = load_config(REPO / "configs" / "dropout03.yaml", overrides)
     result = train(config)
     assert result.export_dir is None and not (tmp_path / "sm").exists()

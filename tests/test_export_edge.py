@@ -36,8 +36,12 @@ def cell_pixels(count, size=(40, 60), seed=0):
 
 def export(tmp_path, data, model_config, input_shape, num_classes, tta="none"):
     config = Config.model_validate(
-        {"name": "edge", "data": data, "model": model_config,
-         "output": {"runs_dir": str(tmp_path / "runs"), "export_dir": str(tmp_path / "sm")}}
+        {
+            "name": "edge",
+            "data": data,
+            "model": model_config,
+            "output": {"runs_dir": str(tmp_path / "runs"), "export_dir": str(tmp_path / "sm")},
+        }
     )
     keras.utils.set_random_seed(0)
     model = with_tta(build_model(config.model, input_shape, num_classes), tta)
@@ -48,9 +52,19 @@ def export(tmp_path, data, model_config, input_shape, num_classes, tta="none"):
 def kaggle_like(tmp_path_factory):
     """A Kaggle-style version: 40x60 images, the cell crop (resized 20 -> 16) and colour
     extraction in the graph: every preparation step the edge formats must carry."""
-    data = {"name": "blood_cell_images", "image_size": [40, 60], "color_extraction": True,
-            "cell_crop": {"window": 0.5, "size": 16}}
-    version = export(tmp_path_factory.mktemp("kaggle"), data, {"name": "basic", "filters": [4, 4, 4], "dense_units": 8}, (16, 16, 3), 4)
+    data = {
+        "name": "blood_cell_images",
+        "image_size": [40, 60],
+        "color_extraction": True,
+        "cell_crop": {"window": 0.5, "size": 16},
+    }
+    version = export(
+        tmp_path_factory.mktemp("kaggle"),
+        data,
+        {"name": "basic", "filters": [4, 4, 4], "dense_units": 8},
+        (16, 16, 3),
+        4,
+    )
     return version
 
 
@@ -58,9 +72,19 @@ def kaggle_like(tmp_path_factory):
 def kaggle_extent(tmp_path_factory):
     """best_kaggle.yaml's preparation: a crop sized by the cell, with its aspect ratio,
     and per-crop stain normalisation."""
-    data = {"name": "blood_cell_images", "image_size": [40, 60], "stain_normalize": "channels",
-            "cell_crop": {"fit": "extent", "extent_aspect": True, "size": 16}}
-    return export(tmp_path_factory.mktemp("extent"), data, {"name": "basic", "filters": [4, 4, 4], "dense_units": 8}, (16, 16, 3), 4)
+    data = {
+        "name": "blood_cell_images",
+        "image_size": [40, 60],
+        "stain_normalize": "channels",
+        "cell_crop": {"fit": "extent", "extent_aspect": True, "size": 16},
+    }
+    return export(
+        tmp_path_factory.mktemp("extent"),
+        data,
+        {"name": "basic", "filters": [4, 4, 4], "dense_units": 8},
+        (16, 16, 3),
+        4,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +112,9 @@ def test_float_edge_models_give_the_saved_models_probabilities(kaggle_like, bloo
     assert oct(path.stat().st_mode & 0o777) == "0o644"
     assert_parity(kaggle_like, path, cell_pixels(70))  # batches of 64 and 6: any batch size
     rng = np.random.default_rng(1)
-    assert_parity(bloodmnist_tta, export_edge(bloodmnist_tta, fmt), rng.integers(0, 256, (9, 28, 28, 3), dtype=np.uint8))
+    assert_parity(
+        bloodmnist_tta, export_edge(bloodmnist_tta, fmt), rng.integers(0, 256, (9, 28, 28, 3), dtype=np.uint8)
+    )
 
 
 @pytest.mark.parametrize("fmt", ["litert", "onnx"])
@@ -105,7 +131,12 @@ def test_parity_on_real_kaggle_images(version, kaggle_root, request):
 
     version = request.getfixturevalue(version)
     files = sorted(glob.glob(str(kaggle_root / "TEST" / "*" / "*.jpeg")))[::40][:64]
-    pixels = np.stack([cv2.resize(cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB), (60, 40), interpolation=cv2.INTER_AREA) for f in files])
+    pixels = np.stack(
+        [
+            cv2.resize(cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB), (60, 40), interpolation=cv2.INTER_AREA)
+            for f in files
+        ]
+    )
     for fmt in ("litert", "onnx"):
         path = edge_file(version, fmt)
         assert_parity(version, path if path.is_file() else export_edge(version, fmt), pixels)
@@ -153,9 +184,12 @@ def test_int8_quantizes_the_network_and_keeps_its_accuracy(tmp_path):
     root.mkdir()
     arrays = colour_corner_npz(root / "bloodmnist.npz")
     config = Config.model_validate(
-        {"name": "int8", "data": {"name": "bloodmnist", "root": str(root), "download": False},
-         "model": {"name": "resnet", "widths": [8, 16], "blocks_per_stage": 1, "dropout": 0.0},
-         "output": {"export_dir": str(tmp_path / "sm")}}
+        {
+            "name": "int8",
+            "data": {"name": "bloodmnist", "root": str(root), "download": False},
+            "model": {"name": "resnet", "widths": [8, 16], "blocks_per_stage": 1, "dropout": 0.0},
+            "output": {"export_dir": str(tmp_path / "sm")},
+        }
     )
     keras.utils.set_random_seed(0)
     model = build_model(config.model, (28, 28, 3), 8)
@@ -166,7 +200,9 @@ def test_int8_quantizes_the_network_and_keeps_its_accuracy(tmp_path):
     path = export_edge(version, "litert", "int8", representative=64)
     assert path == version / "edge" / "model_int8.tflite"
     ops = op_dtypes(path)
-    assert {dtype for name, dtype in ops if name in ("CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "SOFTMAX")} == {np.int8}
+    assert {dtype for name, dtype in ops if name in ("CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "SOFTMAX")} == {
+        np.int8
+    }
     assert ops[-1] == ("DEQUANTIZE", np.float32)  # float probabilities out
     images, labels = arrays["test_images"], arrays["test_labels"].ravel()
     served = predict(saved_model_predictor(load_version(version)), images)
@@ -212,7 +248,9 @@ def test_a_damaged_version_and_missing_data_are_one_line(kaggle_like, tmp_path, 
     (broken / "saved_model.pb").write_bytes(b"\0garbage")
     status, err = run(capsys, broken, "--format", "litert")
     assert status == 2 and len(err) == 1 and "re-export" in err[0]
-    status, err = run(capsys, kaggle_like, "--format", "litert", "--quantize", "int8", "--set", f"data.root={tmp_path / 'nowhere'}")
+    status, err = run(
+        capsys, kaggle_like, "--format", "litert", "--quantize", "int8", "--set", f"data.root={tmp_path / 'nowhere'}"
+    )
     assert status == 2 and len(err) == 1 and "nowhere" in err[0]
     assert not (broken / "edge").exists()
 
@@ -226,7 +264,9 @@ def test_a_graph_that_does_not_convert_names_the_op_and_the_fix(tmp_path, capsys
         return lambda images: tf.cast(tf.image.resize(images, (28, 28), antialias=True), tf.uint8)
 
     monkeypatch.setattr(export_module, "make_preprocess", old_preprocess)
-    version = export(tmp_path, {"name": "bloodmnist"}, {"name": "basic", "filters": [4, 4, 4], "dense_units": 8}, (28, 28, 3), 8)
+    version = export(
+        tmp_path, {"name": "bloodmnist"}, {"name": "basic", "filters": [4, 4, 4], "dense_units": 8}, (28, 28, 3), 8
+    )
     for fmt in ("litert", "onnx"):
         status, err = run(capsys, version, "--format", fmt)
         assert status == 2 and len(err) == 1, err
@@ -256,5 +296,6 @@ def test_a_missing_runtime_says_how_to_install_it(kaggle_like, monkeypatch, caps
 
     monkeypatch.setattr(importlib, "import_module", without_tf2onnx)
     status, err = run(capsys, kaggle_like, "--format", "onnx")
-    assert status == 2 and err == ['error: --format onnx needs tf2onnx, which is not installed: pip install "keras-blood[edge]"']
-
+    assert status == 2 and err == [
+        'error: --format onnx needs tf2onnx, which is not installed: pip install "keras-blood[edge]"'
+    ]

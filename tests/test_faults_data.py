@@ -40,8 +40,14 @@ MAX_LINE = 10 * (3 * MAX_QUOTED + 400)  # ten problems, each a key, a value and 
 
 
 def python(code: str, *args: str, cwd: Path = REPO, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=cwd, env=env or ENV,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=cwd,
+        env=env or ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def one_error_line(stderr: str) -> str:
@@ -83,13 +89,22 @@ def test_an_alias_bomb_is_one_short_line_quickly_and_in_little_memory(tmp_path):
     """
     proc = python(measure, str(bomb), timeout=60)
     result = json.loads(proc.stdout)
-    assert result["message"].startswith(f"{bomb}: the value on line ") and f"more than {MAX_YAML_NODES}" in result["message"]
+    assert (
+        result["message"].startswith(f"{bomb}: the value on line ")
+        and f"more than {MAX_YAML_NODES}" in result["message"]
+    )
     # No time bound here (timed tests fail on a loaded machine); the process timeout of 60 s
     # bounds it, where the expansion took minutes and gigabytes before.
     assert len(result["message"]) < 300 and result["peak_mb"] < 200, result
     # The command: one line, exit 2, before TensorFlow is loaded.
-    proc = subprocess.run([sys.executable, "-m", "keras_blood.train", str(bomb)], cwd=tmp_path, env=ENV,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_blood.train", str(bomb)],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and len(one_error_line(proc.stderr)) < 300 and len(proc.stderr) < 1000
     # The same bomb in one --set value (flow style).
     flow = "[" + ", ".join([f"&a{i} [{', '.join([f'*a{i - 1}'] * 9) if i else 'x'}]" for i in range(9)]) + "]"
@@ -106,14 +121,26 @@ def test_an_alias_bomb_is_one_short_line_quickly_and_in_little_memory(tmp_path):
         (f"train.{'k' * 100_000}=1", "train.kkk"),  # a long unknown key
         (f"data.classes=[{', '.join(['x'] * 50_000)}]", "data.classes = ['x', 'x'"),  # a long list
         (f"data.classes=[{', '.join(['1'] * 50_000)}]", "; and 49990 more"),  # 50,000 errors: ten shown
-        (f"seed={'9' * 5000}", "not valid YAML: an integer of more digits than Python reads"),  # an int Python will not parse
+        (
+            f"seed={'9' * 5000}",
+            "not valid YAML: an integer of more digits than Python reads",
+        ),  # an int Python will not parse
         ("seed=" + "[" * 5000 + "]" * 5000, "nested too deeply"),
         ("train.epochs=&a [1, *a]", "an alias (*name) inside its own anchor"),
         (f"train.epochs.x={'y' * 100_000}", "--set 'train.epochs.x=yyy"),  # over a value that is no section
         (f"{'k' * 100_000}", "expected KEY=VALUE"),
     ],
-    ids=["long value", "long key", "long list", "many errors", "huge int", "deep nesting", "cycle", "not a section",
-         "no equals sign"],  # fmt: skip
+    ids=[
+        "long value",
+        "long key",
+        "long list",
+        "many errors",
+        "huge int",
+        "deep nesting",
+        "cycle",
+        "not a section",
+        "no equals sign",
+    ],
 )
 def test_bad_values_are_quoted_in_a_few_hundred_characters(write_config, override, expected):
     path = write_config({"model": {"name": "cnn"}, "train": {"epochs": 2}})
@@ -143,8 +170,11 @@ def test_other_quoted_values_are_short_too(tmp_path, write_config):
 def test_duplicate_keys_are_an_error_naming_the_key_and_lines(tmp_path):
     path = tmp_path / "twice.yaml"
     path.write_text("model: {name: cnn}\ntrain:\n  epochs: 3\ndata: {}\ntrain:\n  epochs: 5\n")
-    with pytest.raises(ConfigError, match=rf"^{path}: line 5: key 'train' is given twice in one mapping "
-                                          r"\(first on line 2\); keep one$"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{path}: line 5: key 'train' is given twice in one mapping "
+        r"\(first on line 2\); keep one$",
+    ):
         load_config(path)
     path.write_text("model: {name: cnn, filters: [8], name: basic}\n")  # in a flow mapping, one line
     with pytest.raises(ConfigError, match=r"line 1: key 'name' is given twice"):
@@ -170,8 +200,10 @@ def test_config_files_that_are_no_text_or_too_large_are_one_line(tmp_path):
     syntax.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError) as caught:
         load_config(syntax)
-    assert str(caught.value) == (f"{syntax}: not valid YAML: line 2, column 1: expected ',' or ']', but got "
-                                 "'<stream end>' (while parsing a flow sequence at line 1, column 8)")  # fmt: skip
+    assert str(caught.value) == (
+        f"{syntax}: not valid YAML: line 2, column 1: expected ',' or ']', but got "
+        "'<stream end>' (while parsing a flow sequence at line 1, column 8)"
+    )
 
 
 # ----------------------------------------------------------------------------- prepared copies
@@ -197,10 +229,19 @@ def truncate_shard(copy: Path) -> None:
 DAMAGES = {
     "shard cut short": (truncate_shard, "the train split's shards hold"),
     "shard deleted": (lambda copy: next(copy.glob("bloodmnist-test.tfrecord-*")).unlink(), "is missing"),
-    "shard emptied": (lambda copy: next(copy.glob("bloodmnist-validation.tfrecord-*")).write_bytes(b""), "shards hold 0"),
-    "dataset_info.json cut": (lambda copy: (copy / "dataset_info.json").write_text("{\"name\": "), "dataset_info.json is unreadable"),
+    "shard emptied": (
+        lambda copy: next(copy.glob("bloodmnist-validation.tfrecord-*")).write_bytes(b""),
+        "shards hold 0",
+    ),
+    "dataset_info.json cut": (
+        lambda copy: (copy / "dataset_info.json").write_text('{"name": '),
+        "dataset_info.json is unreadable",
+    ),
     "features.json deleted": (lambda copy: (copy / "features.json").unlink(), "features.json is missing"),
-    "labels cut": (lambda copy: (copy / "label.labels.txt").write_text("basophil\n"), "label.labels.txt names 1 classes"),
+    "labels cut": (
+        lambda copy: (copy / "label.labels.txt").write_text("basophil\n"),
+        "label.labels.txt names 1 classes",
+    ),
 }
 
 
@@ -237,8 +278,9 @@ def test_a_damaged_copy_whose_source_is_gone_names_the_folder(tmp_path):
         from keras_blood.data import load_data
         sys.exit(run_main(lambda argv: load_data(DataConfig(tfds_dir=sys.argv[1], download=False))))
         """,
-        str(tmp_path / "tfds"), env={**ENV, "HOME": str(tmp_path / "home"), "KERAS_BLOOD_DATA_ROOT": ""},
-    )  # fmt: skip
+        str(tmp_path / "tfds"),
+        env={**ENV, "HOME": str(tmp_path / "home"), "KERAS_BLOOD_DATA_ROOT": ""},
+    )
     line = one_error_line(proc.stderr)
     assert proc.returncode == 2 and line.startswith(f"error: the prepared copy in {copy} is damaged (the train split's")
     assert "cannot be prepared again" in line and "bloodmnist.npz does not exist" in line
@@ -277,8 +319,12 @@ def small_tmpfs(tmp_path_factory):
     where that is not permitted."""
     probe = tmp_path_factory.mktemp("probe")
     try:
-        proc = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=2M tmpfs {probe}"],
-                              capture_output=True, text=True, timeout=30)  # fmt: skip
+        proc = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=2M tmpfs {probe}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except FileNotFoundError:
         pytest.skip("unshare is not installed")
     if proc.returncode:
@@ -287,8 +333,9 @@ def small_tmpfs(tmp_path_factory):
     def run(folder: Path, command: str, size: str = "2M", timeout: float = 300) -> subprocess.CompletedProcess:
         folder.mkdir(parents=True, exist_ok=True)
         script = f"mount -t tmpfs -o size={size} tmpfs '{folder}' && {command}"
-        return subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=ENV,
-                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
+        return subprocess.run(
+            ["unshare", "-rm", "sh", "-c", script], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
+        )
 
     return run
 
@@ -307,7 +354,9 @@ def test_a_full_tfds_dir_is_one_line_and_keeps_nothing(tmp_path, small_tmpfs):
     proc = small_tmpfs(small, f"'{sys.executable}' -c \"{load}\"; echo exit=$?; find '{small}'", size="256k")
     line = one_error_line(proc.stderr)
     assert "exit=2" in proc.stdout, proc.stdout + proc.stderr[-3000:]
-    assert line.startswith(f"error: no space left on the device of data.tfds_dir ({small}/tfds) while preparing bloodmnist/28")
+    assert line.startswith(
+        f"error: no space left on the device of data.tfds_dir ({small}/tfds) while preparing bloodmnist/28"
+    )
     assert "set data.tfds_dir to a folder with more room" in line
     assert proc.stdout.split("exit=2\n")[1].split() == [str(small)]  # the folders the prepare made are gone too
 
@@ -323,8 +372,11 @@ def tiny(tmp_path):
     from keras_blood.models.registry import build_model
 
     config = Config.model_validate(
-        {"name": "tiny", "model": {"name": "basic", "filters": [4, 4, 4], "dense_units": 8},
-         "output": {"runs_dir": str(tmp_path / "runs"), "export_dir": str(tmp_path / "a" / "b" / "sm")}}  # fmt: skip
+        {
+            "name": "tiny",
+            "model": {"name": "basic", "filters": [4, 4, 4], "dense_units": 8},
+            "output": {"runs_dir": str(tmp_path / "runs"), "export_dir": str(tmp_path / "a" / "b" / "sm")},
+        }
     )
     keras.utils.set_random_seed(0)
     return config, build_model(config.model, (28, 28, 3), 8)
@@ -348,8 +400,10 @@ def test_a_full_export_disk_is_one_line_and_publishes_nothing(tmp_path, small_tm
     proc = small_tmpfs(small, f"'{sys.executable}' '{tmp_path / 'export.py'}'; echo exit=$?; find '{small}'")
     line = one_error_line(proc.stderr)
     assert "exit=2" in proc.stdout, proc.stdout + proc.stderr[-3000:]
-    assert line == (f"error: cannot write a version under {small}/sm/big (no space left on device); nothing was "
-                    "published: free space there or --set output.export_dir=<another folder>")  # fmt: skip
+    assert line == (
+        f"error: cannot write a version under {small}/sm/big (no space left on device); nothing was "
+        "published: free space there or --set output.export_dir=<another folder>"
+    )
     assert proc.stdout.split("exit=2\n")[1].split() == [str(small), f"{small}/sm", f"{small}/sm/big"]
 
 
@@ -377,7 +431,10 @@ def test_make_folders_leaves_existing_folders_alone(tmp_path):
         make_folders(tmp_path / "mine" / "x" / "y")
     finally:
         os.umask(previous)
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "mine", tmp_path / "mine" / "x", tmp_path / "mine" / "x" / "y")}
+    modes = {
+        p.name: stat.S_IMODE(p.stat().st_mode)
+        for p in (tmp_path / "mine", tmp_path / "mine" / "x", tmp_path / "mine" / "x" / "y")
+    }
     assert modes == {"mine": 0o700, "x": 0o755, "y": 0o755}
 
 
@@ -404,7 +461,12 @@ def test_stale_staged_files_of_dead_processes_are_removed(tmp_path):
     os.utime(tmp_path / names["old legacy"], (day_ago, day_ago))
     removed = remove_stale_staging(tmp_path, ".tmp-")
     assert {p.name for p in removed} == {names["dead"], names["dead int8"], names["old legacy"]}
-    assert {p.name for p in tmp_path.iterdir()} == {"model.onnx", names["alive"], names["other host"], names["new legacy"]}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "model.onnx",
+        names["alive"],
+        names["other host"],
+        names["new legacy"],
+    }
 
 
 @pytest.fixture
@@ -413,8 +475,22 @@ def version(tiny):
 
     config, model = tiny
     recipe = {"center_crop_fraction": 200 / 360, "resize": [28, 28], "method": "bicubic"}
-    return export_model(model, config, ["basophil", "eosinophil", "erythroblast", "immature granulocyte",
-                                        "lymphocyte", "monocyte", "neutrophil", "platelet"], {}, recipe)  # fmt: skip
+    return export_model(
+        model,
+        config,
+        [
+            "basophil",
+            "eosinophil",
+            "erythroblast",
+            "immature granulocyte",
+            "lymphocyte",
+            "monocyte",
+            "neutrophil",
+            "platelet",
+        ],
+        {},
+        recipe,
+    )
 
 
 def test_export_edge_removes_what_a_killed_one_left(version):
@@ -435,8 +511,13 @@ def test_export_edge_removes_what_a_killed_one_left(version):
 def test_a_killed_export_edge_leaves_nothing_after_the_next(version):
     pytest.importorskip("tf2onnx", reason="the edge extra is not installed: pip install -e '.[edge]'")
     edge = version / "edge"
-    proc = subprocess.Popen([sys.executable, "-m", "keras_blood.export_edge", str(version), "--format", "onnx"],
-                            cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "keras_blood.export_edge", str(version), "--format", "onnx"],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 300
         while not list(edge.glob(".tmp-*")) and proc.poll() is None and time.monotonic() < deadline:
@@ -485,8 +566,14 @@ def test_images_of_huge_dimensions_are_refused_from_their_header(version, tmp_pa
     # A lower limit refuses the small one too; the command takes it as --max-pixels.
     output, failed = predict(version, files[2:], tmp_path / "low.csv", max_pixels=40 * 60 - 1)
     assert failed == 1 and "image of 60x40 pixels" in csv_rows(output)[0]["error"]
-    proc = subprocess.run([sys.executable, "-m", "keras_blood.predict", str(version), *files[2:], "--max-pixels", "0"],
-                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_blood.predict", str(version), *files[2:], "--max-pixels", "0"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "--max-pixels must be at least 1" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -509,7 +596,9 @@ def test_a_real_20000_pixel_square_png_is_refused_in_little_memory(version, tmp_
         proc = subprocess.run([sys.executable, "-m", "keras_blood.predict", *sys.argv[1:]])
         print("peak_mb", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "exit", proc.returncode)
     """
-    proc = python(measure, str(version), str(tmp_path / "huge.png"), "--output", str(tmp_path / "out.csv"), cwd=tmp_path)
+    proc = python(
+        measure, str(version), str(tmp_path / "huge.png"), "--output", str(tmp_path / "out.csv"), cwd=tmp_path
+    )
     peak = float(proc.stdout.split("peak_mb")[1].split()[0])
     assert "exit 1" in proc.stdout and "more than the limit" in proc.stdout, proc.stdout + proc.stderr[-2000:]
     assert peak < 1500, peak

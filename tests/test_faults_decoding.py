@@ -260,7 +260,9 @@ def test_data_max_pixels_is_a_key_whose_default_is_the_serving_cap(tmp_path):
 
     assert DataConfig().max_pixels == MAX_PIXELS
     assert DataConfig.model_fields["max_pixels"].description
-    several = DataConfig(classes=["a", "b"], sources={"ours": {"name": "image_folder", "root": str(tmp_path)}}, max_pixels=9)
+    several = DataConfig(
+        classes=["a", "b"], sources={"ours": {"name": "image_folder", "root": str(tmp_path)}}, max_pixels=9
+    )
     assert several.source_config("ours").max_pixels == 9  # data.sources: each lab's folder under the one cap
     root = lab_folder(tmp_path / "lab", per_class=10)
     with pytest.raises(DataError) as info:
@@ -305,15 +307,23 @@ def test_preparing_a_lab_folder_with_a_20000_pixel_square_png_takes_little_memor
     """
 
     def prepared(tfds: str) -> tuple[float, subprocess.CompletedProcess]:
-        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), str(root), str(tmp_path / tfds)],
-                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-                              capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code), str(root), str(tmp_path / tfds)],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         return float(proc.stdout.split("peak_mb")[1].split()[0]), proc
 
     without, _ = prepared("tfds-without")
     (root / "neutrophil" / "huge.png").write_bytes(png_of(20_000, 20_000))
     peak, proc = prepared("tfds")
-    assert "exit 2" in proc.stdout and "more than the limit of 50000000" in proc.stderr, proc.stdout + proc.stderr[-2000:]
+    assert "exit 2" in proc.stdout and "more than the limit of 50000000" in proc.stderr, (
+        proc.stdout + proc.stderr[-2000:]
+    )
     assert peak < without + 600, (peak, without)
 
 
@@ -326,8 +336,12 @@ def test_serving_bytes_refuses_an_image_over_data_max_pixels_from_its_header(tmp
     from keras_blood.serving.export import export_model
 
     config = Config.model_validate(
-        {"name": "capped", "model": {"name": "basic", "filters": [4, 4, 4], "dense_units": 8},
-         "data": {"max_pixels": 1000}, "output": {"export_dir": str(tmp_path)}}
+        {
+            "name": "capped",
+            "model": {"name": "basic", "filters": [4, 4, 4], "dense_units": 8},
+            "data": {"max_pixels": 1000},
+            "output": {"export_dir": str(tmp_path)},
+        }
     )
     keras.utils.set_random_seed(0)
     version = export_model(build_model(config.model, (28, 28, 3), 8), config, list("abcdefgh"), {})
@@ -360,8 +374,11 @@ def lab_version(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("lab-version")
     config = Config.model_validate(
-        {"name": "lab", "model": {"name": "basic", "filters": [4, 4, 4], "dense_units": 8},
-         "output": {"export_dir": str(root)}}
+        {
+            "name": "lab",
+            "model": {"name": "basic", "filters": [4, 4, 4], "dense_units": 8},
+            "output": {"export_dir": str(root)},
+        }
     )
     keras.utils.set_random_seed(0)
     return export_model(build_model(config.model, (28, 28, 3), 3), config, LAB_CLASSES, {}, {"resize": [28, 28]})
@@ -398,9 +415,11 @@ def test_evaluate_data_refuses_a_20000_pixel_square_png_from_its_header(lab_vers
     huge.write_bytes(png_of(20_000, 20_000))
     result = evaluate_data(command, lab_version, root)
     assert result.returncode == 2 and command_lines(result.stderr) == [
-        (f"error: {huge}: not a readable image (image of 400000000 pixels, more than the limit of 50000000 "
-         f"(--max-pixels); not decoded); 1 such file(s) in all. Remove them from {root} or pass "
-         "--set data.skip_unreadable=true")
+        (
+            f"error: {huge}: not a readable image (image of 400000000 pixels, more than the limit of 50000000 "
+            f"(--max-pixels); not decoded); 1 such file(s) in all. Remove them from {root} or pass "
+            "--set data.skip_unreadable=true"
+        )
     ], result.stderr
     result = evaluate_data(command, lab_version, root, "--set", "data.skip_unreadable=true")
     assert result.returncode == 0 and report_of(result)["left_out"] == {"unreadable files": 1}, result.stderr
@@ -419,8 +438,10 @@ def test_evaluate_data_on_a_train_test_root_says_which_split_folders_it_pooled(l
     assert result.returncode == 0, result.stderr
     pooled = [line for line in result.stdout.splitlines() if "pooled" in line]
     assert pooled == [
-        (f"{root} has split folders: pooled TEST/ (6 images) and TRAIN/ (12 images) into one set of 18; "
-         f"to evaluate one, pass --data {root / 'TEST'}")
+        (
+            f"{root} has split folders: pooled TEST/ (6 images) and TRAIN/ (12 images) into one set of 18; "
+            f"to evaluate one, pass --data {root / 'TEST'}"
+        )
     ]
     assert report_of(result)["pooled_split_folders"] == {"TEST": 6, "TRAIN": 12}
     result = evaluate_data(command, lab_version, root / "TEST")

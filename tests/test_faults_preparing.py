@@ -27,7 +27,12 @@ from PIL import Image
 from keras_blood.errors import DataError
 from tests.helpers import REPO, command_lines
 
-COLOURS = {"eosinophil": (200, 60, 60), "neutrophil": (60, 180, 60), "lymphocyte": (60, 60, 200), "basophil": (120, 40, 160)}
+COLOURS = {
+    "eosinophil": (200, 60, 60),
+    "neutrophil": (60, 180, 60),
+    "lymphocyte": (60, 60, 200),
+    "basophil": (120, 40, 160),
+}
 
 
 def capture(colour, seed: int, size: int = 12) -> np.ndarray:
@@ -35,8 +40,14 @@ def capture(colour, seed: int, size: int = 12) -> np.ndarray:
     return np.clip(rng.normal(colour, 20, (size, size, 3)), 0, 255).astype(np.uint8)
 
 
-def tiny_lab(root: Path, classes=("eosinophil", "neutrophil"), per_class: int = 8, start: int = 0,
-             fmt: str = "PNG", split: str = "") -> Path:  # fmt: skip
+def tiny_lab(
+    root: Path,
+    classes=("eosinophil", "neutrophil"),
+    per_class: int = 8,
+    start: int = 0,
+    fmt: str = "PNG",
+    split: str = "",
+) -> Path:
     """``root/[split/]<class>/c<i>.<fmt>``: ``per_class`` tiny captures of each class, and
     ``root/labels.tsv`` listing every image under root (rewritten each call)."""
     for name in classes:
@@ -71,7 +82,13 @@ def test_a_list_named_relatively_or_through_a_symlink_reuses_the_prepared_copy(t
     load(lab / "labels.tsv", tfds)
     assert prepared(capsys.readouterr().out)
     monkeypatch.chdir(lab)
-    for spelling in ("labels.tsv", "./current.tsv", lab / "current.tsv", tmp_path / "lab-link" / "labels.tsv", "../lab-link/current.tsv"):
+    for spelling in (
+        "labels.tsv",
+        "./current.tsv",
+        lab / "current.tsv",
+        tmp_path / "lab-link" / "labels.tsv",
+        "../lab-link/current.tsv",
+    ):
         load(spelling, tfds)
         out = capsys.readouterr().out
         assert not prepared(out), (spelling, out)
@@ -80,8 +97,14 @@ def test_a_list_named_relatively_or_through_a_symlink_reuses_the_prepared_copy(t
 
 def python(code: str, *args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 LOAD = """
@@ -170,7 +193,9 @@ def test_skip_unreadable_reuses_its_copy_and_a_class_left_without_images_is_one_
     with pytest.raises(DataError) as caught:
         load(basophil, tfds, skip_unreadable=True)
     message = str(caught.value)
-    assert "\n" not in message and "class 'basophil'" in message and "all its 8 files are unreadable" in message, message
+    assert "\n" not in message and "class 'basophil'" in message and "all its 8 files are unreadable" in message, (
+        message
+    )
     assert not list((tfds / "image_folder").glob("basophil-*/1.0.0"))
 
     # Split folders: the test split's basophils all unreadable, the others fine.
@@ -228,8 +253,14 @@ def test_a_runs_record_names_each_files_split_and_finds_what_changed(tmp_path):
     assert str(lab) in refusal and "changed since the run started" in refusal and "6 files added" in refusal, refusal
     assert "in another split" in refusal, refusal
 
-    sources = DataConfig.model_validate({"name": "sources", "classes": ["eosinophil", "neutrophil"], "image_size": 16,
-                                         "sources": {"lab": {"name": "image_folder", "root": str(tmp_path / "other")}}})  # fmt: skip
+    sources = DataConfig.model_validate(
+        {
+            "name": "sources",
+            "classes": ["eosinophil", "neutrophil"],
+            "image_size": 16,
+            "sources": {"lab": {"name": "image_folder", "root": str(tmp_path / "other")}},
+        }
+    )
     other = tiny_lab(tmp_path / "other")
     recorded = split_record(sources, seed=0)
     assert list(recorded) == ["data.sources.lab"]
@@ -289,7 +320,9 @@ def test_resume_on_a_folder_that_changed_is_one_line_and_on_the_same_folder_cont
     resumed = command("keras_blood.train", "--resume", str(run_dir))
     (line,) = command_lines(resumed.stderr)
     assert resumed.returncode == 2 and "Traceback" not in resumed.stderr
-    assert line.startswith(f"error: {lab} changed since the run started (8 files added") and "in another split" in line, line
+    assert (
+        line.startswith(f"error: {lab} changed since the run started (8 files added") and "in another split" in line
+    ), line
     assert f"python -m keras_blood.train {run_dir / 'config.yaml'}" in line and "put the folder back" in line, line
     assert not any(line.startswith("Resuming") for line in resumed.stdout.splitlines())
 

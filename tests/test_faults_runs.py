@@ -184,7 +184,9 @@ def environment() -> dict[str, str]:
 
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=environment(), capture_output=True, text=True, timeout=TIMEOUT
+    )
 
 
 def inject(tmp_path: Path, point: str, sig: str, config: Path) -> subprocess.CompletedProcess:
@@ -215,7 +217,10 @@ def assert_stopped(result: subprocess.CompletedProcess, sig: str, run_dir: Path)
         assert result.returncode == -signal.SIGKILL, (result.returncode, result.stderr[-3000:])
     else:
         assert result.returncode == 128 + signal.SIGTERM, (result.returncode, result.stderr[-3000:])
-        assert lines(result.stderr)[-1] == f"stopped by SIGTERM; continue with: python -m keras_blood.train --resume {run_dir}"
+        assert (
+            lines(result.stderr)[-1]
+            == f"stopped by SIGTERM; continue with: python -m keras_blood.train --resume {run_dir}"
+        )
     assert json.loads((run_dir / "status.json").read_text())["state"] in ("training", "trained")
 
 
@@ -287,9 +292,10 @@ def test_sigterm_in_an_epoch_is_one_line_and_the_run_resumes(tmp_path, capfd):
 
 # The stops CI runs (every case was measured: docs/reliability.md). SIGKILL between a
 # backup's two writes, while exporting and before the run's record (a kill between a commit
-# and the best checkpoint: the quick test further down); SIGTERM while exporting, outside fit. The two quick tests above add
-# SIGKILL while a backup is written and SIGTERM inside an epoch, with a backup to resume
-# from. (SIGKILL mid-epoch leaves the state a kill while the backup is written leaves;
+# and the best checkpoint: the quick test further down); SIGTERM while exporting, outside
+# fit. The two quick tests above add SIGKILL while a backup is written and SIGTERM inside
+# an epoch, with a backup to resume from. (SIGKILL mid-epoch leaves the state a kill while
+# the backup is written leaves;
 # SIGTERM at a backup or a checkpoint defers, as inside an epoch, to the epoch's end; a
 # stop before the first backup starts the run again, as the resume of any stop can.)
 STOPS = [
@@ -340,7 +346,9 @@ def resume_command(run_dir: Path, capsys) -> tuple[int, str, str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["cut short", "keras in place"])
-def test_a_damaged_backup_is_one_line_saying_what_to_do_and_doing_it_finishes_the_run(synthetic, monkeypatch, capsys, damage):
+def test_a_damaged_backup_is_one_line_saying_what_to_do_and_doing_it_finishes_the_run(
+    synthetic, monkeypatch, capsys, damage
+):
     config, run_dir = stop_after_epoch(synthetic, monkeypatch, 2)
     backup = run_dir / "backup" / "model"
     (state,) = backup.glob("state-*.weights.h5")
@@ -473,7 +481,9 @@ def test_a_full_disk_is_recognised_in_every_wording_and_memory_is_not(tmp_path, 
 
     assert files.out_of_space(OSError(errno.ENOSPC, "No space left on device"))
     assert files.out_of_space(OSError(errno.EDQUOT, "Disk quota exceeded"))
-    h5py_words = "Unable to synchronously create file (unable to open file: name = 'x', errno = 28, error message = '...')"
+    h5py_words = (
+        "Unable to synchronously create file (unable to open file: name = 'x', errno = 28, error message = '...')"
+    )
     assert files.out_of_space(RuntimeError(h5py_words))
     try:
         try:
@@ -485,7 +495,9 @@ def test_a_full_disk_is_recognised_in_every_wording_and_memory_is_not(tmp_path, 
     assert not files.out_of_space(MemoryError("OOM when allocating tensor"))
     assert not files.out_of_space(OSError(errno.EACCES, "Permission denied"))
 
-    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: SimpleNamespace(total=10_000_000, used=9_000_000, free=1_000_000))
+    monkeypatch.setattr(
+        files.shutil, "disk_usage", lambda path: SimpleNamespace(total=10_000_000, used=9_000_000, free=1_000_000)
+    )
     with pytest.raises(OSError, match=r"the backup of epoch 3 needs about 2.0 MB, 1.0 MB free") as error:
         files.require_free_space(tmp_path, 2_000_000, "the backup of epoch 3")
     assert error.value.errno == errno.ENOSPC and error.value.filename == str(tmp_path)
@@ -499,18 +511,29 @@ def namespace(tmp_path: Path, script: str) -> None:
     mount a tmpfs on ``$1/small``; skip where that is not permitted."""
     if shutil.which("unshare") is None:
         pytest.skip("unshare (util-linux) is not installed")
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {tmp_path}"], capture_output=True, text=True)
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {tmp_path}"], capture_output=True, text=True
+    )
     if probe.returncode != 0:
         pytest.skip(f"a private mount namespace is not permitted here (unshare -rm: {probe.stderr.strip()[:200]})")
     (tmp_path / "small").mkdir()
-    done = subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", str(tmp_path)], cwd=tmp_path, env=environment(),
-                          capture_output=True, text=True, timeout=3 * TIMEOUT)  # fmt: skip
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, "sh", str(tmp_path)],
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=3 * TIMEOUT,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
 def outputs(tmp_path: Path, name: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(
-        [], int((tmp_path / f"{name}.rc").read_text()), (tmp_path / f"{name}.out").read_text(), (tmp_path / f"{name}.err").read_text()
+        [],
+        int((tmp_path / f"{name}.rc").read_text()),
+        (tmp_path / f"{name}.out").read_text(),
+        (tmp_path / f"{name}.err").read_text(),
     )
 
 
@@ -532,8 +555,12 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 @pytest.mark.slow
 def test_a_runs_dir_too_small_for_the_run_is_one_line_before_a_run_folder(tmp_path):
     config = write_config(tmp_path, runs_dir=tmp_path / "small" / "runs")
-    namespace(tmp_path, "mount -t tmpfs -o size=2m tmpfs \"$1/small\" && " + step("first", sys.executable, "-m", "keras_blood.train", str(config))
-              + ' && ls -A "$1/small" >"$1/left"')  # fmt: skip
+    namespace(
+        tmp_path,
+        'mount -t tmpfs -o size=2m tmpfs "$1/small" && '
+        + step("first", sys.executable, "-m", "keras_blood.train", str(config))
+        + ' && ls -A "$1/small" >"$1/left"',
+    )
     line = one_line_error(outputs(tmp_path, "first"))
     assert line.startswith("error: training 'tiny' (backups and checkpoints) needs about")
     assert f"under '{tmp_path / 'small'}'" in line and "--set output.runs_dir=<a folder with room>" in line
@@ -550,20 +577,25 @@ def test_a_runs_dir_that_fills_up_is_one_line_and_the_run_resumes_once_there_is_
     runs_dir = tmp_path / "small" / "runs"
     config = write_config(tmp_path, runs_dir=runs_dir)
     filler = tmp_path / "small" / "filler"
-    script = " ; ".join([
-        'mount -t tmpfs -o size=16m tmpfs "$1/small" || exit 1',
-        step("first", sys.executable, "-m", "tests.test_faults_runs", f"{where}:2:{filler}", "-", str(config)),
-        'cp -r "$1/small/runs" "$1/stopped"',
-        'rm "$1/small/filler"',
-        step("second", sys.executable, "-m", "keras_blood.train", "--resume", "latest", str(config)),
-        'cp -r "$1/small/runs" "$1/after"',
-    ])  # fmt: skip
+    script = " ; ".join(
+        [
+            'mount -t tmpfs -o size=16m tmpfs "$1/small" || exit 1',
+            step("first", sys.executable, "-m", "tests.test_faults_runs", f"{where}:2:{filler}", "-", str(config)),
+            'cp -r "$1/small/runs" "$1/stopped"',
+            'rm "$1/small/filler"',
+            step("second", sys.executable, "-m", "keras_blood.train", "--resume", "latest", str(config)),
+            'cp -r "$1/small/runs" "$1/after"',
+        ]
+    )
     namespace(tmp_path, script)
     line = one_line_error(outputs(tmp_path, "first"))
     run_dir = the_run(tmp_path / "stopped")
     mounted = runs_dir / "tiny" / run_dir.name
     assert line.startswith("error: no space left on device (")
-    assert line.endswith(f"free space under '{mounted}' (output.runs_dir), then continue with: python -m keras_blood.train --resume {mounted}")
+    assert line.endswith(
+        f"free space under '{mounted}' (output.runs_dir), "
+        f"then continue with: python -m keras_blood.train --resume {mounted}"
+    )
     assert json.loads((run_dir / "status.json").read_text())["state"] == "training"
     assert json.loads((run_dir / "backup" / "model" / "training_metadata.json").read_text())["epoch"] == 1
     assert not [p for p in run_dir.rglob(".*")], "a half-written file was left"
@@ -581,7 +613,11 @@ def test_a_runs_dir_that_fills_up_is_one_line_and_the_run_resumes_once_there_is_
 
 def test_a_read_only_runs_dir_is_one_line_before_the_model_is_built(tmp_path):
     config = write_config(tmp_path, runs_dir=tmp_path / "small" / "runs")
-    namespace(tmp_path, 'mount -t tmpfs -o ro,size=1m tmpfs "$1/small" && ' + step("first", sys.executable, "-m", "keras_blood.train", str(config)))
+    namespace(
+        tmp_path,
+        'mount -t tmpfs -o ro,size=1m tmpfs "$1/small" && '
+        + step("first", sys.executable, "-m", "keras_blood.train", str(config)),
+    )
     result = outputs(tmp_path, "first")
     line = one_line_error(result)
     assert line == (

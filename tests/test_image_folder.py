@@ -16,11 +16,12 @@ from PIL import Image
 
 from keras_blood.data.sources.image_folder.listing import list_images, normal
 from keras_blood.errors import DataError
-from tests.helpers import FORMATS, REPO, SHARED_DATA, command_lines, lab_folder
+from tests.helpers import REPO, SHARED_DATA, command_lines, lab_folder
+
 
 def listed(listing, split=None):
     rows = listing.splits == split if split else np.ones(len(listing), bool)
-    return {(f, listing.class_names[l]) for f, l in zip(listing.files[rows], listing.labels[rows])}
+    return {(f, listing.class_names[label]) for f, label in zip(listing.files[rows], listing.labels[rows])}
 
 
 # ----------------------------------------------------------------------------- listing
@@ -42,7 +43,9 @@ def test_class_folders_are_split_by_group_and_stratified(tmp_path):
 
 
 def test_classes_order_aliases_and_what_is_left_out(tmp_path):
-    root = lab_folder(tmp_path / "lab", folders={"eosinophil": "Eosinophils", "lymphocyte": "LYMPHO", "neutrophil": "band_neutrophil"})
+    root = lab_folder(
+        tmp_path / "lab", folders={"eosinophil": "Eosinophils", "lymphocyte": "LYMPHO", "neutrophil": "band_neutrophil"}
+    )
     (root / "LYMPHO" / "Thumbs.db").write_text("not an image")
     (root / "basophil").mkdir()
     (root / "basophil" / "b.png").write_bytes((root / "LYMPHO" / "slide0_0.png").read_bytes())
@@ -79,7 +82,9 @@ def test_a_list_with_a_header_reads_any_columns_and_one_without_reads_path_label
     assert listing.class_names == ["EOSINOPHIL", "LYMPHOCYTE", "NEUTROPHIL"] and len(listing) == 30
     assert listing.root == tmp_path
 
-    rows = [[file, file.split("/")[1], file.split("_")[0], "test" if i % 3 == 0 else ""] for i, file in enumerate(files)]
+    rows = [
+        [file, file.split("/")[1], file.split("_")[0], "test" if i % 3 == 0 else ""] for i, file in enumerate(files)
+    ]
     (tmp_path / "plain.csv").write_text("\n".join(",".join(row) for row in rows))
     listing = list_images(tmp_path / "plain.csv", val_fraction=0.25, seed=0)
     given_test = {row[0] for row in rows if row[3] == "test"}
@@ -95,7 +100,11 @@ def test_a_list_with_a_header_reads_any_columns_and_one_without_reads_path_label
         ("empty class", {}, "class 'monocyte' has no images in any file; add images of it"),
         ("test lacks a class", {}, "class 'neutrophil' has no images in the test split"),
         ("classes", {"classes": ["eosinophil", "basophil"]}, "class 'basophil' has no images in any file"),
-        ("classes", {"aliases": {"basophil": ["x"]}, "classes": ["eosinophil", "neutrophil"]}, "data.class_aliases: 'basophil' is not one of data.classes"),
+        (
+            "classes",
+            {"aliases": {"basophil": ["x"]}, "classes": ["eosinophil", "neutrophil"]},
+            "data.class_aliases: 'basophil' is not one of data.classes",
+        ),
         ("classes", {"group_pattern": "slide"}, "has no (group); put the part that names the group in parentheses"),
         ("classes", {"group_pattern": "(slide"}, "is not a regular expression"),
         ("classes", {"group_pattern": "(slide)"}, "1 group(s) of images cannot be split 5 ways"),
@@ -107,7 +116,13 @@ def test_a_list_with_a_header_reads_any_columns_and_one_without_reads_path_label
 def test_bad_folders_and_lists_are_one_line_naming_the_fix(tmp_path, layout, kwargs, expected):
     root = tmp_path / "lab"
     if layout in ("one class", "classes", "empty class"):
-        lab_folder(root, per_class=10, folders={"eosinophil": "eosinophil", "neutrophil": "neutrophil"} if layout != "one class" else {"eosinophil": "eosinophil"})
+        lab_folder(
+            root,
+            per_class=10,
+            folders={"eosinophil": "eosinophil", "neutrophil": "neutrophil"}
+            if layout != "one class"
+            else {"eosinophil": "eosinophil"},
+        )
         if layout == "empty class":
             (root / "monocyte").mkdir()
     elif layout == "test lacks a class":
@@ -115,7 +130,11 @@ def test_bad_folders_and_lists_are_one_line_naming_the_fix(tmp_path, layout, kwa
         lab_folder(root / "test", per_class=10, folders={"eosinophil": "eosinophil", "lymphocyte": "lymphocyte"})
     elif layout in ("bad list", "list of missing files", "bad split"):
         lab_folder(tmp_path / "images", per_class=10)
-        line = {"bad list": "a.png", "list of missing files": "images/none.png,eosinophil", "bad split": "images/eosinophil/slide0_0.png,eosinophil,,holdout"}[layout]
+        line = {
+            "bad list": "a.png",
+            "list of missing files": "images/none.png,eosinophil",
+            "bad split": "images/eosinophil/slide0_0.png,eosinophil,,holdout",
+        }[layout]
         root = tmp_path / "list.csv"
         root.write_text("path,label,group,split\nimages/eosinophil/slide1_1.jpeg,eosinophil\n" + line + "\n")
     with pytest.raises(DataError) as error:
@@ -150,7 +169,9 @@ def test_every_format_and_pixel_kind_is_read_by_the_stated_rule(tmp_path):
                 path = root / label / f"{i}-{name}"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 image.save(path)
-    config = DataConfig(name="image_folder", root=root, tfds_dir=tmp_path / "tfds", image_size=8, group_pattern=r"^(\w/\d)-")
+    config = DataConfig(
+        name="image_folder", root=root, tfds_dir=tmp_path / "tfds", image_size=8, group_pattern=r"^(\w/\d)-"
+    )
     data = load_data(config, seed=0)
     expected = {name: colour for name, (_, colour) in cases.items()}
     for split in data.splits.values():
@@ -167,7 +188,9 @@ def test_an_unreadable_file_is_named_and_nothing_is_kept(tmp_path):
     root = lab_folder(tmp_path / "lab", per_class=10)
     (root / "lymphocyte" / "broken.png").write_bytes(b"\x89PNG not really")
     config = DataConfig(name="image_folder", root=root, tfds_dir=tmp_path / "tfds")
-    with pytest.raises(DataError, match=r"broken.png: not a readable image .* Remove them or set data.skip_unreadable: true"):
+    with pytest.raises(
+        DataError, match=r"broken.png: not a readable image .* Remove them or set data.skip_unreadable: true"
+    ):
         load_data(config)
     assert not list((tmp_path / "tfds").rglob("*.tfrecord*"))
     data = load_data(config.model_copy(update={"skip_unreadable": True}))
@@ -183,13 +206,21 @@ def run(args, cwd, env):
 
 def test_a_bad_folder_is_one_line_before_tensorflow_starts(tmp_path, child_env):
     root = lab_folder(tmp_path / "lab", per_class=6, folders={"eosinophil": "eosinophil"})
-    result = run(["keras_blood.train", str(REPO / "configs" / "image_folder.yaml"), "--set", f"data.root={root}"], tmp_path, child_env)
+    result = run(
+        ["keras_blood.train", str(REPO / "configs" / "image_folder.yaml"), "--set", f"data.root={root}"],
+        tmp_path,
+        child_env,
+    )
     assert result.returncode == 2 and command_lines(result.stderr) == [
         f"error: {root}: found 1 class(es) ['eosinophil']; at least 2 are needed (one folder of images per class "
         "(optionally under train/validation/test folders), or a .csv/.tsv list of path,label)"
     ], result.stderr
     assert "tensorflow" not in result.stderr.lower()
-    result = run(["keras_blood.train", str(REPO / "configs" / "image_folder.yaml")], tmp_path, {**child_env, "KERAS_BLOOD_DATA_ROOT": ""})
+    result = run(
+        ["keras_blood.train", str(REPO / "configs" / "image_folder.yaml")],
+        tmp_path,
+        {**child_env, "KERAS_BLOOD_DATA_ROOT": ""},
+    )
     assert result.returncode == 2 and "data.name image_folder needs data.root" in result.stderr
 
 
@@ -203,7 +234,9 @@ def test_real_pbc_captures_are_read_from_the_labs_own_list(kaggle_root):
 
 
 @pytest.mark.slow
-def test_real_captures_in_png_jpeg_and_bmp_train_and_another_labs_folder_evaluates_and_predicts(kaggle_root, tmp_path, command):
+def test_real_captures_in_png_jpeg_and_bmp_train_and_another_labs_folder_evaluates_and_predicts(
+    kaggle_root, tmp_path, command
+):
     """The documented commands as a lab would run them: the PBC captures' four white-cell
     classes copied into class folders as PNG, JPEG and BMP, as a lab would from its own
     export, trained; then the Kaggle TEST folder's layout (upper-case class folders, one
@@ -212,7 +245,11 @@ def test_real_captures_in_png_jpeg_and_bmp_train_and_another_labs_folder_evaluat
     two epochs on about a hundred images learn little."""
     labels = SHARED_DATA / "pbc-captures" / "labels.tsv"
     with labels.open(newline="") as f:
-        rows = [row for row in csv.DictReader(f, delimiter="\t") if row["class"] in ("eosinophil", "lymphocyte", "monocyte", "neutrophil")]
+        rows = [
+            row
+            for row in csv.DictReader(f, delimiter="\t")
+            if row["class"] in ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
+        ]
     assert len(rows) == 160
     lab = tmp_path / "our lab"
     for i, row in enumerate(rows):
@@ -220,12 +257,28 @@ def test_real_captures_in_png_jpeg_and_bmp_train_and_another_labs_folder_evaluat
         target = lab / row["class"] / f"{Path(row['file']).stem}.{kind.lower()}"
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.open(SHARED_DATA / "pbc-captures" / row["file"]).save(target, format=kind)
-    sets = ["--set", f"data.root={lab}", "--set", f"data.tfds_dir={tmp_path / 'tfds'}", "--set", "train.epochs=2",
-            "--set", f"output.runs_dir={tmp_path / 'runs'}", "--set", f"output.export_dir={tmp_path / 'models'}"]  # fmt: skip
+    sets = [
+        "--set",
+        f"data.root={lab}",
+        "--set",
+        f"data.tfds_dir={tmp_path / 'tfds'}",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        f"output.runs_dir={tmp_path / 'runs'}",
+        "--set",
+        f"output.export_dir={tmp_path / 'models'}",
+    ]
     trained = command("keras_blood.train", str(REPO / "configs" / "image_folder.yaml"), *sets)
     assert trained.returncode == 0, trained.stderr[-3000:]
     (data,) = [line for line in trained.stdout.splitlines() if line.startswith(f"Data: {lab}:")]
-    found = re.search(r"4 classes \['eosinophil', 'lymphocyte', 'monocyte', 'neutrophil'\]; train (\d+), val (\d+), test (\d+) images$", data)
+    found = re.search(
+        (
+            r"4 classes \['eosinophil', 'lymphocyte', 'monocyte', 'neutrophil'\]; "
+            r"train (\d+), val (\d+), test (\d+) images$"
+        ),
+        data,
+    )
     assert found and sum(map(int, found.groups())) == 160, data  # every capture read, nothing left out
     version = Path(trained.stdout.strip().splitlines()[-1])
     assert json.loads((version / "assets.extra" / "metrics.json").read_text())["num_examples"] == int(found.group(3))

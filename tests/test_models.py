@@ -44,8 +44,8 @@ def test_georgetown_basic_has_about_27k_parameters():
 def test_paper_cnn_is_two_conv_layers_and_fnn_one_hidden_layer():
     cnn = build_model(model_config(name="cnn"), (28, 28, 3), 8)
     fnn = build_model(model_config(name="fnn", hidden_units=64), (28, 28, 3), 8)
-    assert sum(isinstance(l, keras.layers.Conv2D) for l in cnn.layers) == 2
-    assert sum(isinstance(l, keras.layers.Dropout) for l in cnn.layers) == 3
+    assert sum(isinstance(layer, keras.layers.Conv2D) for layer in cnn.layers) == 2
+    assert sum(isinstance(layer, keras.layers.Dropout) for layer in cnn.layers) == 3
     assert fnn.count_params() == 28 * 28 * 3 * 64 + 64 + 64 * 8 + 8
 
 
@@ -63,8 +63,8 @@ def test_paper_cnn_is_two_conv_layers_and_fnn_one_hidden_layer():
 )
 def test_georgetown_presets_differ_only_in_regularisation(name, dropout_rates, l1, l2):
     model = build_model(model_config(name=name), (28, 28, 3), 8)
-    assert [l.rate for l in model.layers if isinstance(l, keras.layers.Dropout)] == dropout_rates
-    regularised = [l for l in model.layers if getattr(l, "kernel_regularizer", None) is not None]
+    assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == dropout_rates
+    regularised = [layer for layer in model.layers if getattr(layer, "kernel_regularizer", None) is not None]
     if l1 or l2:
         assert len(regularised) == 4  # 3 conv + the hidden dense
         cfg = regularised[0].kernel_regularizer.get_config()
@@ -94,11 +94,9 @@ def test_vgg16_preprocessing_matches_keras_applications():
 
 
 def test_vgg16_fine_tune_from_a_named_block():
-    model = build_model(
-        model_config(name="vgg16", weights="none", fine_tune_from="block5_conv1"), (32, 32, 3), 4
-    )
+    model = build_model(model_config(name="vgg16", weights="none", fine_tune_from="block5_conv1"), (32, 32, 3), 4)
     base = model.get_layer("vgg16")
-    trainable = [l.name for l in base.layers if l.trainable and l.weights]
+    trainable = [layer.name for layer in base.layers if layer.trainable and layer.weights]
     assert trainable == ["block5_conv1", "block5_conv2", "block5_conv3"]
 
 
@@ -116,17 +114,17 @@ def test_resnet_keeps_full_resolution_in_its_first_stage(residual, blocks):
     model = build_model(
         model_config(name="resnet", widths=[8, 16], blocks_per_stage=blocks, residual=residual), (28, 28, 3), 8
     )
-    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D) and l.kernel_size == (3, 3)]
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D) and layer.kernel_size == (3, 3)]
     assert len(convs) == 1 + 2 * 2 * blocks
     assert convs[1].output.shape[1:3] == (28, 28)
-    assert any(isinstance(l, keras.layers.Add) for l in model.layers) == residual
+    assert any(isinstance(layer, keras.layers.Add) for layer in model.layers) == residual
     assert model(np.zeros((2, 28, 28, 3), "float32")).shape == (2, 8)
 
 
 def test_resnet_upsample_runs_every_stage_at_that_factor():
     plain = build_model(model_config(name="resnet", widths=[4, 8]), (28, 28, 3), 8)
     model = build_model(model_config(name="resnet", widths=[4, 8], upsample=2), (28, 28, 3), 8)
-    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D) and l.kernel_size == (3, 3)]
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D) and layer.kernel_size == (3, 3)]
     assert [c.output.shape[1] for c in convs] == [56, 56, 56, 28, 28]
     assert model.count_params() == plain.count_params()  # same weights, finer maps
     assert model(np.zeros((2, 28, 28, 3), "float32")).shape == (2, 8)
@@ -181,7 +179,9 @@ def test_an_ensemble_averages_its_members_probabilities():
     assert average_models(members[:1]) is members[0]
     # Test-time augmentation wraps the ensemble: every view goes through every member.
     tta = with_tta(ensemble, "flip")
-    expected = np.mean([np.mean([keras.ops.convert_to_numpy(m(v)) for m in members], axis=0) for v in _views(x, "flip")], axis=0)
+    expected = np.mean(
+        [np.mean([keras.ops.convert_to_numpy(m(v)) for m in members], axis=0) for v in _views(x, "flip")], axis=0
+    )
     np.testing.assert_allclose(keras.ops.convert_to_numpy(tta(x)), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -205,9 +205,9 @@ def test_vgg16_imagenet_download_failure_is_a_clear_error(monkeypatch):
 @pytest.mark.parametrize("norm, groups", [("group", {4, 8}), ("layer", {1})])
 def test_resnet_group_and_layer_norm_use_each_images_own_statistics(norm, groups):
     model = build_model(model_config(name="resnet", widths=[4, 16], norm=norm, dropout=0.0), (16, 16, 3), 3)
-    kinds = {type(l) for l in model.layers}
+    kinds = {type(layer) for layer in model.layers}
     assert keras.layers.BatchNormalization not in kinds and keras.layers.GroupNormalization in kinds
-    assert {l.groups for l in model.layers if isinstance(l, keras.layers.GroupNormalization)} == groups
+    assert {layer.groups for layer in model.layers if isinstance(layer, keras.layers.GroupNormalization)} == groups
     # No state from other images: an image's output is the same alone and in any batch.
     rng = np.random.default_rng(0)
     batch = rng.uniform(0, 255, (4, 16, 16, 3)).astype("float32")

@@ -21,8 +21,16 @@ from keras_blood.serving.predict import Progress, predict, prepared_batches
 from keras_blood.serving.request import expand_inputs
 from tests.helpers import REPO, capture_from, command_lines, encode
 
-CLASSES = ["basophil", "eosinophil", "erythroblast", "immature granulocyte",
-           "lymphocyte", "monocyte", "neutrophil", "platelet"]  # fmt: skip
+CLASSES = [
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "immature granulocyte",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+    "platelet",
+]
 HEADER = ["path", "label", "probability", *CLASSES, "error"]
 
 
@@ -31,8 +39,11 @@ def version(tmp_path_factory):
     """An (untrained) tiny BloodMNIST-shaped model, exported with the MedMNIST recipe."""
     root = tmp_path_factory.mktemp("export")
     config = Config.model_validate(
-        {"name": "tiny", "model": {"name": "basic", "filters": [4, 4, 4], "dense_units": 8},
-         "output": {"export_dir": str(root)}}  # fmt: skip
+        {
+            "name": "tiny",
+            "model": {"name": "basic", "filters": [4, 4, 4], "dense_units": 8},
+            "output": {"export_dir": str(root)},
+        }
     )
     keras.utils.set_random_seed(0)
     model = build_model(config.model, (28, 28, 3), 8)
@@ -78,8 +89,15 @@ def read_csv(path):
 
 def test_inputs_expand_folders_recursively_globs_and_missing_paths(images):
     folder, good, bad = images
-    entries = expand_inputs([str(folder), str(folder / "README.txt"), str(folder / "*.bmp"),
-                             str(folder / "nope.jpg"), str(folder / "**" / "*.zz")])  # fmt: skip
+    entries = expand_inputs(
+        [
+            str(folder),
+            str(folder / "README.txt"),
+            str(folder / "*.bmp"),
+            str(folder / "nope.jpg"),
+            str(folder / "**" / "*.zz"),
+        ]
+    )
     paths = [path for path, _ in entries]
     expected = {str(folder / name) for name in good + bad}
     assert set(paths[: len(expected)]) == expected  # the folder: image suffixes, not hidden files

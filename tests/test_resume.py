@@ -103,11 +103,18 @@ def train_here(command: list[str], capfd) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_from_its_last_epoch_and_publishes_once(bloodmnist_root, tmp_path, child_env, capfd, monkeypatch):
+def test_a_killed_run_resumes_from_its_last_epoch_and_publishes_once(
+    bloodmnist_root, tmp_path, child_env, capfd, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     run_parent = tmp_path / "runs" / "cnn"
-    proc = subprocess.Popen(train_command(bloodmnist_root, tmp_path), cwd=tmp_path, env=child_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        train_command(bloodmnist_root, tmp_path),
+        cwd=tmp_path,
+        env=child_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     killed_after = 0
     while time.time() < deadline and proc.poll() is None:
@@ -134,7 +141,9 @@ def test_a_killed_run_resumes_from_its_last_epoch_and_publishes_once(bloodmnist_
     assert f"Resuming training after epoch {killed_after}" in resumed.stdout
     history = runs.read_history(run_dir / "history.csv")
     assert len(history["loss"]) == EPOCHS
-    assert [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]] == list(range(EPOCHS))
+    assert [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]] == list(
+        range(EPOCHS)
+    )
     # The resumed epochs went on from the backup's weights, not from fresh ones: the first
     # of them starts nearer the loss the killed run had reached than a first epoch's.
     loss = history["loss"]

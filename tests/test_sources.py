@@ -22,10 +22,14 @@ CONFIG = REPO / "configs" / "wbc_multilab.yaml"
 def test_the_multilab_config_reads_each_sources_settings_and_drops_a_null_one():
     config = load_config(CONFIG, ["data.sources.kaggle.root=/labs/kaggle", "data.sources.bloodmnist=null"])
     data = config.data
-    assert data.name == "sources" and list(data.used_sources) == ["kaggle"] and config.selection_key == "val_sources_loss"
+    assert (
+        data.name == "sources" and list(data.used_sources) == ["kaggle"] and config.selection_key == "val_sources_loss"
+    )
     kaggle = data.source_config("kaggle")
     assert kaggle.name == "blood_cell_images" and str(kaggle.root) == "/labs/kaggle"
-    assert kaggle.height_width == (120, 160) and kaggle.cell_crop is None  # read at the frame; cropped later, in tf.data
+    assert (
+        kaggle.height_width == (120, 160) and kaggle.cell_crop is None
+    )  # read at the frame; cropped later, in tf.data
     both = load_config(CONFIG, []).data
     assert both.source_config("bloodmnist").height_width == (28, 28)  # the file's size
     assert load_config(REPO / "configs" / "dropout03.yaml", []).selection_key == "val_loss"
@@ -40,9 +44,15 @@ def test_the_multilab_config_reads_each_sources_settings_and_drops_a_null_one():
         ("data.sources.Kaggle={name: bloodmnist}", "data.sources.Kaggle.[key] = 'Kaggle': String should match pattern"),
         ("data.sources.kaggle.weight=0", "data.sources.kaggle.weight = 0: Input should be greater than 0"),
         ("data.sources.kaggle.weight=.inf", "data.sources.kaggle.weight = inf: Input should be a finite number"),
-        ("data.sources.kaggle.weight=1e9", "data.sources.kaggle.weight = '1e9': Input should be less than or equal to 1000"),
+        (
+            "data.sources.kaggle.weight=1e9",
+            "data.sources.kaggle.weight = '1e9': Input should be less than or equal to 1000",
+        ),
         ("data.sources={kaggle: null, bloodmnist: null}", "data.sources: name at least one source"),
-        ("data.name=blood_cell_images", "data.sources is for data.name sources (leave data.name out), not blood_cell_images"),
+        (
+            "data.name=blood_cell_images",
+            "data.sources is for data.name sources (leave data.name out), not blood_cell_images",
+        ),
     ],
 )
 def test_a_bad_sources_setting_is_one_line_naming_the_fix(override, expected):
@@ -56,14 +66,27 @@ def test_a_labs_folder_may_lack_classes_and_a_class_no_source_has_is_one_line(tm
 
     lab_folder(tmp_path / "a", per_class=10)
     lab_folder(tmp_path / "b", per_class=10, folders={"eosinophil": "EOS", "lymphocyte": "lymphocyte"})
-    sources = f"data.sources={{a: {{name: image_folder, root: '{tmp_path / 'a'}'}}, b: {{name: image_folder, root: '{tmp_path / 'b'}'}}}}"
-    config = load_config(CONFIG, [sources, "data.classes=[neutrophil, eosinophil, lymphocyte]", "data.class_aliases={eosinophil: [EOS]}"])
+    sources = (
+        f"data.sources={{a: {{name: image_folder, root: '{tmp_path / 'a'}'}}, "
+        f"b: {{name: image_folder, root: '{tmp_path / 'b'}'}}}}"
+    )
+    config = load_config(
+        CONFIG, [sources, "data.classes=[neutrophil, eosinophil, lymphocyte]", "data.class_aliases={eosinophil: [EOS]}"]
+    )
     narrowed = source_config_of(config.data, "b")
-    assert narrowed.classes == ["eosinophil", "lymphocyte"] and narrowed.partial_splits  # its own, in data.classes' order
+    assert (
+        narrowed.classes == ["eosinophil", "lymphocyte"] and narrowed.partial_splits
+    )  # its own, in data.classes' order
     assert source_config_of(config.data, "a").classes == ["neutrophil", "eosinophil", "lymphocyte"]
     assert source_listing(config.data, 0) is None  # every folder listed, none refused
     lab_folder(tmp_path / "c", per_class=10, folders={"eosinophil": "platelet", "lymphocyte": "erythroblast"})
-    other = load_config(CONFIG, [sources.replace(str(tmp_path / "b"), str(tmp_path / "c")), "data.classes=[neutrophil, eosinophil, lymphocyte]"])
+    other = load_config(
+        CONFIG,
+        [
+            sources.replace(str(tmp_path / "b"), str(tmp_path / "c")),
+            "data.classes=[neutrophil, eosinophil, lymphocyte]",
+        ],
+    )
     with pytest.raises(DataError) as raised:
         source_config_of(other.data, "b")
     assert str(raised.value) == (
@@ -95,7 +118,9 @@ def test_a_weight_whose_epoch_would_not_fit_in_memory_is_one_line_before_it_is_m
 
 
 def test_an_epoch_repeats_or_thins_a_source_by_its_weight_and_keeps_train_examples():
-    assert np.array_equal(np.sort(epoch_rows(5, SourceConfig(name="bloodmnist", weight=2), 0)), np.repeat(np.arange(5), 2))
+    assert np.array_equal(
+        np.sort(epoch_rows(5, SourceConfig(name="bloodmnist", weight=2), 0)), np.repeat(np.arange(5), 2)
+    )
     half = epoch_rows(10, SourceConfig(name="bloodmnist", weight=0.5), 0)
     assert len(half) == 5 and len(set(half)) == 5
     kept = epoch_rows(100, SourceConfig(name="bloodmnist", train_examples=30, weight=1.5), 7)
@@ -127,11 +152,22 @@ def test_two_labs_folders_train_one_model_with_validation_and_test_figures_per_s
     (tmp_path / "lab_b" / "basophil" / "b.png").write_bytes((tmp_path / "lab_b" / "EOS" / "slide0_0.png").read_bytes())
     sources = (
         f"data.sources={{a: {{name: image_folder, root: '{tmp_path / 'lab_a'}'}}, "
-        f"b: {{name: image_folder, root: '{tmp_path / 'lab_b'}', weight: 2, class_aliases: {{lymphocyte: [lymphocytes]}}}}}}"
+        "b: {name: image_folder, "
+        f"root: '{tmp_path / 'lab_b'}', weight: 2, class_aliases: {{lymphocyte: [lymphocytes]}}}}}}"
     )
-    sets = [sources, "data.classes=[eosinophil, lymphocyte, neutrophil]", "data.class_aliases={eosinophil: [EOS]}",
-            "data.image_size=[30, 40]", "data.cell_crop.size=16", "train.epochs=2", "train.batch_size=16", "eval.tta=none",
-            f"data.tfds_dir={tmp_path / 'tfds'}", f"output.runs_dir={tmp_path / 'runs'}", f"output.export_dir={tmp_path / 'models'}"]  # fmt: skip
+    sets = [
+        sources,
+        "data.classes=[eosinophil, lymphocyte, neutrophil]",
+        "data.class_aliases={eosinophil: [EOS]}",
+        "data.image_size=[30, 40]",
+        "data.cell_crop.size=16",
+        "train.epochs=2",
+        "train.batch_size=16",
+        "eval.tta=none",
+        f"data.tfds_dir={tmp_path / 'tfds'}",
+        f"output.runs_dir={tmp_path / 'runs'}",
+        f"output.export_dir={tmp_path / 'models'}",
+    ]
     trained = command("keras_blood.train", str(CONFIG), *[arg for s in sets for arg in ("--set", s)])
     assert trained.returncode == 0, trained.stderr[-3000:]
     lines = {line.split(":")[0]: line for line in trained.stdout.splitlines() if line.startswith("Source ")}
@@ -156,7 +192,9 @@ def test_two_labs_folders_train_one_model_with_validation_and_test_figures_per_s
         history = list(csv.DictReader(f))
     assert {"val_a_accuracy", "val_b_accuracy", "val_a_loss", "val_b_loss", "val_sources_loss"} <= set(history[0])
     for row in history:
-        assert float(row["val_sources_loss"]) == pytest.approx((float(row["val_a_loss"]) + float(row["val_b_loss"])) / 2)
+        assert float(row["val_sources_loss"]) == pytest.approx(
+            (float(row["val_a_loss"]) + float(row["val_b_loss"])) / 2
+        )
     chosen = min(range(len(history)), key=lambda i: float(history[i]["val_sources_loss"]))
     assert metrics["best_epoch"] == chosen + 1  # the checkpoint kept: the lowest mean over sources
 
@@ -164,7 +202,9 @@ def test_two_labs_folders_train_one_model_with_validation_and_test_figures_per_s
     assert again.returncode == 0, again.stderr[-3000:]
     report = Path(again.stdout.strip().splitlines()[-1])
     assert json.loads((report / "metrics.json").read_text())["accuracy"] == pytest.approx(metrics["accuracy"], abs=5e-4)
-    predicted = command("keras_blood.predict", str(version), str(tmp_path / "lab_b" / "EOS"), "--output", str(tmp_path / "p.csv"))
+    predicted = command(
+        "keras_blood.predict", str(version), str(tmp_path / "lab_b" / "EOS"), "--output", str(tmp_path / "p.csv")
+    )
     assert predicted.returncode == 0, predicted.stderr[-3000:]
 
 
@@ -184,7 +224,12 @@ def test_a_bloodmnist_image_in_the_frame_is_cut_out_like_its_raw_capture_served(
     val = np.load(bloodmnist_root / "bloodmnist.npz")["val_images"][[int(row["bloodmnist_index"]) for row in rows]]
     preparation = {"center_crop_fraction": 200 / 360, "resize": [28, 28], "method": "bicubic"}  # BloodMNIST's
     served = Preparation.from_json({"resize": list(config.height_width), "method": "area"})
-    captures = np.stack([prepare(decode(tf.io.read_file(str(SHARED_DATA / "pbc-captures" / row["file"]))), served).numpy() for row in rows])
+    captures = np.stack(
+        [
+            prepare(decode(tf.io.read_file(str(SHARED_DATA / "pbc-captures" / row["file"]))), served).numpy()
+            for row in rows
+        ]
+    )
     crop = make_preprocess(config.model_copy(update={"stain_normalize": "none"}))
     ours = crop(tf.constant(in_frame(val, preparation, config.height_width))).numpy().astype(float)
     theirs = crop(tf.constant(captures)).numpy().astype(float)
@@ -217,7 +262,7 @@ def test_one_serving_recipe_cuts_any_labs_cell_out_at_one_scale():
     }
     for what, capture in captures.items():
         (out,) = crop(prepare(tf.constant(capture), served)[None]).numpy().astype(int)
-        cell = (out[..., 2] > out[..., 1] + 60)  # the purple disc
+        cell = out[..., 2] > out[..., 1] + 60  # the purple disc
         rows, cols = np.nonzero(cell)
         assert 0.18 < cell.mean() < 0.32, (what, cell.mean())  # pi/(2 sqrt(pi))^2 = 0.25 of the window
         centre = abs(rows.mean() - 15.5), abs(cols.mean() - 15.5)

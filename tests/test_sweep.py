@@ -146,7 +146,10 @@ def test_a_failing_cell_is_reported_and_the_others_run(overrides, tmp_path, monk
     assert "- basic / Colour extraction: model.weights = 'imagenet'" in markdown
     assert "- dropout03 / Original: ValueError: a bug, on two lines" in markdown and "not run yet" not in markdown
     assert (results / "comparison.png").read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.stem for p in (results / "cells").glob("*.json")) == ["basic-original", "dropout03-color_extraction"]
+    assert sorted(p.stem for p in (results / "cells").glob("*.json")) == [
+        "basic-original",
+        "dropout03-color_extraction",
+    ]
 
     # The next run tries the failed cells again, and only those.
     trained.clear()

@@ -23,7 +23,10 @@ def test_an_ensemble_with_tta_is_evaluated_and_exported_as_one_model(synthetic):
     assert metrics["accuracy"] > 0.9 and metrics["without_tta"]["accuracy"] > 0.9
     assert all(member["accuracy"] > 0.9 for member in metrics["members"])
     assert [m["seed"] for m in metrics["members"]] == task_module.member_seeds(config.seed, 2)
-    assert metrics["epochs_run"] == 12 and metrics["params"] == 2 * task_module.build(config, (28, 28, 3), 8).count_params()
+    assert (
+        metrics["epochs_run"] == 12
+        and metrics["params"] == 2 * task_module.build(config, (28, 28, 3), 8).count_params()
+    )
     assert result.model.name.endswith("_tta_d4")
     assert json.loads((result.run_dir / "status.json").read_text()) == {
         "state": "finished",
@@ -58,9 +61,13 @@ def test_missing_splits_stop_before_anything_is_written(tmp_path):
     arrays["val_images"], arrays["val_labels"] = arrays["val_images"][:0], arrays["val_labels"][:0]
     np.savez(tmp_path / "bloodmnist.npz", **arrays)
     config = Config.model_validate(
-        {"name": "t", "model": {"name": "fnn"}, "data": {"root": str(tmp_path), "download": False},
-         "output": {"runs_dir": str(tmp_path / "runs")}}
-    )  # fmt: skip
+        {
+            "name": "t",
+            "model": {"name": "fnn"},
+            "data": {"root": str(tmp_path), "download": False},
+            "output": {"runs_dir": str(tmp_path / "runs")},
+        }
+    )
     with pytest.raises(DataError, match="val"):
         train_module.train(config)
     assert not (tmp_path / "runs").exists()

@@ -18,7 +18,6 @@ from tests.helpers import REPO
 pytestmark = pytest.mark.slow  # every test trains on real data
 
 
-
 @pytest.fixture
 def quick_overrides(bloodmnist_root, tmp_path):
     return [
@@ -89,7 +88,9 @@ def test_an_ensemble_trains_each_member_on_its_own_seed_and_exports_one_model(qu
     assert [m["seed"] for m in members] == task_module.member_seeds(config.seed, 2)
     assert members[0]["best_val_loss"] != members[1]["best_val_loss"]  # two seeds, two models
     assert metrics["epochs_run"] == 2  # how well an ensemble learns: tests/test_train.py
-    assert "without_tta" in metrics and metrics["calibration"]["method"] == "temperature"  # best.yaml's D4 TTA, calibrated
+    assert (
+        "without_tta" in metrics and metrics["calibration"]["method"] == "temperature"
+    )  # best.yaml's D4 TTA, calibrated
     single = load_config(REPO / "configs" / "best.yaml", quick_overrides + extra[:2])
     from keras_blood.models.registry import build_model
 
@@ -101,7 +102,9 @@ def test_an_ensemble_trains_each_member_on_its_own_seed_and_exports_one_model(qu
     np.testing.assert_allclose(served, in_process, rtol=1e-4, atol=1e-6)
 
 
-def test_cli_prints_the_version_folder_last_and_never_overwrites(quick_overrides, tmp_path, child_env, capfd, monkeypatch):
+def test_cli_prints_the_version_folder_last_and_never_overwrites(
+    quick_overrides, tmp_path, child_env, capfd, monkeypatch
+):
     from keras_blood.config.cli import run_main
     from keras_blood.train import main
 

@@ -80,7 +80,9 @@ def test_every_builder_copies_its_layers_and_maps_the_head_by_class_name(tmp_pat
     kaggle = {"name": "blood_cell_images", "classes": KAGGLE, "cell_crop": None}
     config = make_config(tmp_path, {**SMALL[family], "weights": str(run)}, data=kaggle)
     model, line, transfer = transferred(config, KAGGLE)
-    layers = [name for name, layer in named_layers(model).items() if layer.weights and not isinstance(layer, keras.Model)]
+    layers = [
+        name for name, layer in named_layers(model).items() if layer.weights and not isinstance(layer, keras.Model)
+    ]
     assert f"{len(layers) - 1} of {len(layers) - 1} layers copied" in line and "4 of 4 classes" in line
     for name in layers[:-1]:
         for ours, theirs in zip(weights(model, name), weights(source, name)):
@@ -97,7 +99,9 @@ def test_every_builder_copies_its_layers_and_maps_the_head_by_class_name(tmp_pat
 def test_other_classes_and_sizes_keep_what_does_not_fit_fresh(tmp_path):
     basic = {"name": "basic", "filters": [4, 4, 8], "dense_units": 8}
     run, (source,) = source_run(tmp_path, basic, classes=["basophil", "platelet"])
-    config = make_config(tmp_path, {**basic, "weights": str(run)}, data={"name": "blood_cell_images", "classes": KAGGLE})
+    config = make_config(
+        tmp_path, {**basic, "weights": str(run)}, data={"name": "blood_cell_images", "classes": KAGGLE}
+    )
     transfer = prepare_transfer(config)
     model = task_module.build(config, (64, 64, 3), 4)  # Kaggle cell crops: 64x64
     fresh = {name: weights(model, name) for name in ("dense", "probabilities")}
@@ -114,7 +118,7 @@ def test_fine_tune_from_freezes_what_comes_before_it_whatever_was_built_first(tm
     cnn = {"name": "cnn", "filters": [4, 8], "dense_units": 8, "fine_tune_from": "dense"}
     first = task_module.build(make_config(tmp_path, cnn), (28, 28, 3), 8)
     second = task_module.build(make_config(tmp_path, cnn), (28, 28, 3), 8)
-    assert [l.name for l in second.layers] != [l.name for l in first.layers]  # Keras numbered them on
+    assert [layer.name for layer in second.layers] != [layer.name for layer in first.layers]  # Keras numbered them on
     assert list(named_layers(second)) == list(named_layers(first))
     trainable = [name for name, layer in named_layers(second).items() if layer.weights and layer.trainable]
     assert trainable == ["dense", "probabilities"]
@@ -156,7 +160,9 @@ def test_an_exported_version_gives_the_model_inside_calibration_tta_and_the_ense
     model, line, transfer = transferred(make_config(tmp_path, {**fnn, "weights": str(version)}), KAGGLE)
     assert transfer.record["kind"] == "version" and "model.keras" in line and "4 of 4 classes" in line
     np.testing.assert_array_equal(weights(model, "dense")[0], weights(members[0], "dense")[0])
-    np.testing.assert_array_equal(weights(model, "probabilities")[0], weights(members[0], "probabilities")[0][:, SHARED])
+    np.testing.assert_array_equal(
+        weights(model, "probabilities")[0], weights(members[0], "probabilities")[0][:, SHARED]
+    )
 
 
 def test_vgg16_on_a_base_weights_file_trains_its_top_first(tmp_path):
@@ -200,13 +206,19 @@ def test_sources_that_do_not_fit_stop_before_training_with_one_line(tmp_path, cl
     fnn = {"name": "fnn", "hidden_units": 8}
     (tmp_path / "empty").mkdir()
     run, _ = source_run(tmp_path, fnn)
-    gray = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(8, name="probabilities")])
+    gray = keras.Sequential(
+        [keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(8, name="probabilities")]
+    )
     one_channel = fake_version(tmp_path / "gray" / "1", gray, CLASS_NAMES)
     old = fake_version(tmp_path / "old" / "1", None, CLASS_NAMES, run_dir="/runs/source/20250101-000000")
     cases = [
         (fnn, f"model.weights={tmp_path / 'empty'}", "not a keras-blood run folder"),
         (fnn, f"model.weights={tmp_path / 'nowhere'}", "no such file or folder"),
-        ({"name": "cnn", "filters": [4, 8]}, f"model.weights={run}", "no layer of the source's fnn model matches this cnn"),
+        (
+            {"name": "cnn", "filters": [4, 8]},
+            f"model.weights={run}",
+            "no layer of the source's fnn model matches this cnn",
+        ),
         (fnn, f"model.weights={one_channel}", "takes 28x28x1 pixels, this one 28x28x3: the input channels differ"),
         (fnn, f"model.weights={old}", r"predates the model.keras file .* \(/runs/source/20250101-000000\)"),
         (fnn, "model.weights=imagenet", "ImageNet weights exist for vgg16 only"),
@@ -224,7 +236,11 @@ def test_sources_that_do_not_fit_stop_before_training_with_one_line(tmp_path, cl
     "train, model, message",
     [
         ({"transfer_schedule": "two_stage"}, {"name": "fnn"}, "model.weights is none"),
-        ({"transfer_schedule": "two_stage", "epochs": 3}, {"name": "fnn", "weights": "x"}, "head_epochs = 3 leaves no epoch"),
+        (
+            {"transfer_schedule": "two_stage", "epochs": 3},
+            {"name": "fnn", "weights": "x"},
+            "head_epochs = 3 leaves no epoch",
+        ),
         ({"transfer_schedule": "two_stage"}, {"name": "vgg16"}, "unfreezes nothing; set model.fine_tune_from"),
     ],
 )
@@ -264,10 +280,17 @@ def test_two_stages_train_the_head_first_and_resume_where_they_stopped(tmp_path,
         tmp_path,
         {**fnn, "weights": str(run)},
         data={"root": str(tmp_path / "data"), "download": False},
-        train={"epochs": 3, "batch_size": 16, "learning_rate": 0.01, "transfer_schedule": "two_stage", "head_epochs": 1,
-               "fine_tune_lr_factor": 0.1, "early_stopping_patience": 0},
+        train={
+            "epochs": 3,
+            "batch_size": 16,
+            "learning_rate": 0.01,
+            "transfer_schedule": "two_stage",
+            "head_epochs": 1,
+            "fine_tune_lr_factor": 0.1,
+            "early_stopping_patience": 0,
+        },
         output={"export_dir": str(tmp_path / "saved_models"), "publish": "always" if killed_after else "never"},
-    )  # fmt: skip
+    )
     seen, kill = [], {"after": killed_after}
     callbacks = train_module.Trainer.callbacks
     monkeypatch.setattr(train_module.Trainer, "callbacks", lambda *args: callbacks(*args) + [Probe(seen, kill)])

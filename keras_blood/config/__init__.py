@@ -28,7 +28,24 @@ from keras_blood.config.schema import (
 )
 
 __all__ = [
-    "DATA_ROOT_ENV", "MODEL_CLASSES", "AugmentConfig", "CNNConfig", "CellCropConfig", "ColorConfig", "Config",
-    "DataConfig", "EvalConfig", "FNNConfig", "GeorgetownConfig", "OutputConfig", "ResNetConfig", "TrainConfig",
-    "VGG16Config", "load_config", "read_raw", "save_config", "validate_config", "version_config_file",
+    "DATA_ROOT_ENV",
+    "MODEL_CLASSES",
+    "AugmentConfig",
+    "CNNConfig",
+    "CellCropConfig",
+    "ColorConfig",
+    "Config",
+    "DataConfig",
+    "EvalConfig",
+    "FNNConfig",
+    "GeorgetownConfig",
+    "OutputConfig",
+    "ResNetConfig",
+    "TrainConfig",
+    "VGG16Config",
+    "load_config",
+    "read_raw",
+    "save_config",
+    "validate_config",
+    "version_config_file",
 ]

@@ -128,9 +128,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     """``"train.epochs=3"`` -> ``(["train", "epochs"], 3)``."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
-        raise ConfigError(
-            f"--set {quoted(item)}: expected KEY=VALUE with a dotted key, e.g. --set train.epochs=3"
-        )
+        raise ConfigError(f"--set {quoted(item)}: expected KEY=VALUE with a dotted key, e.g. --set train.epochs=3")
     value = load_yaml(raw, f"--set {quoted(item)}: the value") if raw.strip() else ""
     return key.strip().split("."), value
 

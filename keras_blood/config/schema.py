@@ -14,7 +14,7 @@ import collections
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -45,7 +45,10 @@ class _Strict(BaseModel):
 def _root_given(value: Any) -> Any:
     """data.root as given: an empty one (``--set data.root=``) would read the current folder."""
     if isinstance(value, str) and not value.strip():
-        raise ValueError("the path is empty (it would read the current folder); give a folder or a .csv/.tsv list, or leave the key out")
+        raise ValueError(
+            "the path is empty (it would read the current folder); "
+            "give a folder or a .csv/.tsv list, or leave the key out"
+        )
     return value
 
 
@@ -63,8 +66,11 @@ BLOODMNIST_SIZES = (28, 64, 128, 224)
 # Several sources in one model (data.sources) share one frame, what a server sends: the
 # Kaggle frame, since its cells sit anywhere in it and need the cell crop.
 DEFAULT_IMAGE_SIZE: dict[str, Any] = {
-    "bloodmnist": 28, "blood_cell_images": (120, 160), "image_folder": 64, "sources": (120, 160),
-}  # fmt: skip
+    "bloodmnist": 28,
+    "blood_cell_images": (120, 160),
+    "image_folder": 64,
+    "sources": (120, 160),
+}
 DEFAULT_CELL_CROP: dict[str, Any] = {"bloodmnist": None, "blood_cell_images": {}, "image_folder": None, "sources": {}}
 # The splits each source can have, known without loading it (which starts TensorFlow).
 SOURCE_SPLITS: dict[str, tuple[str, ...]] = {
@@ -104,7 +110,7 @@ class ColorConfig(_Strict):
     background: Byte = Field(default=0, description="Value of the suppressed pixels.")
 
     @model_validator(mode="after")
-    def _check(self) -> "ColorConfig":
+    def _check(self) -> ColorConfig:
         for key in ("saturation", "value"):
             low, high = getattr(self, key)
             if low > high:
@@ -332,7 +338,7 @@ class DataConfig(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _sources(self) -> "DataConfig":
+    def _sources(self) -> DataConfig:
         if self.name != "sources":
             if self.sources is not None:
                 raise ValueError(f"data.sources is for data.name sources (leave data.name out), not {self.name}")
@@ -349,7 +355,9 @@ class DataConfig(_Strict):
             except ValidationError as exc:
                 error = exc.errors()[0]
                 key = ".".join(str(part) for part in error["loc"])
-                raise ValueError(f"data.sources.{name}{'.' + key if key else ''}: {error['msg'].removeprefix('Value error, ')}") from None
+                raise ValueError(
+                    f"data.sources.{name}{'.' + key if key else ''}: {error['msg'].removeprefix('Value error, ')}"
+                ) from None
         return self
 
     @property
@@ -357,20 +365,27 @@ class DataConfig(_Strict):
         """data.sources without those set to null."""
         return {name: source for name, source in (self.sources or {}).items() if source is not None}
 
-    def source_config(self, name: str) -> "DataConfig":
+    def source_config(self, name: str) -> DataConfig:
         """Source ``name`` as a data config of its own, read at its size into the shared
         tfds_dir. A lab's folder is listed with data.classes and the aliases (its other
         classes left out, as alone); the data sets keep all their classes, mapped onto
         data.classes by the caller."""
         source = self.used_sources[name]
-        size = source.image_size or (DEFAULT_IMAGE_SIZE["bloodmnist"] if source.name == "bloodmnist" else self.image_size)
+        size = source.image_size or (
+            DEFAULT_IMAGE_SIZE["bloodmnist"] if source.name == "bloodmnist" else self.image_size
+        )
         keys = ("root", "val_fraction", "test_fraction", "group_pattern", "skip_unreadable", "download", "max_examples")
         folder = source.name == "image_folder"
         return DataConfig(
-            name=source.name, image_size=size, cell_crop=None, tfds_dir=self.tfds_dir, max_pixels=self.max_pixels,
-            classes=self.classes if folder else None, class_aliases=self.source_aliases(name) if folder else None,
+            name=source.name,
+            image_size=size,
+            cell_crop=None,
+            tfds_dir=self.tfds_dir,
+            max_pixels=self.max_pixels,
+            classes=self.classes if folder else None,
+            class_aliases=self.source_aliases(name) if folder else None,
             **{key: getattr(source, key) for key in keys},
-        )  # fmt: skip
+        )
 
     def source_aliases(self, name: str) -> dict[str, list[str]]:
         """data.class_aliases with source ``name``'s own added."""
@@ -379,7 +394,7 @@ class DataConfig(_Strict):
         return {key: [*shared.get(key, []), *own.get(key, [])] for key in {**shared, **own}}
 
     @model_validator(mode="after")
-    def _folder_options(self) -> "DataConfig":
+    def _folder_options(self) -> DataConfig:
         if self.name != "image_folder":
             if self.group_pattern is not None:
                 raise ValueError(f"group_pattern is for data.name image_folder (a lab's own images), not {self.name}")
@@ -563,7 +578,7 @@ class ResNetConfig(_ModelParams):
 
 MODEL_CLASSES = (CNNConfig, FNNConfig, GeorgetownConfig, VGG16Config, ResNetConfig)
 ModelConfig = Annotated[
-    Union[MODEL_CLASSES],  # type: ignore[valid-type]
+    CNNConfig | FNNConfig | GeorgetownConfig | VGG16Config | ResNetConfig,
     Field(discriminator="name"),
 ]
 
@@ -610,8 +625,19 @@ class AugmentConfig(_Strict):
     @property
     def enabled(self) -> bool:
         return any(
-            (self.flip, self.rot90, self.brightness, self.contrast, self.saturation, self.channel_gain,
-             self.grayscale, self.sharpen, self.blur, self.scale, self.mixup_alpha)
+            (
+                self.flip,
+                self.rot90,
+                self.brightness,
+                self.contrast,
+                self.saturation,
+                self.channel_gain,
+                self.grayscale,
+                self.sharpen,
+                self.blur,
+                self.scale,
+                self.mixup_alpha,
+            )
         )
 
 
@@ -644,8 +670,7 @@ class TrainConfig(_Strict):
     jit_compile: bool = Field(default=False, description="XLA; slower on small CPUs, opt in.")
     distribute: Literal["auto", "none", "mirrored", "multi_worker"] = Field(
         default="auto",
-        description="auto: MultiWorkerMirrored when TF_CONFIG is set, Mirrored on >1 GPU, "
-        "else the default strategy.",
+        description="auto: MultiWorkerMirrored when TF_CONFIG is set, Mirrored on >1 GPU, else the default strategy.",
     )
     deterministic: bool = Field(default=False, description="TF op determinism (slower).")
     mixed_precision: bool = Field(
@@ -716,7 +741,7 @@ class Config(_Strict):
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")
-    def _two_stage_needs_a_start(self) -> "Config":
+    def _two_stage_needs_a_start(self) -> Config:
         train, model = self.train, self.model
         if train.transfer_schedule != "two_stage":
             return self

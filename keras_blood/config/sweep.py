@@ -87,7 +87,12 @@ class Sweep(BaseModel):
 def _describe_sweep_error(err: dict[str, Any], raw_sweep: dict[str, Any], models: Any) -> str:
     """``models``: sweep.models as validated (a list made a mapping keyed by name)."""
     loc = [str(p) for p in err["loc"]]
-    if len(loc) >= 2 and loc[0] == "models" and isinstance(models, dict) and isinstance(models.get(loc[1]), dict | None):
+    if (
+        len(loc) >= 2
+        and loc[0] == "models"
+        and isinstance(models, dict)
+        and isinstance(models.get(loc[1]), dict | None)
+    ):
         # An error inside one model: described as the `model` section of an experiment.
         label = loc[1]
         model_raw = {"model": {"name": label, **(models.get(label) or {})}}

@@ -24,7 +24,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def take(self, indices: np.ndarray) -> "Split":
+    def take(self, indices: np.ndarray) -> Split:
         return Split(
             self.images[indices],
             self.labels[indices],
@@ -51,7 +51,7 @@ class DataBundle:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def capped(self, max_examples: int | None, seed: int) -> "DataBundle":
+    def capped(self, max_examples: int | None, seed: int) -> DataBundle:
         """At most ``max_examples`` per split, drawn at random (seeded) so classes stay mixed."""
         if max_examples is None:
             return self
@@ -64,7 +64,7 @@ class DataBundle:
         }
         return replace(self, splits=splits)
 
-    def with_classes(self, names: list[str] | None) -> "DataBundle":
+    def with_classes(self, names: list[str] | None) -> DataBundle:
         """Only the classes ``names`` (``data.classes``), relabelled 0..k-1 in that order."""
         if names is None:
             return self

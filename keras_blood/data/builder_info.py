@@ -54,7 +54,9 @@ def unreadable(paths: list[str], max_pixels: int = MAX_PIXELS, opencv: bool = Fa
         image = read(tf.io.read_file(path))
         return index, tf.shape(image)  # an unused decode would be pruned from the graph
 
-    ds = tf.data.Dataset.from_tensor_slices((tf.constant([paths[i] for i in rest], tf.string), tf.constant(rest, tf.int64)))
+    ds = tf.data.Dataset.from_tensor_slices(
+        (tf.constant([paths[i] for i in rest], tf.string), tf.constant(rest, tf.int64))
+    )
     # A file that fails to read or decode is dropped here, so missing from `kept`.
     ds = ds.map(decodes, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
     kept = {int(i) for batch, _ in ds.batch(1024).as_numpy_iterator() for i in batch}

@@ -68,7 +68,8 @@ class ClassNames:
                 first = listed_under.setdefault(found, key)
                 if own[normal(first)] != target:
                     raise DataError(
-                        f"data.class_aliases: {quoted(spelling)} is listed under both {quoted(first)} and {quoted(key)}; "
+                        f"data.class_aliases: {quoted(spelling)} is listed under both "
+                        f"{quoted(first)} and {quoted(key)}; "
                         "keep it under the one class it names"
                     )
                 self.lookup[found] = target

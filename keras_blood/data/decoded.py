@@ -24,7 +24,9 @@ def encoded_splits(data_dir: str, _stamp: int) -> tuple[list[str], dict[str, Spl
 
     builder, rows = read_all(data_dir, list(FROM_TFDS), decoders={"image": tfds.decode.SkipDecoding()})
     splits = {
-        FROM_TFDS[name]: Split(r["image"], r["label"].astype(np.int32), np.array([f.decode() for f in r["file"]], dtype=str))
+        FROM_TFDS[name]: Split(
+            r["image"], r["label"].astype(np.int32), np.array([f.decode() for f in r["file"]], dtype=str)
+        )
         for name, r in rows.items()
     }
     return list(builder.info.features["label"].names), splits

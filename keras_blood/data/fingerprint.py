@@ -18,7 +18,9 @@ def files_fingerprint(entries: Iterable[tuple[str, str | os.PathLike]]) -> str:
     for key, path in entries:
         try:
             stat = os.stat(path)
-            digest.update(f"{key}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\n".encode("utf-8", "surrogateescape"))
+            digest.update(
+                f"{key}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\n".encode("utf-8", "surrogateescape")
+            )
         except OSError:
             digest.update(f"{key}\0missing\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()

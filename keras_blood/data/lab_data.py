@@ -42,8 +42,12 @@ def lab_listing(version_dir: Path, root: str | Path, config) -> Listing:
     left_out = dict(found.left_out)
     for name, kept in zip(found.class_names, mapped):
         if kept is None:
-            left_out[f"class {name} (not one of the model's)"] = int(np.sum(found.labels == found.class_names.index(name)))
-    return Listing(found.root, found.files[keep], labels, found.groups[keep], found.splits[keep], model_classes, left_out)
+            left_out[f"class {name} (not one of the model's)"] = int(
+                np.sum(found.labels == found.class_names.index(name))
+            )
+    return Listing(
+        found.root, found.files[keep], labels, found.groups[keep], found.splits[keep], model_classes, left_out
+    )
 
 
 def recorded_class_names(version_dir: Path) -> list[str]:
@@ -55,7 +59,9 @@ def recorded_class_names(version_dir: Path) -> list[str]:
             return list(recorded[key] if key else recorded)
         except (OSError, ValueError, KeyError, TypeError):
             continue
-    raise ExportError(f"{version_dir}: no class names recorded (assets.extra/signature.json); is it an exported version?")
+    raise ExportError(
+        f"{version_dir}: no class names recorded (assets.extra/signature.json); is it an exported version?"
+    )
 
 
 def pooled_split_folders(root: str | Path, listing: Listing) -> dict[str, int]:
@@ -75,8 +81,10 @@ def pooled_line(root: str | Path, pooled: dict[str, int]) -> str:
     parts = [f"{name}/ ({count} images)" for name, count in pooled.items()]
     listed = ", ".join(parts[:-1]) + f" and {parts[-1]}" if len(parts) > 1 else parts[0]
     one = next((name for name in pooled if SPLIT_NAMES[name.casefold()] == "test"), next(iter(pooled)))
-    return (f"{root} has split folders: pooled {listed} into one set of {sum(pooled.values())}; "
-            f"to evaluate one, pass --data {Path(root) / one}")  # fmt: skip
+    return (
+        f"{root} has split folders: pooled {listed} into one set of {sum(pooled.values())}; "
+        f"to evaluate one, pass --data {Path(root) / one}"
+    )
 
 
 def listing_notes(listing: Listing, pooled: dict[str, int] | None = None) -> dict[str, Any]:

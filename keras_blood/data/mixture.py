@@ -52,8 +52,12 @@ def load_sources(config: DataConfig, seed: int, load_data: Callable[[DataConfig,
                 raise DataError(f"data.sources.{name} ({bundle.name}) has no {split} examples")
             labels = mapping[bundle.splits[split].labels]
             taken = bundle.splits[split].take(np.flatnonzero(labels >= 0))
-            splits[split] = Split(in_frame(taken.images, bundle.preparation, frame), labels[labels >= 0],
-                                  taken.files, np.full(len(taken), len(names), np.int8))  # fmt: skip
+            splits[split] = Split(
+                in_frame(taken.images, bundle.preparation, frame),
+                labels[labels >= 0],
+                taken.files,
+                np.full(len(taken), len(names), np.int8),
+            )
         examples = {split: len(splits[split]) for split in SPLITS}
         rows = epoch_rows(len(splits["train"]), source, seed)
         _check_memory(name, source, len(rows), splits["train"].images[0].nbytes)
@@ -65,10 +69,15 @@ def load_sources(config: DataConfig, seed: int, load_data: Callable[[DataConfig,
         lacks = [cls for index, cls in enumerate(config.classes) if not np.any(splits["train"].labels == index)]
         notes = (f"; classes left out: {left_out}" if left_out else "") + (f"; has no {lacks}" if lacks else "")
         print(f"Source {name}: {bundle.name}, {counts}{notes}", flush=True)
-        records[name] = {"data": bundle.name, "root": str(source.root) if source.root else None,
-                         "preparation": bundle.preparation, "weight": source.weight, "examples": examples,
-                         "train_per_epoch": len(splits["train"]),
-                         "classes": [cls for cls in config.classes if cls not in lacks]}  # fmt: skip
+        records[name] = {
+            "data": bundle.name,
+            "root": str(source.root) if source.root else None,
+            "preparation": bundle.preparation,
+            "weight": source.weight,
+            "examples": examples,
+            "train_per_epoch": len(splits["train"]),
+            "classes": [cls for cls in config.classes if cls not in lacks],
+        }
         names.append(name)
         parts.append(splits)
     pooled = {split: _concatenate([part[split] for part in parts]) for split in SPLITS}
@@ -123,10 +132,18 @@ def in_frame(images: np.ndarray, preparation: dict, frame: tuple[int, int]) -> n
     inner = (max(1, round(fraction * height)), max(1, round(fraction * width)))
     if images.shape[1:3] == inner and fraction == 1.0:
         return images
-    resized = np.concatenate([np.zeros((0, *inner, 3), np.uint8)] + [
-        tf.cast(tf.clip_by_value(tf.round(tf.image.resize(images[start:start + 512], inner, "bilinear", antialias=True)), 0, 255), tf.uint8).numpy()
-        for start in range(0, len(images), 512)
-    ])  # fmt: skip
+    resized = np.concatenate(
+        [np.zeros((0, *inner, 3), np.uint8)]
+        + [
+            tf.cast(
+                tf.clip_by_value(
+                    tf.round(tf.image.resize(images[start : start + 512], inner, "bilinear", antialias=True)), 0, 255
+                ),
+                tf.uint8,
+            ).numpy()
+            for start in range(0, len(images), 512)
+        ]
+    )
     if fraction == 1.0:
         return resized
     border = np.concatenate([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], axis=1)

@@ -29,11 +29,15 @@ def make_dataset(
     extraction). It runs before the cache, so its cost is paid once, not every epoch."""
     ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
     if preprocess is not None:
-        ds = ds.batch(preprocess_batch).map(
-            lambda images, labels: (preprocess(images), labels),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        ).unbatch()
+        ds = (
+            ds.batch(preprocess_batch)
+            .map(
+                lambda images, labels: (preprocess(images), labels),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+            .unbatch()
+        )
         # unbatch() forgets the length; Keras warns "ran out of data" each epoch without it.
         ds = ds.apply(tf.data.experimental.assert_cardinality(len(split)))
     ds = ds.cache()

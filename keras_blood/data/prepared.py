@@ -183,10 +183,13 @@ def _shards_damage(data_path: Path, info: dict[str, Any]) -> str | None:
         sizes = []
         for index in range(len(lengths)):
             file = template.format(
-                DATASET=info["name"], SPLIT=split["name"], FILEFORMAT=file_format,
-                SHARD_INDEX=f"{index:0{digits}}", NUM_SHARDS=f"{len(lengths):0{digits}}",
+                DATASET=info["name"],
+                SPLIT=split["name"],
+                FILEFORMAT=file_format,
+                SHARD_INDEX=f"{index:0{digits}}",
+                NUM_SHARDS=f"{len(lengths):0{digits}}",
                 SHARD_X_OF_Y=f"{index:0{digits}}-of-{len(lengths):0{digits}}",
-            )  # fmt: skip
+            )
             try:
                 sizes.append((data_path / file).stat().st_size)
             except OSError as exc:
@@ -229,7 +232,10 @@ def _disk_errors(tfds_dir: Path, what: str) -> Iterator[None]:
                 "was kept: free space there or set data.tfds_dir to a folder with more room"
             ) from None
         cause = exc.__cause__ if isinstance(exc, RuntimeError) and exc.__cause__ else exc
-        if isinstance(cause, PermissionError | tf.errors.PermissionDeniedError) or getattr(cause, "errno", None) == errno.EROFS:
+        if (
+            isinstance(cause, PermissionError | tf.errors.PermissionDeniedError)
+            or getattr(cause, "errno", None) == errno.EROFS
+        ):
             why = getattr(cause, "strerror", None) or " ".join(str(cause).split())[:200]
             raise DataError(
                 f"cannot write to data.tfds_dir ({tfds_dir}) while preparing {what} ({why}); "

@@ -32,8 +32,10 @@ def _record(config: DataConfig, seed: int) -> dict[str, Any]:
     root = config.given_root()
     if config.name == "image_folder":
         listing = source_listing(config, seed)
-        rows = [[file, listing.class_names[label], split]
-                for file, label, split in zip(listing.files.tolist(), listing.labels.tolist(), listing.splits.tolist())]  # fmt: skip
+        rows = [
+            [file, listing.class_names[label], split]
+            for file, label, split in zip(listing.files.tolist(), listing.labels.tolist(), listing.splits.tolist())
+        ]
         return {
             "data": "image_folder",
             "root": str(root.resolve()),
@@ -42,7 +44,11 @@ def _record(config: DataConfig, seed: int) -> dict[str, Any]:
             "files": fingerprint(root, listing),
             "rows": rows,
         }
-    return {"data": config.name, "root": str(root) if root else None, "source_fingerprint": _published_fingerprint(config)}
+    return {
+        "data": config.name,
+        "root": str(root) if root else None,
+        "source_fingerprint": _published_fingerprint(config),
+    }
 
 
 def _published_fingerprint(config: DataConfig) -> str | None:
@@ -63,7 +69,9 @@ def _published_fingerprint(config: DataConfig) -> str | None:
     return None
 
 
-def split_changes(recorded: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]) -> tuple[str | None, list[str]]:
+def split_changes(
+    recorded: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]
+) -> tuple[str | None, list[str]]:
     """``(refusal, warnings)`` for a run that recorded ``recorded`` and finds ``current``:
     refusal, one line naming the first source whose split would not be the one it trained on
     (files added or removed, in another class or split); warnings, one line each for a
@@ -75,15 +83,23 @@ def split_changes(recorded: dict[str, dict[str, Any]], current: dict[str, dict[s
             continue
         if "rows" in then:
             if then["split"] != now["split"] or then["classes"] != now["classes"]:
-                return f"{_prefix(where)}{then['root']} changed since the run started ({_what_changed(then, now)})", warnings
+                return (
+                    f"{_prefix(where)}{then['root']} changed since the run started ({_what_changed(then, now)})",
+                    warnings,
+                )
             if then["files"] != now["files"]:
                 warnings.append(
                     f"warning: {_prefix(where)}{then['root']}: files were written since the run started (the same "
                     "files, classes and splits); resuming on them as they are now"
                 )
-        elif then.get("source_fingerprint") and now.get("source_fingerprint") and then["source_fingerprint"] != now["source_fingerprint"]:
+        elif (
+            then.get("source_fingerprint")
+            and now.get("source_fingerprint")
+            and then["source_fingerprint"] != now["source_fingerprint"]
+        ):
             warnings.append(
-                f"warning: {_prefix(where)}the files of {then['data']} in {then['root'] or 'its default folder'} changed "
+                f"warning: {_prefix(where)}the files of {then['data']} "
+                f"in {then['root'] or 'its default folder'} changed "
                 "since the run started; resuming on them as they are now"
             )
     return None, warnings
@@ -102,7 +118,10 @@ def _what_changed(then: dict[str, Any], now: dict[str, Any]) -> str:
     moved = [file for file in kept if before[file][1] != after[file][1]]
     trained_on = sum(before[file][1] == "train" for file in moved)
     relabelled = sum(before[file][0] != after[file][0] for file in kept)
-    parts = [f"{len(after.keys() - before.keys())} files added, {len(before.keys() - after.keys())} removed, {len(moved)} in another split"]
+    parts = [
+        f"{len(after.keys() - before.keys())} files added, {len(before.keys() - after.keys())} removed, "
+        f"{len(moved)} in another split"
+    ]
     if trained_on:
         parts[0] += f", {trained_on} of them from train to validation or test"
     if relabelled:
@@ -112,5 +131,10 @@ def _what_changed(then: dict[str, Any], now: dict[str, Any]) -> str:
     gone = [name for name in then["classes"] if name not in now["classes"]]
     for names, how in ((added, "added"), (gone, "gone")):
         if names:
-            text += "; " + ", ".join(f"class {name!r}" for name in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "") + f" {how}"
+            text += (
+                "; "
+                + ", ".join(f"class {name!r}" for name in names[:3])
+                + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                + f" {how}"
+            )
     return text

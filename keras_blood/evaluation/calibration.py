@@ -44,5 +44,3 @@ def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
 
     found = minimize_scalar(nll, bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-5})
     return float(np.exp(found.x))
-
-

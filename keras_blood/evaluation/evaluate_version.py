@@ -86,14 +86,11 @@ def evaluate(
 
     version = load_version(version_dir)
     if data.class_names != version.class_names:
-        raise DataError(
-            f"{version_dir} predicts {version.class_names} but the data has classes {data.class_names}"
-        )
+        raise DataError(f"{version_dir} predicts {version.class_names} but the data has classes {data.class_names}")
     expected = tuple(version.serve.structured_input_signature[1]["pixels"].shape[1:])
     if data.image_shape != expected:
         raise ConfigError(
-            f"the data gives {data.image_shape} images but {version_dir} takes {expected}; "
-            "check data.image_size"
+            f"the data gives {data.image_shape} images but {version_dir} takes {expected}; check data.image_size"
         )
 
     images, labels = data.splits[split].images, data.splits[split].labels
@@ -149,8 +146,16 @@ def evaluate_files(
             images.append(pixels)
     if bad:
         listing = _without_unreadable(listing, paths, bad, root, config.data.skip_unreadable)
-    return _report(version, version_dir, config, np.stack(images), listing.labels, Path(root).name, output_dir,
-                   {"data": str(root), **listing_notes(listing, pooled)})  # fmt: skip
+    return _report(
+        version,
+        version_dir,
+        config,
+        np.stack(images),
+        listing.labels,
+        Path(root).name,
+        output_dir,
+        {"data": str(root), **listing_notes(listing, pooled)},
+    )
 
 
 def _without_unreadable(listing: Listing, paths: list[str], bad: list[tuple[int, str]], root, skip: bool) -> Listing:
@@ -166,17 +171,34 @@ def _without_unreadable(listing: Listing, paths: list[str], bad: list[tuple[int,
         )
     if len(bad) == len(paths):
         raise DataError(f"{root}: none of its {len(paths)} files is a readable image (e.g. {paths[first]}: {why})")
-    print(f"warning: skipped {len(bad)} of {len(paths)} files that are not readable images "
-          f"(e.g. {Path(paths[first]).name})", file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"warning: skipped {len(bad)} of {len(paths)} files that are not readable images "
+        f"(e.g. {Path(paths[first]).name})",
+        file=sys.stderr,
+        flush=True,
+    )
     keep = np.setdiff1d(np.arange(len(paths)), [index for index, _ in bad])
     return dataclasses.replace(
-        listing, files=listing.files[keep], labels=listing.labels[keep], groups=listing.groups[keep],
-        splits=listing.splits[keep], left_out={**listing.left_out, "unreadable files": len(bad)},
-    )  # fmt: skip
+        listing,
+        files=listing.files[keep],
+        labels=listing.labels[keep],
+        groups=listing.groups[keep],
+        splits=listing.splits[keep],
+        left_out={**listing.left_out, "unreadable files": len(bad)},
+    )
 
 
-def _report(version, version_dir: Path, config, images, labels, what: str, output_dir: Path,
-            extra: dict[str, Any] | None = None, same_data: bool = False) -> EvaluateResult:  # fmt: skip
+def _report(
+    version,
+    version_dir: Path,
+    config,
+    images,
+    labels,
+    what: str,
+    output_dir: Path,
+    extra: dict[str, Any] | None = None,
+    same_data: bool = False,
+) -> EvaluateResult:
     """Classify ``images`` (prepared pixels) with ``serving_default`` and write the report."""
     import numpy as np
     import tensorflow as tf
@@ -201,10 +223,7 @@ def _report(version, version_dir: Path, config, images, labels, what: str, outpu
     plot_reliability_diagram(labels, {"served": probs}, report_dir / "reliability.png", title)
     shown = most_confident_mistakes(labels, probs, MISTAKES_SHOWN)
     predictions = probs.argmax(1)
-    captions = [
-        f"#{i} true {names[labels[i]]}\npred {names[predictions[i]]} ({probs[i].max():.2f})"
-        for i in shown
-    ]
+    captions = [f"#{i} true {names[labels[i]]}\npred {names[predictions[i]]} ({probs[i].max():.2f})" for i in shown]
     plot_image_grid(images[shown], captions, report_dir / "mistakes.png", f"{title}: most confident mistakes")
 
     panel = report_dir / "gradcam_mistakes.png"
@@ -220,7 +239,10 @@ def _report(version, version_dir: Path, config, images, labels, what: str, outpu
         if extra["left_out"]:
             print("Left out: " + "; ".join(f"{what} ({count})" for what, count in extra["left_out"].items()))
         if extra["classes_without_images"]:
-            print(f"The model's classes without images here (left out of balanced accuracy): {extra['classes_without_images']}")
+            print(
+                "The model's classes without images here (left out of balanced accuracy): "
+                f"{extra['classes_without_images']}"
+            )
     return EvaluateResult(report_dir, metrics, labels, probs)
 
 

@@ -134,7 +134,7 @@ class CamNetwork:
     view: Any  # keras.Model: pixels -> [feature map, the final layer's input]
 
     @classmethod
-    def of(cls, network) -> "CamNetwork":
+    def of(cls, network) -> CamNetwork:
         view, layer = cam_view(network)
         cam = cls(network, layer, view)
         cam._check()
@@ -202,7 +202,7 @@ def base_networks(model) -> tuple[list, str | None]:
     return [model], tta
 
 
-def describe(networks: list["CamNetwork"], tta: str | None) -> str:
+def describe(networks: list[CamNetwork], tta: str | None) -> str:
     """What the maps are, in one line (printed, and the title of the grid)."""
     where = [f"{n.network.name} at layer {n.layer}" for n in networks]
     if len(networks) > 1:
@@ -239,7 +239,7 @@ class Explainer:
         self.explained = describe(self.networks, tta)
 
     @classmethod
-    def load(cls, version: str | Path, config=None) -> "Explainer":
+    def load(cls, version: str | Path, config=None) -> Explainer:
         """From a version folder; ``config`` defaults to the one recorded with it."""
 
         version = Path(version)

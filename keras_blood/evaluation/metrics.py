@@ -21,9 +21,7 @@ def one_vs_rest_aucs(labels: np.ndarray, probs: np.ndarray) -> list[float]:
     """ROC AUC of each class against the rest; NaN for a class without positives or negatives."""
     labels = np.asarray(labels).reshape(-1)
     defined = [0 < np.sum(labels == k) < len(labels) for k in range(probs.shape[1])]
-    return [
-        float(roc_auc_score(labels == k, probs[:, k])) if ok else float("nan") for k, ok in enumerate(defined)
-    ]
+    return [float(roc_auc_score(labels == k, probs[:, k])) if ok else float("nan") for k, ok in enumerate(defined)]
 
 
 def medmnist_auc(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -73,9 +71,7 @@ def calibration_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, floa
     }
 
 
-def classification_metrics(
-    labels: np.ndarray, probs: np.ndarray, class_names: list[str]
-) -> dict[str, Any]:
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Accuracy, macro precision / recall / F1, MedMNIST AUC, calibration (ECE, Brier,
     NLL), per-class report, confusion."""
     labels = np.asarray(labels).reshape(-1)
@@ -115,7 +111,8 @@ def classification_metrics(
 
 def summary_line(metrics: dict[str, Any]) -> str:
     return (
-        f"acc {metrics['accuracy']:.4f}  balanced {metrics.get('balanced_accuracy', float('nan')):.4f}  precision {metrics['precision_macro']:.4f}  "
+        f"acc {metrics['accuracy']:.4f}  balanced {metrics.get('balanced_accuracy', float('nan')):.4f}  "
+        f"precision {metrics['precision_macro']:.4f}  "
         f"recall {metrics['recall_macro']:.4f}  F1 {metrics['f1_macro']:.4f}  "
         f"AUC {metrics['auc']:.4f}  ECE {metrics['ece']:.4f}  (n={metrics['num_examples']})"
     )

@@ -91,9 +91,7 @@ def plot_reliability_diagram(labels, curves: dict[str, np.ndarray], path: Target
     """Accuracy against top-label confidence in the ECE's 15 bins, one line per named set
     of probabilities (e.g. before and after calibration), over how many examples each
     bin holds. On the diagonal: calibrated; below it: over-confident."""
-    fig, (ax, below) = plt.subplots(
-        2, 1, figsize=(6.5, 7.5), sharex=True, gridspec_kw={"height_ratios": (3, 1)}
-    )
+    fig, (ax, below) = plt.subplots(2, 1, figsize=(6.5, 7.5), sharex=True, gridspec_kw={"height_ratios": (3, 1)})
     edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="calibrated")
     width = np.diff(edges)[0] / (len(curves) + 1)

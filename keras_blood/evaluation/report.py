@@ -18,9 +18,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_blood.evaluation.calibration import fit_temperature
 from keras_blood.config.schema import Config
 from keras_blood.data import DataBundle
+from keras_blood.evaluation.calibration import fit_temperature
 from keras_blood.evaluation.metrics import calibration_metrics, classification_metrics, per_class_table, summary_line
 from keras_blood.evaluation.plots import plot_confusion_matrix, plot_reliability_diagram
 from keras_blood.models import average_models, with_temperature, with_tta
@@ -36,8 +36,11 @@ def best_epoch_summary(history: dict[str, list[float]], key: str = "val_loss") -
         "best_val_loss": float(history["val_loss"][best]),
         "best_val_accuracy": float(history["val_accuracy"][best]),
     }
-    per_source = {k[4:].removesuffix("_accuracy"): float(v[best]) for k, v in history.items()
-                  if k.startswith("val_") and k.endswith("_accuracy") and k != "val_accuracy"}  # fmt: skip
+    per_source = {
+        k[4:].removesuffix("_accuracy"): float(v[best])
+        for k, v in history.items()
+        if k.startswith("val_") and k.endswith("_accuracy") and k != "val_accuracy"
+    }
     if per_source:
         summary["best_val_sources_accuracy"] = per_source.pop("sources")  # their mean
         summary["best_val_accuracy_by_source"] = per_source
@@ -53,8 +56,11 @@ def by_source(split, probs, data: DataBundle) -> dict[str, dict[str, Any]]:
         found = classification_metrics(split.labels[rows], probs[rows], data.class_names)
         figures[name] = {key: found[key] for key in ("num_examples", "accuracy", "balanced_accuracy", "f1_macro")}
         f = figures[name]
-        print(f"Test, source {name}: acc {f['accuracy']:.4f}  balanced {f['balanced_accuracy']:.4f}  "
-              f"F1 {f['f1_macro']:.4f}  (n={f['num_examples']})", flush=True)  # fmt: skip
+        print(
+            f"Test, source {name}: acc {f['accuracy']:.4f}  balanced {f['balanced_accuracy']:.4f}  "
+            f"F1 {f['f1_macro']:.4f}  (n={f['num_examples']})",
+            flush=True,
+        )
     return figures
 
 
@@ -84,7 +90,13 @@ def calibrate(model, val_inputs, val_labels, test_labels, test_probs):
 
 
 def write_report(
-    folder: Path, metrics: dict[str, Any], labels, curves: dict[str, Any], class_names: list[str], title: str, heading: str
+    folder: Path,
+    metrics: dict[str, Any],
+    labels,
+    curves: dict[str, Any],
+    class_names: list[str],
+    title: str,
+    heading: str,
 ) -> None:
     """``metrics.json``, the confusion matrix and the reliability diagram (``curves``: named
     test probabilities) in ``folder``, then ``heading: summary`` and the per-class table printed."""
@@ -141,7 +153,12 @@ def score_test_split(
         for seed, member, history in zip(seeds, members, histories):
             alone = score(with_tta(member, config.eval.tta))
             metrics["members"].append(
-                {"seed": seed, **best_epoch_summary(history, config.selection_key), "accuracy": alone["accuracy"], "auc": alone["auc"]}
+                {
+                    "seed": seed,
+                    **best_epoch_summary(history, config.selection_key),
+                    "accuracy": alone["accuracy"],
+                    "auc": alone["auc"],
+                }
             )
         # The ensemble's own validation figures (no TTA), as a single model reports its best epoch's.
         model.compile(

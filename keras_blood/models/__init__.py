@@ -12,6 +12,16 @@ from keras_blood.models.temperature import TemperatureScaling, with_temperature
 from keras_blood.models.tta import DihedralViews, ViewMean, with_tta
 
 __all__ = [
-    "BUILDERS", "HEAD", "DihedralViews", "TemperatureScaling", "ViewMean", "average_models", "build_model",
-    "freeze_before", "named_layers", "register", "with_tta", "with_temperature",
+    "BUILDERS",
+    "HEAD",
+    "DihedralViews",
+    "TemperatureScaling",
+    "ViewMean",
+    "average_models",
+    "build_model",
+    "freeze_before",
+    "named_layers",
+    "register",
+    "with_tta",
+    "with_temperature",
 ]

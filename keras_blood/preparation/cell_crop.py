@@ -75,7 +75,7 @@ def crop_to_cell(images: tf.Tensor, color: ColorConfig, crop: CellCropConfig) ->
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resize_weights(side: int, size: int) -> np.ndarray:
     """``[size, side]``: row i holds the weights that an antialiased bilinear
     ``tf.image.resize`` from ``side`` to ``size`` pixels gives each input pixel for output
@@ -166,7 +166,9 @@ def _sample_weights(positions: tf.Tensor, length: int) -> tf.Tensor:
     low = tf.cast(low, tf.int32)[..., None]
     high = tf.minimum(low + 1, length - 1)  # at the last pixel both reads are that pixel
     pixels = tf.range(length)[None, None, :]
-    weights = tf.cast(tf.equal(pixels, low), tf.float32) * (1.0 - frac) + tf.cast(tf.equal(pixels, high), tf.float32) * frac
+    weights = (
+        tf.cast(tf.equal(pixels, low), tf.float32) * (1.0 - frac) + tf.cast(tf.equal(pixels, high), tf.float32) * frac
+    )
     inside = tf.logical_and(positions >= 0.0, positions <= float(length - 1))[..., None]
     return tf.where(inside, weights, 0.0)
 

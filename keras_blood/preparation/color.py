@@ -9,10 +9,12 @@ grows the mask over the cytoplasm around the nucleus, everything outside the mas
 
 Everything here is TensorFlow ops only, vectorised over a batch of uint8 images, so it
 runs in tf.data map functions and inside the exported serving graph
-(:func:`keras_blood.preparation.steps.make_preprocess` is what both call), and only ops that LiteRT's builtins and ONNX have, so that the graph
-converts to both (:mod:`keras_blood.serving.edge`). Thresholds follow OpenCV's 8-bit HSV
-convention (hue 0-179, saturation and value 0-255), and the RGB->HSV conversion reproduces
-OpenCV's fixed-point arithmetic, so masks agree bit for bit with the OpenCV reference in :mod:`keras_blood.preparation.opencv_reference`.
+(:func:`keras_blood.preparation.steps.make_preprocess` is what both call), and only ops
+that LiteRT's builtins and ONNX have, so that the graph converts to both
+(:mod:`keras_blood.serving.edge`). Thresholds follow OpenCV's 8-bit HSV convention (hue
+0-179, saturation and value 0-255), and the RGB->HSV conversion reproduces OpenCV's
+fixed-point arithmetic, so masks agree bit for bit with the OpenCV reference in
+:mod:`keras_blood.preparation.opencv_reference`.
 """
 
 from __future__ import annotations
@@ -132,5 +134,3 @@ def extract_colors(images: tf.Tensor, cfg: ColorConfig, return_mask: bool = Fals
     blurred = gaussian_blur(kept, cfg.blur_size, cfg.blur_sigma)
     out = tf.cast(tf.clip_by_value(tf.round(blurred), 0, 255), tf.uint8)
     return (out, mask) if return_mask else out
-
-

@@ -39,6 +39,7 @@ BMP_INFO_SIZES = (40, 124)
 BMP_HEADER = 54  # the 14-byte file header and the 40-byte info header, up to biClrImportant
 PALETTE_BYTES = 4 * 256  # blue, green, red, unused: at most 256 entries
 
+
 @dataclass(frozen=True)
 class Preparation:
     """Centre crop (a square, ``crop_fraction`` of the shorter side), then resize to ``size``."""
@@ -48,7 +49,7 @@ class Preparation:
     method: str = "bilinear"
 
     @classmethod
-    def from_json(cls, recipe: dict[str, Any]) -> "Preparation":
+    def from_json(cls, recipe: dict[str, Any]) -> Preparation:
         """Read a ``preparation.json`` mapping; a version without a recipe just resizes."""
         size = recipe.get("resize") or recipe.get("input_size")
         fraction = float(recipe.get("center_crop_fraction", 1.0))
@@ -122,9 +123,16 @@ def _decode_bmp(data: tf.Tensor) -> tf.Tensor:
     """A BMP the graph reads, cut to its header's length, its palette looked up; one of
     another kind fails with a line saying so."""
     bmp = _bmp_fields(data)
-    refused = tf.debugging.Assert(bmp["in_graph"], [tf.strings.format(
-        "a BMP of {} bits a pixel, compression {}: the graph reads BMPs of 8, 24 or 32 bits, uncompressed; "
-        "predict reads it, or re-save it as PNG", (bmp["bits"], bmp["compression"]))])  # fmt: skip
+    refused = tf.debugging.Assert(
+        bmp["in_graph"],
+        [
+            tf.strings.format(
+                "a BMP of {} bits a pixel, compression {}: the graph reads BMPs of 8, 24 or 32 bits, uncompressed; "
+                "predict reads it, or re-save it as PNG",
+                (bmp["bits"], bmp["compression"]),
+            )
+        ],
+    )
     with tf.control_dependencies([refused]):
         data = tf.cond(
             _length(data) > bmp["length"],
@@ -145,7 +153,11 @@ def decode_file(data: bytes, opencv: bool = True) -> tf.Tensor:
     """
     if bool(read_by_opencv(tf.constant(data))):
         if not opencv:
-            kind = "TIFF" if data[:4] in TIFF_MAGIC else "BMP of a kind TensorFlow does not decode (1, 4 or 16 bits, or RLE)"
+            kind = (
+                "TIFF"
+                if data[:4] in TIFF_MAGIC
+                else "BMP of a kind TensorFlow does not decode (1, 4 or 16 bits, or RLE)"
+            )
             raise ValueError(f"a {kind}: convert it to PNG, or use data.name image_folder, which does")
         return tf.convert_to_tensor(_decode_opencv(data))
     try:
@@ -214,10 +226,12 @@ def _bmp_fields(data: tf.Tensor) -> dict[str, tf.Tensor]:
     info_size = _number(head, 14, 4)
     in_graph = (
         tf.reduce_any(tf.equal(bits, GRAPH_BMP_BITS))
-        & (info_size >= BMP_INFO_SIZES[0]) & (info_size <= BMP_INFO_SIZES[1])
+        & (info_size >= BMP_INFO_SIZES[0])
+        & (info_size <= BMP_INFO_SIZES[1])
         & (tf.equal(compression, 0) | (tf.equal(compression, 3) & tf.equal(bits, 32)))
-        & (width > 0) & tf.not_equal(height, 0)
-    )  # fmt: skip
+        & (width > 0)
+        & tf.not_equal(height, 0)
+    )
     is_bmp = tf.equal(tf.strings.substr(data, 0, 2), b"BM")
     row = (bits * width + 31) // 32 * 4
     return {

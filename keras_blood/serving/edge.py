@@ -157,7 +157,8 @@ def preparation_nodes(float_model: bytes) -> list[str]:
     ops = interpreter._get_ops_details()  # noqa: SLF001 (the interpreter's graph, no public accessor)
     producer = {out: op for op in ops for out in op["outputs"]}
     casts = [
-        op for op in ops
+        op
+        for op in ops
         if op["op_name"] == "CAST"
         and tensors[op["inputs"][0]]["dtype"] == np.uint8
         and tensors[op["outputs"][0]]["dtype"] == np.float32
@@ -215,7 +216,11 @@ def _converted(version: Path, fmt: str, convert: Callable[[], bytes]) -> bytes:
 def _unsupported_ops(message: str) -> str | None:
     import re
 
-    for pattern in (r"(?:TF Select|Custom) ops: ([\w, ]+?)(?: Details|$)", r"No Op registered for (\w+)", r"Unsupported ops: (.+?\))"):
+    for pattern in (
+        r"(?:TF Select|Custom) ops: ([\w, ]+?)(?: Details|$)",
+        r"No Op registered for (\w+)",
+        r"Unsupported ops: (.+?\))",
+    ):
         found = re.search(pattern, message)
         if found:
             return found.group(1).strip()
@@ -233,7 +238,9 @@ def representative_images(config, version, count: int) -> tuple[np.ndarray, obje
         raise DataError(f"{version.path} predicts {version.class_names} but the data has classes {data.class_names}")
     expected = tuple(version.serve.structured_input_signature[1][INPUT_KEY].shape[1:])
     if data.image_shape != expected:
-        raise ConfigError(f"the data gives {data.image_shape} images but {version.path} takes {expected}; check data.image_size")
+        raise ConfigError(
+            f"the data gives {data.image_shape} images but {version.path} takes {expected}; check data.image_size"
+        )
     train = data.splits["train"].images
     picked = np.random.default_rng(config.seed).choice(len(train), min(count, len(train)), replace=False)
     return train[np.sort(picked)], data

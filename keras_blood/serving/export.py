@@ -103,7 +103,10 @@ def _write_errors(base: Path) -> Iterator[None]:
     except (OSError, tf.errors.OpError) as exc:
         if out_of_space(exc):
             why, fix = "no space left on device", "free space there or"
-        elif isinstance(exc, PermissionError | tf.errors.PermissionDeniedError) or getattr(exc, "errno", None) == errno.EROFS:
+        elif (
+            isinstance(exc, PermissionError | tf.errors.PermissionDeniedError)
+            or getattr(exc, "errno", None) == errno.EROFS
+        ):
             why, fix = "not writable", "make it writable or"
         else:
             raise

@@ -115,7 +115,9 @@ def read_records(path: Path) -> tuple[list[str], dict[str, Any]]:
     """A version's class names and preparation recipe (as recorded: JSON), from its files."""
     extra = path / "assets.extra"
     try:
-        return json.loads((extra / "class_names.json").read_text()), json.loads((extra / "preparation.json").read_text())
+        return json.loads((extra / "class_names.json").read_text()), json.loads(
+            (extra / "preparation.json").read_text()
+        )
     except (OSError, ValueError) as exc:
         raise ExportError(f"{path}: unreadable assets.extra ({exc})") from None
 

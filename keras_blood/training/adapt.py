@@ -109,7 +109,9 @@ def model_inputs(entries: list[tuple[str, str]], config, preparation: Preparatio
         batches.append(tf.cast(pixels, tf.float32))
         pending.clear()
 
-    for done, ((path, _), (pixels, error)) in enumerate(zip(entries, prepared_files(entries, preparation, batch_size)), 1):
+    for done, ((path, _), (pixels, error)) in enumerate(
+        zip(entries, prepared_files(entries, preparation, batch_size)), 1
+    ):
         if error:
             failed.append((path, error))
         else:
@@ -142,7 +144,9 @@ def adapt_version(
     class_names, recipe = read_records(version)
     config = load_config(version_config_file(version), list(overrides))
     # The adapted version has no test figures of its own: it is published as it is.
-    config = config.model_copy(update={"output": config.output.model_copy(update={"publish": "always", "publish_if_better": False})})
+    config = config.model_copy(
+        update={"output": config.output.model_copy(update={"publish": "always", "publish_if_better": False})}
+    )
     model = load_keras_model(version)
     if not batch_norm_layers(model):
         raise DataError(
@@ -155,12 +159,16 @@ def adapt_version(
         print(f"warning: {path}: left out ({why})", flush=True)
     if used < min_images:
         raise DataError(
-            f"{' '.join(data)}: {used} readable image(s) ({len(failed)} unreadable); at least {min_images} are needed to "
+            f"{' '.join(data)}: {used} readable image(s) ({len(failed)} unreadable); "
+            f"at least {min_images} are needed to "
             "estimate a lab's statistics: add captures of the lab"
         )
     adapted = adapt_batch_norm(model, batches)
-    print(f"Adapted {adapted} batch-normalisation layers to {used} images of {' '.join(data)} "
-          f"({len(failed)} left out) in {time.perf_counter() - start:.1f} s", flush=True)  # fmt: skip
+    print(
+        f"Adapted {adapted} batch-normalisation layers to {used} images of {' '.join(data)} "
+        f"({len(failed)} left out) in {time.perf_counter() - start:.1f} s",
+        flush=True,
+    )
     record: dict[str, Any] = {
         "adapted_from": str(version.resolve()),
         "data": [str(Path(path).resolve()) for path in data],

@@ -38,7 +38,9 @@ def compiled_metric(model: keras.Model, kind: type) -> keras.metrics.Metric:
         if isinstance(metric, kind):
             return metric
         stack += getattr(metric, "metrics", [])  # Keras's container of the compiled metrics
-    raise ValueError(f"compile the model with keras_blood.training.keras_metrics.validation_metrics(): no {kind.__name__}")
+    raise ValueError(
+        f"compile the model with keras_blood.training.keras_metrics.validation_metrics(): no {kind.__name__}"
+    )
 
 
 class ValidationTensorBoard(keras.callbacks.TensorBoard):

@@ -63,7 +63,9 @@ def make_fit_work(model: keras.Model, strategy: tf.distribute.Strategy) -> keras
     def vector_logs(step):
         def wrapped(data):
             logs = step(data)
-            return tree.map_structure(lambda v: tf.reshape(v, [-1]) if tf.is_tensor(v) and v.shape.rank == 0 else v, logs)
+            return tree.map_structure(
+                lambda v: tf.reshape(v, [-1]) if tf.is_tensor(v) and v.shape.rank == 0 else v, logs
+            )
 
         return wrapped
 

@@ -18,6 +18,7 @@ a lab's folder's files with each one's class and split, a published data set's f
 fingerprint. ``--resume`` on a folder whose split would be drawn otherwise is refused in
 one line (:func:`check_resumed_data`), before the data is read.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,7 +68,7 @@ class RunFolder:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, config: Config, data_split: dict[str, Any] | None = None) -> "RunFolder":
+    def create(cls, config: Config, data_split: dict[str, Any] | None = None) -> RunFolder:
         """A new run folder; ``data_split``: what it trains on (DATA_SPLIT), for ``--resume``."""
         run = cls(new_folder(config.output.runs_dir / config.name))
         try:
@@ -82,7 +83,7 @@ class RunFolder:
         return run
 
     @classmethod
-    def open(cls, path: Path) -> "RunFolder":
+    def open(cls, path: Path) -> RunFolder:
         """An existing run folder, for ``--resume``; a ConfigError if it is not one."""
         run = cls(path)
         if not (run.path / "config.yaml").is_file() or not (run.path / STATUS).is_file():
@@ -299,7 +300,9 @@ def check_run_target(config: Config, resume: str | Path | None) -> None:
     runs_dir = config.output.runs_dir
     folder = existing_folder(runs_dir / config.name)
     if not folder.is_dir():
-        raise RunError(f"output.runs_dir {str(runs_dir)!r}: {str(folder)!r} is not a folder; --set output.runs_dir=<a folder>")
+        raise RunError(
+            f"output.runs_dir {str(runs_dir)!r}: {str(folder)!r} is not a folder; --set output.runs_dir=<a folder>"
+        )
     check_writable(folder, f"output.runs_dir is {str(runs_dir)!r}; --set output.runs_dir=<a writable folder>")
 
 
@@ -317,13 +320,19 @@ def check_resumed_data(run: RunFolder, current: dict[str, Any]) -> None:
     published data set's files changed: a warning line, and the run goes on."""
     path = run.path / DATA_SPLIT
     if not path.is_file():
-        print(f"warning: {run.path} has no {DATA_SPLIT} (a run of an earlier version): its data is taken "
-              "as it is now, unchecked", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"warning: {run.path} has no {DATA_SPLIT} (a run of an earlier version): its data is taken "
+            "as it is now, unchecked",
+            file=sys.stderr,
+            flush=True,
+        )
         return
     try:
         recorded = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise RunError(f"{path} is unreadable ({exc}); this run cannot be checked against its data: start a new run") from None
+        raise RunError(
+            f"{path} is unreadable ({exc}); this run cannot be checked against its data: start a new run"
+        ) from None
     refusal, warnings = split_changes(recorded, current)
     for warning in warnings:
         print(warning, file=sys.stderr, flush=True)

@@ -117,5 +117,9 @@ def describe_devices(strategy: tf.distribute.Strategy, cluster: Cluster | None =
         where = "GPU: " + ", ".join(names)
     else:
         where = f"CPU ({len(os.sched_getaffinity(0))} cores; TensorFlow sees no GPU)"
-    role = f"; {cluster.name} of {cluster.num_workers} workers" + (" (chief)" if cluster.is_chief else "") if cluster else ""
+    role = (
+        f"; {cluster.name} of {cluster.num_workers} workers" + (" (chief)" if cluster.is_chief else "")
+        if cluster
+        else ""
+    )
     return f"{where}; strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s){role}"

@@ -36,8 +36,8 @@ from keras_blood.config.presets import INPUT_TITLES, PAPER_TABLE
 from keras_blood.config.schema import Config
 from keras_blood.config.sweep import Sweep, SweepCell
 from keras_blood.errors import KerasBloodError
-from keras_blood.files import write_atomic
 from keras_blood.evaluation.plots import plt
+from keras_blood.files import write_atomic
 from keras_blood.training.runs import first_difference, latest_unfinished
 from keras_blood.training.trainer import train
 
@@ -250,8 +250,7 @@ def plot_comparison(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> Pat
             ax.bar(x + (i - 1) * 0.27, values, 0.27, label=title, color=color)
         for j, label in enumerate(labels):  # a gap where our bars would be, marked
             if (label, name) in failed:
-                ax.text(j + 0.135, 0.02, "failed", rotation=90, ha="center", va="bottom",
-                        fontsize=8, color="#c44e52")
+                ax.text(j + 0.135, 0.02, "failed", rotation=90, ha="center", va="bottom", fontsize=8, color="#c44e52")
         ax.axhline(0.842, color="black", linestyle=":", linewidth=1, label="paper's best (0.842)")
         ax.set_xticks(x, labels, rotation=35, ha="right")
         ax.set_xlim(-0.5, len(labels) - 0.5)  # missing bars at the end must not narrow the axis

@@ -108,7 +108,9 @@ def build(config: Config, input_shape, num_classes: int, strategy=None, member: 
     return model
 
 
-def compile_for_training(model: keras.Model, config: Config, num_classes: int, steps_per_epoch: int, strategy=None) -> None:
+def compile_for_training(
+    model: keras.Model, config: Config, num_classes: int, steps_per_epoch: int, strategy=None
+) -> None:
     """The optimizer, loss and metrics training uses, in ``strategy``'s scope."""
     with (strategy or tf.distribute.get_strategy()).scope():
         model.compile(
@@ -262,7 +264,8 @@ class Task:
             model.load_weights(str(checkpoint))
         except Exception as exc:  # h5py and Keras word a missing or damaged file many ways
             raise RunError(
-                f"the best checkpoint {checkpoint} does not load ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                f"the best checkpoint {checkpoint} does not load "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
                 "this run cannot be evaluated: start a new run"
             ) from None
         return model
@@ -280,7 +283,9 @@ class Task:
         version = find_run_version(self.config, run.path)  # published before a kill
         if version is None:
             try:
-                version = export_model(model, self.config, self.data.class_names, metrics, self.data.preparation, run=run.path)
+                version = export_model(
+                    model, self.config, self.data.class_names, metrics, self.data.preparation, run=run.path
+                )
             except NotPublished as declined:
                 print(f"Not published: {declined}", flush=True)
                 run.update_status(state=FINISHED, export=None, not_published=str(declined))

@@ -111,11 +111,17 @@ class Trainer:
             self.run = RunFolder.open(self.resume) if self.resume else RunFolder.create(config, self.data_split)
             print(f"Run folder: {self.run.path}  (tensorboard --logdir {self.run.path.parent})", flush=True)
             if not self.resume and (config.data.color_extraction or config.data.cell_crop is not None):
-                log_color_extraction(task.data.splits["train"], task.data.class_names, config.data, self.run.path, config.seed)
+                log_color_extraction(
+                    task.data.splits["train"], task.data.class_names, config.data, self.run.path, config.seed
+                )
         record = self.record
         status = record.status() if record else {"members_done": 0}
         # Training minutes continue across a resume: the clock starts where the record ends.
-        previous = [read_history(record.history_csv(RunFolder.tag(k, task.ensemble))) for k in range(task.ensemble)] if record else []
+        previous = (
+            [read_history(record.history_csv(RunFolder.tag(k, task.ensemble))) for k in range(task.ensemble)]
+            if record
+            else []
+        )
         elapsed = max((h["elapsed_minutes"][-1] for h in previous if h.get("elapsed_minutes")), default=0.0)
         self.clock_start = time.perf_counter() - 60 * elapsed
 
@@ -129,7 +135,9 @@ class Trainer:
                 print(f"\nEnsemble member {member + 1} of {task.ensemble} (seed {task.seeds[member]})", flush=True)
             histories.append(self.fit_member(member, first_model if member == 0 else None))
             if self.run is not None:
-                self.run.update_status(members_done=member + 1, **({"state": TRAINED} if member + 1 == task.ensemble else {}))
+                self.run.update_status(
+                    members_done=member + 1, **({"state": TRAINED} if member + 1 == task.ensemble else {})
+                )
                 self.run.drop_backup(tag)
         train_seconds = time.perf_counter() - self.clock_start
 
@@ -162,12 +170,17 @@ class Trainer:
             fix = f"free space there, then: python -m keras_blood.train --resume {self.resume}"
         else:
             folder, copies = existing_folder(config.output.runs_dir), self.task.ensemble + 2
-            fix = f"free space there or --set output.runs_dir=<a folder with room> (output.runs_dir is {str(config.output.runs_dir)!r})"
+            fix = (
+                "free space there or --set output.runs_dir=<a folder with room> "
+                f"(output.runs_dir is {str(config.output.runs_dir)!r})"
+            )
         check_free_space(folder, copies * state, f"training {config.name!r} (backups and checkpoints)", fix)
 
     # ------------------------------------------------------------------ one member
 
-    def callbacks(self, member: int, backup_dir: Path, history: dict[str, list[float]]) -> list[keras.callbacks.Callback]:
+    def callbacks(
+        self, member: int, backup_dir: Path, history: dict[str, list[float]]
+    ) -> list[keras.callbacks.Callback]:
         """Everything fit does besides stepping: logs, checkpoints, early stopping, backup.
 
         Only the chief writes files others read; every worker keeps a backup (its own temporary
@@ -181,7 +194,9 @@ class Trainer:
             # Keras's TensorBoard callback plus validation confusion matrix and PR curves. Every
             # worker reads the validation metrics (a collective op); only the chief writes.
             ValidationTensorBoard(
-                run.logs_dir(tag) if run else backup_dir.parent / "logs", self.task.data.class_names, write=run is not None
+                run.logs_dir(tag) if run else backup_dir.parent / "logs",
+                self.task.data.class_names,
+                write=run is not None,
             ),
         ]
         if run is not None:
@@ -190,7 +205,9 @@ class Trainer:
         if config.train.early_stopping_patience:
             callbacks.append(
                 ResumableEarlyStopping(
-                    past=history.get(config.selection_key), monitor=config.selection_key, patience=config.train.early_stopping_patience
+                    past=history.get(config.selection_key),
+                    monitor=config.selection_key,
+                    patience=config.train.early_stopping_patience,
                 )
             )
         # Last: an epoch's CSV row is written before its backup commits it, so a resumed run
@@ -224,7 +241,13 @@ class Trainer:
         history = read_history(record.history_csv(tag)) if record else {}
         history = {key: values[: backup.epoch if backup else 0] for key, values in history.items()}
         # The best checkpoint so far: what a new best must beat, and what the file holds.
-        self.best = BestCheckpoint(run.checkpoint(tag), best_value(history, config.selection_key), backup.best if backup else None) if run else None
+        self.best = (
+            BestCheckpoint(
+                run.checkpoint(tag), best_value(history, config.selection_key), backup.best if backup else None
+            )
+            if run
+            else None
+        )
 
         if history.get("loss"):
             print(f"Resuming {tag or 'training'} after epoch {len(history['loss'])}", flush=True)
@@ -255,7 +278,9 @@ class Trainer:
                 )
                 # What the next stage's callbacks start from, the same on every worker (a stage
                 # resumed past its last epoch trains none and adds nothing).
-                history = {key: history.get(key, []) + fitted.history.get(key, []) for key in {**history, **fitted.history}}
+                history = {
+                    key: history.get(key, []) + fitted.history.get(key, []) for key in {**history, **fitted.history}
+                }
         finally:
             if self.stop is not None:
                 self.stop.deferred = False  # outside fit, a stop is raised at once
@@ -279,7 +304,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ the record
 
-    def write_run_report(self, metrics: dict[str, Any], histories: list[dict[str, list[float]]], curves: dict[str, Any]) -> None:
+    def write_run_report(
+        self, metrics: dict[str, Any], histories: list[dict[str, list[float]]], curves: dict[str, Any]
+    ) -> None:
         """The test report (:func:`keras_blood.evaluation.report.write_report`), the test
         scalars for TensorBoard and the learning curves."""
         config, run, data = self.task.config, self.run, self.task.data
@@ -287,7 +314,15 @@ class Trainer:
             for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "auc"):
                 tf.summary.scalar(f"test/{key}", metrics[key], step=metrics["epochs_run"])
         plot_learning_curves(histories, run.path / "learning_curves.png", config.name)
-        write_report(run.path, metrics, data.splits["test"].labels, curves, data.class_names, config.name, f"Test ({config.name})")
+        write_report(
+            run.path,
+            metrics,
+            data.splits["test"].labels,
+            curves,
+            data.class_names,
+            config.name,
+            f"Test ({config.name})",
+        )
         for number, m in enumerate(metrics.get("members", []), start=1):
             print(f"  member {number} alone: accuracy {m['accuracy']:.4f}, AUC {m['auc']:.4f}")
         print(f"Trained {metrics['epochs_run']} epochs in {metrics['train_seconds']:.0f} s; run folder {run.path}")
@@ -319,8 +354,14 @@ def no_space(config: Config, run: RunFolder | None, exc: BaseException) -> RunEr
     detail = f"{exc.strerror}: {filename}" if isinstance(exc, OSError) and exc.strerror and filename else text[:300]
     export_dir = str(config.output.export_dir)
     setting = "output.export_dir" if export_dir in f"{filename} {text}" else "output.runs_dir"
-    folder = config.output.export_dir if setting == "output.export_dir" else (run.path if run else config.output.runs_dir)
-    then = f"then continue with: python -m keras_blood.train --resume {run.path}" if run else f"or --set {setting}=<a folder with room>"
+    folder = (
+        config.output.export_dir if setting == "output.export_dir" else (run.path if run else config.output.runs_dir)
+    )
+    then = (
+        f"then continue with: python -m keras_blood.train --resume {run.path}"
+        if run
+        else f"or --set {setting}=<a folder with room>"
+    )
     return RunError(f"no space left on device ({detail}); free space under {str(folder)!r} ({setting}), {then}")
 
 

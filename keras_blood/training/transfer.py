@@ -33,8 +33,8 @@ import keras
 from keras_blood.config.loading import load_config
 from keras_blood.config.paths import weights_kind
 from keras_blood.config.schema import Config, VGG16Config
-from keras_blood.data.sources.blood_cell_images.loader import DEFAULT_ROOT
 from keras_blood.data.sources.blood_cell_images.builder import FOLDERS, class_folders
+from keras_blood.data.sources.blood_cell_images.loader import DEFAULT_ROOT
 from keras_blood.data.sources.bloodmnist.builder import CLASS_NAMES
 from keras_blood.errors import ConfigError, ExportError
 from keras_blood.models.registry import HEAD, build_model, named_layers
@@ -98,7 +98,6 @@ def _run_classes(run: Path, config: Config) -> list[str]:
     if data.classes:
         return list(data.classes)
     if data.name == "bloodmnist":
-
         return list(CLASS_NAMES)
 
     folder = (data.given_root() or DEFAULT_ROOT.expanduser()) / FOLDERS["train"]
@@ -150,7 +149,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _weighted(model: keras.Model) -> dict[str, keras.layers.Layer]:
-    return {n: layer for n, layer in named_layers(model).items() if layer.weights and not isinstance(layer, keras.Model)}
+    return {
+        n: layer for n, layer in named_layers(model).items() if layer.weights and not isinstance(layer, keras.Model)
+    }
 
 
 def _shapes(layer) -> str:

@@ -63,7 +63,7 @@ class SplitFiles:
     labels: np.ndarray  # int32, index into the class names
     sources: np.ndarray  # str, "<class>/<source index>"; the stem where a name has none
 
-    def take(self, indices: np.ndarray) -> "SplitFiles":
+    def take(self, indices: np.ndarray) -> SplitFiles:
         return SplitFiles(self.paths[indices], self.labels[indices], self.sources[indices])
 
     def __len__(self) -> int:
@@ -214,13 +214,16 @@ class BloodCellImages(tfds.core.GeneratorBasedBuilder):
         root = manual_folder(dl_manager)
         class_names = check_layout(root)
         if config.classes:
-
             class_names = match_classes(class_names, list(config.classes))
         self.info.features["label"].names = class_names
 
         train = scan(root / "TRAIN", class_names)
         train_idx, val_idx = split_by_source(train, config.val_fraction, config.seed)
-        splits = {"train": train.take(train_idx), "validation": train.take(val_idx), "test": scan(root / "TEST", class_names)}
+        splits = {
+            "train": train.take(train_idx),
+            "validation": train.take(val_idx),
+            "test": scan(root / "TEST", class_names),
+        }
         if (root / "TEST_SIMPLE").is_dir():
             splits["test_simple"] = scan(root / "TEST_SIMPLE", class_names)
         splits = self._readable(splits)
@@ -246,7 +249,10 @@ class BloodCellImages(tfds.core.GeneratorBasedBuilder):
             flush=True,
         )
         bad_paths = {paths[i] for i in bad}
-        return {name: folder.take(np.flatnonzero([p not in bad_paths for p in folder.paths])) for name, folder in splits.items()}
+        return {
+            name: folder.take(np.flatnonzero([p not in bad_paths for p in folder.paths]))
+            for name, folder in splits.items()
+        }
 
     def _generate_examples(self, folder: SplitFiles, root: Path):
         for path, label, source in zip(folder.paths.tolist(), folder.labels.tolist(), folder.sources.tolist()):

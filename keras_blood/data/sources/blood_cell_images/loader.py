@@ -61,9 +61,12 @@ def load_blood_cell_images(config: DataConfig, seed: int = 0) -> DataBundle:
     # Checked on the full splits, before data.max_examples: a smoke slice may lack a class.
     if empty := missing_classes(class_names, {name: split.labels for name, split in encoded.items()}):
         split, name = empty[0]
-        raise DataError(f"class {name!r} has no examples in the {split} split: {_why_empty(Path(files_root), split, name)}")
-    splits, class_names = load_decoded(builder.data_dir, stamp(builder.data_dir), config.max_examples, seed,
-                                       config.height_width, files_root)  # fmt: skip
+        raise DataError(
+            f"class {name!r} has no examples in the {split} split: {_why_empty(Path(files_root), split, name)}"
+        )
+    splits, class_names = load_decoded(
+        builder.data_dir, stamp(builder.data_dir), config.max_examples, seed, config.height_width, files_root
+    )
     height, width = config.height_width
     return DataBundle(
         name="blood_cell_images",

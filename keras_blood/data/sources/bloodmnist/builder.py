@@ -51,9 +51,12 @@ CLASS_NAMES = [
     "platelet",
 ]
 
-CITATION = r"""@article{yang2023medmnist,
+# The author lines are split where they pass 120 characters; the text is one BibTeX entry per article.
+CITATION = (
+    r"""@article{yang2023medmnist,
   title   = {MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image classification},
-  author  = {Yang, Jiancheng and Shi, Rui and Wei, Donglai and Liu, Zequan and Zhao, Lin and Ke, Bilian and Pfister, Hanspeter and Ni, Bingbing},
+  author  = {Yang, Jiancheng and Shi, Rui and Wei, Donglai and Liu, Zequan and Zhao, Lin and Ke, Bilian and """
+    r"""Pfister, Hanspeter and Ni, Bingbing},
   journal = {Scientific Data},
   volume  = {10},
   number  = {1},
@@ -62,12 +65,14 @@ CITATION = r"""@article{yang2023medmnist,
 }
 @article{acevedo2020pbc,
   title   = {A dataset of microscopic peripheral blood cell images for development of automatic recognition systems},
-  author  = {Acevedo, Andrea and Merino, Anna and Alf{\'e}rez, Santiago and Molina, {\'A}ngel and Bold{\'u}, Laura and Rodellar, Jos{\'e}},
+  author  = {Acevedo, Andrea and Merino, Anna and Alf{\'e}rez, Santiago and Molina, {\'A}ngel and """
+    r"""Bold{\'u}, Laura and Rodellar, Jos{\'e}},
   journal = {Data in Brief},
   volume  = {30},
   pages   = {105474},
   year    = {2020}
 }"""
+)
 
 
 def file_name(size: int) -> str:
@@ -105,15 +110,12 @@ def read_npz(path: Path, size: int, num_classes: int = len(CLASS_NAMES)) -> dict
                 )
             labels = labels.reshape(-1)
             if labels.shape[0] != images.shape[0]:
-                raise DataError(
-                    f"{path}: {split} has {images.shape[0]} images but {labels.shape[0]} labels"
-                )
+                raise DataError(f"{path}: {split} has {images.shape[0]} images but {labels.shape[0]} labels")
             if not np.issubdtype(labels.dtype, np.integer):
                 raise DataError(f"{path}: {split}_labels has dtype {labels.dtype}, expected integers")
             if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
                 raise DataError(
-                    f"{path}: {split}_labels range {labels.min()}..{labels.max()}, "
-                    f"expected 0..{num_classes - 1}"
+                    f"{path}: {split}_labels range {labels.min()}..{labels.max()}, expected 0..{num_classes - 1}"
                 )
             splits[split] = (images, labels)
     return splits
@@ -206,7 +208,9 @@ class Bloodmnist(tfds.core.GeneratorBasedBuilder):
         arrays = read_npz(path, size)
         self.info.metadata.update(source=str(path), md5=md5, source_fingerprint=source_fingerprint(path))
         # TFDS cannot write an empty split: one the file has no rows for is left out.
-        return {TFDS_SPLITS[split]: self._generate_examples(*arrays[split]) for split in SPLITS if len(arrays[split][1])}
+        return {
+            TFDS_SPLITS[split]: self._generate_examples(*arrays[split]) for split in SPLITS if len(arrays[split][1])
+        }
 
     def _source_file(self, dl_manager) -> Path:
         size = self.builder_config.size

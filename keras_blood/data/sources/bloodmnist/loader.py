@@ -70,4 +70,7 @@ def read_splits(data_dir: str, _stamp: int) -> dict[str, Split]:
     """Every split of a prepared copy as arrays (memoised per process and copy, so a sweep
     reads it once)."""
     _, splits = read_all(data_dir, list(FROM_TFDS), as_supervised=True)
-    return {FROM_TFDS[name]: Split(read_only(images), read_only(labels.astype(np.int32))) for name, (images, labels) in splits.items()}
+    return {
+        FROM_TFDS[name]: Split(read_only(images), read_only(labels.astype(np.int32)))
+        for name, (images, labels) in splits.items()
+    }

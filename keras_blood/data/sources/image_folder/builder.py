@@ -59,9 +59,15 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
 
     def listing(self) -> Listing:
         return list_images(
-            Path(self.root), self.classes or None, json.loads(self.class_aliases), self.group_pattern or None,
-            self.val_fraction, self.test_fraction, self.seed, partial_splits=self.partial_splits,
-        )  # fmt: skip
+            Path(self.root),
+            self.classes or None,
+            json.loads(self.class_aliases),
+            self.group_pattern or None,
+            self.val_fraction,
+            self.test_fraction,
+            self.seed,
+            partial_splits=self.partial_splits,
+        )
 
 
 def make_config(
@@ -87,11 +93,20 @@ def make_config(
     digest = hashlib.sha1(json.dumps(options).encode()).hexdigest()[:12]
     return ImageFolderConfig(
         name=f"{Path(root).stem[:40] or 'root'}-{digest}".replace(" ", "_"),
-        description=f"{root}: classes {list(classes) or 'all'}, val {val_fraction:g}, test {test_fraction:g}, seed {seed}",
-        root=root, classes=tuple(classes), class_aliases=aliases, group_pattern=group_pattern or "",
-        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, skip_unreadable=skip_unreadable,
-        max_pixels=max_pixels, partial_splits=partial_splits,
-    )  # fmt: skip
+        description=(
+            f"{root}: classes {list(classes) or 'all'}, val {val_fraction:g}, test {test_fraction:g}, seed {seed}"
+        ),
+        root=root,
+        classes=tuple(classes),
+        class_aliases=aliases,
+        group_pattern=group_pattern or "",
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        skip_unreadable=skip_unreadable,
+        max_pixels=max_pixels,
+        partial_splits=partial_splits,
+    )
 
 
 def _check_classes_left(listing: Listing, paths: list[str], keep: np.ndarray) -> None:
@@ -111,7 +126,8 @@ def _check_classes_left(listing: Listing, paths: list[str], keep: np.ndarray) ->
             if np.any(in_split) and not np.any(kept & in_split):
                 raise DataError(
                     f"class {name!r} has no readable images left in the {split} split (its {np.sum(in_split)} files "
-                    f"there are unreadable, e.g. {paths[np.flatnonzero(in_split)[0]]}); replace them with readable images"
+                    f"there are unreadable, e.g. {paths[np.flatnonzero(in_split)[0]]}); "
+                    "replace them with readable images"
                 )
 
 
@@ -150,14 +166,21 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
         listing = self._readable(listing)
         self.info.features["label"].names = listing.class_names
         self.info.metadata.update(source=config.root, source_fingerprint=source_fingerprint, left_out=listing.left_out)
-        return {TFDS_SPLITS[name]: self._generate_examples(listing.split(name)) for name in SPLITS if np.any(listing.splits == name)}
+        return {
+            TFDS_SPLITS[name]: self._generate_examples(listing.split(name))
+            for name in SPLITS
+            if np.any(listing.splits == name)
+        }
 
     def _readable(self, listing: Listing) -> Listing:
         """``listing`` without files that do not decode (DataError unless skip_unreadable)."""
         paths = [str(listing.root / file) for file in listing.files.tolist()]
         missing = [i for i, path in enumerate(paths) if not Path(path).is_file()]
         if missing:
-            raise DataError(f"{shown(paths[missing[0]])} does not exist ({len(missing)} listed file(s) missing); fix the list or the folder")
+            raise DataError(
+                f"{shown(paths[missing[0]])} does not exist ({len(missing)} listed file(s) missing); "
+                "fix the list or the folder"
+            )
         # The one decode rule, in parallel, each file's header first (data.max_pixels); with
         # OpenCV, which reads what _converted stores as PNG (TIFF, BMPs TensorFlow does not).
         # As bytes: a name that is not UTF-8 is no TensorFlow string, but its bytes name the file.
@@ -170,13 +193,24 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
                 f"({why_unreadable(paths[bad[0]], self.builder_config.max_pixels, opencv=True)}); "
                 f"{len(bad)} such file(s) in all. Remove them or set data.skip_unreadable: true"
             )
-        print(f"warning: skipped {len(bad)} of {len(paths)} files that are not readable images "
-              f"(e.g. {shown(Path(paths[bad[0]]).name)})", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"warning: skipped {len(bad)} of {len(paths)} files that are not readable images "
+            f"(e.g. {shown(Path(paths[bad[0]]).name)})",
+            file=sys.stderr,
+            flush=True,
+        )
         keep = np.setdiff1d(np.arange(len(paths)), bad)
         _check_classes_left(listing, paths, keep)
         left_out = {**listing.left_out, "unreadable files": len(bad)}
-        return Listing(listing.root, listing.files[keep], listing.labels[keep], listing.groups[keep],
-                       listing.splits[keep], listing.class_names, left_out)  # fmt: skip
+        return Listing(
+            listing.root,
+            listing.files[keep],
+            listing.labels[keep],
+            listing.groups[keep],
+            listing.splits[keep],
+            listing.class_names,
+            left_out,
+        )
 
     def _generate_examples(self, listing: Listing):
         for file, label, group in zip(listing.files.tolist(), listing.labels.tolist(), listing.groups.tolist()):
@@ -201,5 +235,7 @@ def _converted(path: str) -> bytes:
     try:
         return tf.io.encode_png(decode_file(Path(path).read_bytes())).numpy()
     except (OSError, ValueError) as exc:  # changed since it was checked
-        raise DataError(f"{path}: not a readable image ({getattr(exc, 'strerror', None) or exc}); "
-                        "was it changed while the copy was prepared? Run again") from None  # fmt: skip
+        raise DataError(
+            f"{path}: not a readable image ({getattr(exc, 'strerror', None) or exc}); "
+            "was it changed while the copy was prepared? Run again"
+        ) from None

@@ -84,10 +84,11 @@ class Listing:
     def __len__(self) -> int:
         return len(self.files)
 
-    def split(self, name: str) -> "Listing":
+    def split(self, name: str) -> Listing:
         rows = self.splits == name
-        return dataclasses.replace(self, files=self.files[rows], labels=self.labels[rows], groups=self.groups[rows],
-                                   splits=self.splits[rows])  # fmt: skip
+        return dataclasses.replace(
+            self, files=self.files[rows], labels=self.labels[rows], groups=self.groups[rows], splits=self.splits[rows]
+        )
 
     def counts(self) -> str:
         """One line: images per split, and what was left out."""
@@ -130,8 +131,16 @@ def source_listing(config: DataConfig, seed: int) -> Listing | None:
         raise DataError(
             "data.name image_folder needs data.root: --set data.root=<a folder of class folders, or a .csv/.tsv list>"
         )
-    return list_images(root, config.classes, config.class_aliases, config.group_pattern,
-                       config.val_fraction, config.test_fraction, seed, partial_splits=config.partial_splits)  # fmt: skip
+    return list_images(
+        root,
+        config.classes,
+        config.class_aliases,
+        config.group_pattern,
+        config.val_fraction,
+        config.test_fraction,
+        seed,
+        partial_splits=config.partial_splits,
+    )
 
 
 def source_config_of(config: DataConfig, name: str) -> DataConfig:
@@ -151,7 +160,9 @@ def source_config_of(config: DataConfig, name: str) -> DataConfig:
             f"data.sources.{name}: none of its classes {quoted(others)} is one of data.classes "
             f"{quoted(list(source.classes))}; map them with data.class_aliases"
         )
-    return source.model_copy(update={"classes": [found.class_names[label] for label in present], "partial_splits": True})
+    return source.model_copy(
+        update={"classes": [found.class_names[label] for label in present], "partial_splits": True}
+    )
 
 
 def list_images(
@@ -182,7 +193,9 @@ def list_images(
         for name in sorted(found.folders):
             check_class_name(name, shown(str(root)), "rename its folder")
     else:
-        raise DataError(f"data.root {quoted(str(root))} does not exist; give a folder of class folders or a .csv/.tsv list")
+        raise DataError(
+            f"data.root {quoted(str(root))} does not exist; give a folder of class folders or a .csv/.tsv list"
+        )
     if not found.files:
         raise DataError(f"{shown(str(root))} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); expected {_LAYOUT}")
 
@@ -195,7 +208,8 @@ def list_images(
     class_names = names.order([k for k in [*kept_names, *map(names, sorted(found.folders))] if k is not None])
     if len(class_names) < min_classes:
         raise DataError(
-            f"{shown(str(root))}: found {len(class_names)} class(es) {quoted(class_names)}; at least {min_classes} are needed ({_LAYOUT})"
+            f"{shown(str(root))}: found {len(class_names)} class(es) {quoted(class_names)}; "
+            f"at least {min_classes} are needed ({_LAYOUT})"
         )
     rows = [i for i in rows if kept_names[i] is not None]
     if draw:  # a lab's folder to evaluate on may lack some of the model's classes
@@ -232,15 +246,21 @@ def _unique_rows(found: _Found, kept_names: list[str | None], root: Path) -> lis
             continue
         where = f"{root}, lines {found.lines[j]} and {found.lines[i]}: {quoted(file)} is listed"
         if matched[j] != matched[i]:
-            raise DataError(f"{where} as {quoted(found.names[j])} and as {quoted(found.names[i])}; keep the one row with its right class")
+            raise DataError(
+                f"{where} as {quoted(found.names[j])} and as {quoted(found.names[i])}; "
+                "keep the one row with its right class"
+            )
         if found.splits[j] != found.splits[i]:
-            raise DataError(f"{where} in the {found.splits[j] or 'drawn'} and the {found.splits[i] or 'drawn'} split; keep one row")
+            raise DataError(
+                f"{where} in the {found.splits[j] or 'drawn'} and the {found.splits[i] or 'drawn'} split; keep one row"
+            )
         found.left_out["duplicate rows"] += 1
     return rows
 
 
-def _check_every_class_found(root: Path, class_names: list[str], names: ClassNames, found: _Found,
-                             kept: list[str]) -> None:  # fmt: skip
+def _check_every_class_found(
+    root: Path, class_names: list[str], names: ClassNames, found: _Found, kept: list[str]
+) -> None:
     """Every class has a file (said before any split is drawn): else one line naming the
     first without, and, where no folder or label is named so, the names found."""
     with_files = {normal(name) for name in kept}
@@ -254,10 +274,15 @@ def _check_every_class_found(root: Path, class_names: list[str], names: ClassNam
                 f"named so (found {quoted(seen)}); name its folder so, map one onto it with data.class_aliases, "
                 "or leave it out of data.classes"
             )
-        raise DataError(f"{shown(str(root))}: class {quoted(name)} has no images in any file; add images of it, or leave it out of data.classes")
+        raise DataError(
+            f"{shown(str(root))}: class {quoted(name)} has no images in any file; "
+            "add images of it, or leave it out of data.classes"
+        )
 
 
-_LAYOUT = "one folder of images per class (optionally under train/validation/test folders), or a .csv/.tsv list of path,label"
+_LAYOUT = (
+    "one folder of images per class (optionally under train/validation/test folders), or a .csv/.tsv list of path,label"
+)
 
 
 def _scan_folders(root: Path) -> _Found:
@@ -272,7 +297,9 @@ def _scan_folders(root: Path) -> _Found:
         seen: dict[str, Path] = {}
         for folder, split in split_folders.items():
             if split in seen:
-                raise DataError(f"{root}: two folders for the {split} split, {seen[split].name}/ and {folder.name}/; keep one")
+                raise DataError(
+                    f"{root}: two folders for the {split} split, {seen[split].name}/ and {folder.name}/; keep one"
+                )
             seen[split] = folder
             class_folders += [(class_folder, split) for class_folder in _subfolders(folder, found)]
     else:
@@ -280,7 +307,9 @@ def _scan_folders(root: Path) -> _Found:
     walk = _Walk([class_folder for class_folder, _ in class_folders])
     for class_folder, split in class_folders:
         _add_files(found, root, class_folder, split, walk)
-    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    loose = [
+        p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    ]
     if loose:
         found.left_out["images outside a class folder"] += len(loose)
     return found
@@ -309,7 +338,9 @@ class _Walk:
         real = os.path.realpath(path)
         if real in self.read:
             return False
-        if os.path.islink(path) and any(os.path.commonpath([real, folder]) in (real, folder) for folder in self.class_folders):
+        if os.path.islink(path) and any(
+            os.path.commonpath([real, folder]) in (real, folder) for folder in self.class_folders
+        ):
             return False
         self.read.add(real)
         return True
@@ -358,27 +389,41 @@ def _read_list(path: Path) -> _Found:
     columns: dict[str, int | None] = {"path": 0, "label": 1, "group": 2, "split": 3}
     if rows and {normal(c) for c in rows[0][1]} & {"path", "file"}:
         header = [normal(c) for c in rows[0][1]]
-        for key, options in (("path", ("path", "file")), ("label", ("class", "label")), ("group", ("group",)), ("split", ("split",))):
+        for key, options in (
+            ("path", ("path", "file")),
+            ("label", ("class", "label")),
+            ("group", ("group",)),
+            ("split", ("split",)),
+        ):
             columns[key] = next((header.index(o) for o in options if o in header), None)
         if columns["label"] is None:
             raise DataError(f"{path}: the header {rows[0][1]} has no class or label column")
         rows = rows[1:]
+
+    def cell(row: list[str], key: str) -> str:
+        index = columns.get(key)
+        return row[index].strip() if index is not None and index < len(row) else ""
+
     found = _Found()
     for number, row in rows:
-        cell = lambda key: row[columns[key]].strip() if columns.get(key) is not None and columns[key] < len(row) else ""  # noqa: E731
-        file, label = cell("path"), cell("label")
+        file, label = cell(row, "path"), cell(row, "label")
         if not file or not label:
-            raise DataError(f"{path}, line {number}: {quoted(row)} lacks a path or a label (columns path,label[,group][,split])")
+            raise DataError(
+                f"{path}, line {number}: {quoted(row)} lacks a path or a label (columns path,label[,group][,split])"
+            )
         for what, text in (("path", file), ("class", label)):
             if has_line_break(text):
                 raise DataError(
-                    f"{path}, line {number}: the {what} {quoted(text)} holds a line break (a quoted cell over two lines); "
+                    f"{path}, line {number}: the {what} {quoted(text)} holds a line break "
+                    "(a quoted cell over two lines); "
                     "write it on one line"
                 )
         check_class_name(label, f"{path}, line {number}", "fix that cell")
-        split = cell("split")
+        split = cell(row, "split")
         if split and normal(split) not in SPLIT_NAMES:
-            raise DataError(f"{path}, line {number}: split {quoted(split)} is not one of train, validation, test (or empty)")
+            raise DataError(
+                f"{path}, line {number}: split {quoted(split)} is not one of train, validation, test (or empty)"
+            )
         if Path(file).suffix.lower() not in IMAGE_SUFFIXES:
             if (path.parent / file).is_dir():
                 raise DataError(_a_folder(path, number, file))
@@ -388,7 +433,7 @@ def _read_list(path: Path) -> _Found:
         found.lines.append(number)
         found.names.append(label)
         found.splits.append(SPLIT_NAMES[normal(split)] if split else "")
-        found.groups.append(cell("group") or None)
+        found.groups.append(cell(row, "group") or None)
     return found
 
 
@@ -407,7 +452,9 @@ def _compile(pattern: str | None) -> re.Pattern | None:
     except re.error as exc:
         raise DataError(f"data.group_pattern {quoted(pattern)} is not a regular expression ({exc})") from None
     if compiled.groups < 1:
-        raise DataError(f"data.group_pattern {quoted(pattern)} has no (group); put the part that names the group in parentheses")
+        raise DataError(
+            f"data.group_pattern {quoted(pattern)} has no (group); put the part that names the group in parentheses"
+        )
     if _nested_repeat(_parser.parse(pattern)):
         raise DataError(
             f"data.group_pattern {quoted(pattern)} has a nested quantifier (a repeated group that repeats inside, "
@@ -450,8 +497,9 @@ def _group(pattern: re.Pattern | None, file: str) -> str:
     return match.group(1) if match and match.group(1) is not None else file
 
 
-def draw_splits(labels: np.ndarray, groups: np.ndarray, given: np.ndarray, val_fraction: float,
-                test_fraction: float, seed: int) -> np.ndarray:  # fmt: skip
+def draw_splits(
+    labels: np.ndarray, groups: np.ndarray, given: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
     """Each image's split: the one given, else drawn. Splits that no image is given are
     drawn from the train pool (given train, and no split given), test first."""
     splits = np.where(given == "", "train", given).astype("<U5")
@@ -509,7 +557,10 @@ def _check_classes(listing: Listing, root: Path, partial_splits: bool = False) -
                 where = "in any file" if not np.any(listing.labels == label) else f"in the {split} split"
                 fix = "add images of it, or leave it out of data.classes"
                 if where != "in any file":
-                    fix += " (with split folders: add its folder to that split's; else: it has too few groups to draw every split)"
+                    fix += (
+                        " (with split folders: add its folder to that split's; "
+                        "else: it has too few groups to draw every split)"
+                    )
                 raise DataError(f"{root}: class {quoted(name)} has no images {where}; {fix}")
     return tuple(gaps)
 
@@ -521,7 +572,9 @@ def _shared_groups(listing: Listing) -> tuple[str, ...]:
         inside = set(listing.groups[listing.splits == split].tolist())
         shared = sorted(inside & set(listing.groups[listing.splits != split].tolist()))
         if shared:
-            warnings.append(f"warning: {len(shared)} group(s) have images in {split} and another split (e.g. {shared[0]})")
+            warnings.append(
+                f"warning: {len(shared)} group(s) have images in {split} and another split (e.g. {shared[0]})"
+            )
     return tuple(warnings)
 
 
@@ -532,7 +585,8 @@ def _check_files(base: Path, found: _Found, list_file: Path) -> None:
             raise DataError(_a_folder(list_file, found.lines[i], found.files[i]))
     if missing:
         raise DataError(
-            f"{list_file}: {len(missing)} listed file(s) do not exist, e.g. {shown(str(base / found.files[missing[0]]))}; "
+            f"{list_file}: {len(missing)} listed file(s) do not exist, "
+            f"e.g. {shown(str(base / found.files[missing[0]]))}; "
             "paths are relative to the list's folder"
         )
 

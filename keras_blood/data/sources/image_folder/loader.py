@@ -23,9 +23,18 @@ def load_image_folder(config: DataConfig, seed: int = 0) -> DataBundle:
     root = config.given_root()
     print(f"Data: {shown(str(root))}: {listing.counts()}", flush=True)
     current = fingerprint(root.expanduser(), listing)
-    builder_config = make_config(root, tuple(config.classes or ()), config.class_aliases, config.group_pattern,
-                                 config.val_fraction, config.test_fraction, seed, config.skip_unreadable,
-                                 config.max_pixels, config.partial_splits)  # fmt: skip
+    builder_config = make_config(
+        root,
+        tuple(config.classes or ()),
+        config.class_aliases,
+        config.group_pattern,
+        config.val_fraction,
+        config.test_fraction,
+        seed,
+        config.skip_unreadable,
+        config.max_pixels,
+        config.partial_splits,
+    )
     builder = prepared_builder(
         ImageFolder,
         builder_config,
@@ -34,7 +43,10 @@ def load_image_folder(config: DataConfig, seed: int = 0) -> DataBundle:
         accept=lambda meta: meta.get("source_fingerprint") == current,
         check=lambda: None,  # listed above
     )
-    splits, class_names = load_decoded(builder.data_dir, stamp(builder.data_dir), config.max_examples, seed,
-                                       config.height_width, str(listing.root))  # fmt: skip
+    splits, class_names = load_decoded(
+        builder.data_dir, stamp(builder.data_dir), config.max_examples, seed, config.height_width, str(listing.root)
+    )
     height, width = config.height_width
-    return DataBundle("image_folder", class_names, splits, preparation={"resize": [height, width], "method": RESIZE_METHOD})
+    return DataBundle(
+        "image_folder", class_names, splits, preparation={"resize": [height, width], "method": RESIZE_METHOD}
+    )
