@@ -240,7 +240,11 @@ def main() -> None:
             print(curve)
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    common = [*args.overrides, f"output.runs_dir={args.out / 'runs'}", f"output.export_dir={args.out / 'saved_models'}"]
+    common = [
+        *args.overrides,
+        f"output.runs_dir={args.out / 'runs'}",
+        f"output.publish_dir={args.out / 'saved_models'}",
+    ]
 
     plan = {f"seed {seed}": [f"seed={seed}"] for seed in args.seeds}
     if args.ablation:

@@ -7,12 +7,17 @@ leave-one-lab-out for configs/wbc_labs.yaml (not part of the tests).
     python benchmarks/labs.py --leave-one-out --kaggle DIR --bloodmnist DIR \\
         --pbc ../shared/data/pbc-captures/labels.tsv \\
         --bionet ../shared/data/labs/bionet_pk/labels.tsv --andrade ../shared/data/labs/leukocytes_andrade/labels.tsv \\
-        [--labs kaggle bloodmnist bionet andrade] [--set key=value ...]
+        [--labs kaggle bloodmnist bionet andrade] [--shots 5 10 20] [--reuse-left-out andrade=VERSION] \
+        [--set key=value ...] [--few-shot-set key=value ...]
 
 ``--leave-one-out`` trains wbc_labs.yaml once per lab with that lab left out
 (``data.sources.<lab>=null``) and scores it on that lab (:func:`left_out_images`: never a
 test split, never the BCCD fields), zero-shot and after ``adapt`` on the same images; the
 mean balanced accuracy over the left-out labs is the figure a lever is chosen on.
+``--shots N ...`` then fine-tunes the left-out version on N labelled images a class of those
+images (configs/wbc_lab_finetune.yaml, :func:`few_shot`) and scores it on the rest of them;
+``--reuse-left-out LAB=VERSION`` takes a left-out version already trained instead of training it
+(``--few-shot-set``: overrides of the fine-tune config, e.g. train.epochs, to choose them by).
 
 Rows are what a model was trained on, with the config's one recipe: the Kaggle images
 alone, BloodMNIST alone (its four white-cell classes), both; and the BloodMNIST model
@@ -95,6 +100,9 @@ LOO_CONFIG = REPO / "configs" / "wbc_labs.yaml"
 LOO_LABS = ("kaggle", "bloodmnist", "bionet", "andrade")
 # Classes only one lab has: left out of data.classes (and of its scoring) when that lab is.
 ONLY_IN = {"bloodmnist": ["basophil"]}
+FEW_SHOT_CONFIG = REPO / "configs" / "wbc_lab_finetune.yaml"
+# A class is scored (in the few-shot columns) on at least this many images left after the draw.
+MIN_SCORED = 5
 
 
 def without_lab(lab: str) -> list[str]:
@@ -148,6 +156,85 @@ def left_out_images(lab: str, args, folder: Path) -> Path:
     return path
 
 
+def source_cell(lab: str, file: str) -> str:
+    """The image's source cell: the Kaggle TRAIN files are augmentations of a few hundred
+    (``_<source>_<n>.jpeg`` in a class folder), so a cell drawn to fine-tune on takes all its
+    images out of the scored rest; every other lab's image is a cell of its own."""
+    path = Path(file)
+    return f"{path.parent.name}/{path.name.split('_')[1]}" if lab == "kaggle" else file
+
+
+def balanced_scored(metrics: dict, least: int = MIN_SCORED) -> float:
+    """Mean recall over the classes with at least ``least`` scored images."""
+    recalls = [c["recall"] for c in metrics["per_class"].values() if c["support"] >= least]
+    return sum(recalls) / len(recalls) if recalls else float("nan")
+
+
+def few_shot(lab: str, version: Path, images: Path, args, folder: Path) -> dict[str, dict]:
+    """For each N of ``--shots``: N labelled images a class drawn (seeded, each class's cells in
+    one shuffled order, so the 5 are among the 10) from the left-out lab's scored images, written
+    as class folders, the version fine-tuned on them all (configs/wbc_lab_finetune.yaml) and
+    scored on the rest, balanced over the classes with MIN_SCORED or more images left; the
+    source version is scored on the same rest. A class with fewer than N + MIN_SCORED images
+    gives what leaves MIN_SCORED to score (said, and recorded as ``drawn``)."""
+    import random
+    import shutil
+
+    from keras_blood.config.loading import load_config
+    from keras_blood.evaluation.evaluate_version import evaluate_files
+    from keras_blood.training.trainer import train
+
+    cells: dict[str, dict[str, list[str]]] = {}
+    for line in images.read_text().splitlines()[1:]:
+        file, label = line.split("\t")
+        cells.setdefault(label, {}).setdefault(source_cell(lab, file), []).append(file)
+    order = {label: sorted(found) for label, found in cells.items()}
+    for label, names in order.items():
+        random.Random(f"{lab}/{label}").shuffle(names)
+    classes = json.loads((version / "assets.extra" / "class_names.json").read_text())
+    columns = {}
+    for shots in args.shots:
+        name = f"{lab}-{shots}shot"
+        drawn, rest = {}, []
+        for label, names in order.items():
+            size = len(names)
+            take = min(shots, max(0, size - MIN_SCORED))
+            if take < shots:
+                print(f"{lab}, {shots}-shot: {label} has {size} cells; {take} drawn, {size - take} left to score")
+            drawn[label] = names[:take]
+            rest += [(file, label) for cell in names[take:] for file in cells[label][cell]]
+            for number, cell in enumerate(names[:take]):
+                file = Path(cells[label][cell][0])
+                (folder / name / label).mkdir(parents=True, exist_ok=True)
+                shutil.copy(file, folder / name / label / f"{number:03d}-{file.name}")
+        scored = folder / f"{name}-rest.tsv"
+        scored.write_text("file\tlabel\n" + "".join(f"{file}\t{label}\n" for file, label in rest))
+        overrides = [
+            f"model.weights={version}",
+            f"data.root={folder / name}",
+            f"data.classes={json.dumps(classes)}",  # a version without basophils keeps its four
+            *args.few_shot_overrides,
+            f"output.name=loo_{lab}_{shots}shot",
+        ]
+        start = time.perf_counter()
+        tuned = train(load_config(FEW_SHOT_CONFIG, overrides)).export_dir
+        minutes = (time.perf_counter() - start) / 60
+        reports = folder / "reports"
+        after = evaluate_files(tuned, scored, output_dir=reports).metrics
+        before = evaluate_files(version, scored, output_dir=reports).metrics
+        columns[str(shots)] = {
+            "drawn": {label: len(names) for label, names in drawn.items()},
+            "scored": after["num_examples"],
+            "balanced": balanced_scored(after),
+            "zero_shot_on_rest": balanced_scored(before),
+            "recall": {c: round(v["recall"], 3) for c, v in after["per_class"].items() if v["support"]},
+            "version": str(tuned),
+            "minutes": minutes,
+        }
+        print(f"{lab}, {shots}-shot: {json.dumps(columns[str(shots)])}", flush=True)
+    return columns
+
+
 def leave_one_out(args) -> None:
     """Train the recipe once per lab with that lab left out; score it there, zero-shot and
     after ``adapt`` on the same images (their labels unread), and say how it did in the labs
@@ -160,13 +247,16 @@ def leave_one_out(args) -> None:
 
     roots = [f"data.sources.{lab}.root={getattr(args, lab)}" for lab in LOO_LABS]
     out = Path(f"labs-leave-one-out-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    reused = dict(item.split("=", 1) for item in args.reuse_left_out)
     table = []
     with tempfile.TemporaryDirectory() as tmp:
         for lab in args.labs:
             start = time.perf_counter()
-            overrides = [*roots, *without_lab(lab), *args.overrides, f"output.name=loo_{lab}"]
-            result = train(load_config(LOO_CONFIG, overrides))
-            version = result.export_dir
+            if lab in reused:
+                version = Path(reused[lab])
+            else:
+                overrides = [*roots, *without_lab(lab), *args.overrides, f"output.name=loo_{lab}"]
+                version = train(load_config(LOO_CONFIG, overrides)).export_dir
             images = left_out_images(lab, args, Path(tmp))
             zero = evaluate_files(version, images, output_dir=Path(tmp) / "reports").metrics
             files = [line.split("\t")[0] for line in images.read_text().splitlines()[1:]]
@@ -182,22 +272,26 @@ def leave_one_out(args) -> None:
                 "adapted_recall": {c: round(v["recall"], 3) for c, v in after["per_class"].items() if v["support"]},
                 "confusion": zero["confusion_matrix"],
                 "val_by_source": metrics.get("best_val_accuracy_by_source"),
+                "version": str(version),
+                "shots": few_shot(lab, version, images, args, Path(tmp) / "shots") if args.shots else {},
                 "minutes": (time.perf_counter() - start) / 60,
             }
             table.append(row)
             print(f"left out {lab}: {json.dumps(row)}", flush=True)
             out.write_text(json.dumps(table, indent=2))  # row by row: a failed row keeps the others
+    shot_heads = "".join(f" balanced, {n}-shot |" for n in args.shots)
     print(
-        "\n| left out | images | zero-shot balanced | adapted balanced | recall (zero-shot) "
-        "| in training: validation accuracy |"
+        "\n| left out | images | zero-shot balanced | adapted balanced |"
+        f"{shot_heads} recall (zero-shot) | in training: validation accuracy |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|" + "---|" * len(args.shots) + "---|---|")
     for r in table:
         val = ", ".join(f"{k} {v:.3f}" for k, v in (r["val_by_source"] or {}).items())
         recall = ", ".join(f"{k} {v:.2f}" for k, v in r["recall"].items())
+        shots = "".join(f" {r['shots'][str(n)]['balanced']:.3f} |" for n in args.shots)
         print(
-            f"| {r['left_out']} | {r['n']} | {r['zero_shot_balanced']:.3f} | {r['adapted_balanced']:.3f} "
-            f"| {recall} | {val} |"
+            f"| {r['left_out']} | {r['n']} | {r['zero_shot_balanced']:.3f} | {r['adapted_balanced']:.3f} |"
+            f"{shots} {recall} | {val} |"
         )
     zero = [r["zero_shot_balanced"] for r in table]
     adapted = [r["adapted_balanced"] for r in table]
@@ -223,6 +317,28 @@ def main() -> None:
         "--labs", nargs="+", default=list(LOO_LABS), choices=LOO_LABS, help="the labs to leave out in turn"
     )
     parser.add_argument(
+        "--shots",
+        type=int,
+        nargs="*",
+        default=[],
+        help="--leave-one-out: fine-tune each left-out version on N labelled images a class of its lab (few_shot)",
+    )
+    parser.add_argument(
+        "--reuse-left-out",
+        action="append",
+        default=[],
+        metavar="LAB=VERSION",
+        help="--leave-one-out: the version trained with LAB left out, instead of training it",
+    )
+    parser.add_argument(
+        "--few-shot-set",
+        dest="few_shot_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override of configs/wbc_lab_finetune.yaml (--shots)",
+    )
+    parser.add_argument(
         "--rows", nargs="+", default=["both", "kaggle", "bloodmnist"], choices=["both", "kaggle", "bloodmnist"]
     )
     parser.add_argument(
@@ -238,7 +354,12 @@ def main() -> None:
     if args.leave_one_out:
         if args.bionet is None or args.andrade is None:
             parser.error("--leave-one-out needs --bionet and --andrade")
+        for item in args.reuse_left_out:
+            if item.split("=", 1)[0] not in LOO_LABS or "=" not in item:
+                parser.error(f"--reuse-left-out {item}: expected LAB=VERSION, LAB one of {', '.join(LOO_LABS)}")
         return leave_one_out(args)
+    if args.shots or args.reuse_left_out:
+        parser.error("--shots and --reuse-left-out are for --leave-one-out")
     roots = [f"data.sources.kaggle.root={args.kaggle}", f"data.sources.bloodmnist.root={args.bloodmnist}"]
     args.data_overrides = [o for o in args.overrides if o.startswith("data.tfds_dir=")]
     reused = dict(item.split("=", 1) for item in args.reuse)

@@ -107,7 +107,7 @@ def time_plain(config_path: Path, overrides: list[str], backup: bool = False) ->
 def time_keras_blood(config_path: Path, overrides: list[str]) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "keras_blood.train", str(config_path)]
-        for item in [*overrides, f"output.runs_dir={tmp}/runs", f"output.export_dir={tmp}/saved_models"]:
+        for item in [*overrides, f"output.runs_dir={tmp}/runs", f"output.publish_dir={tmp}/saved_models"]:
             command += ["--set", item]
         run(command)
         (metrics,) = Path(tmp, "runs").glob("*/*/metrics.json")

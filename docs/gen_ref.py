@@ -6,7 +6,8 @@
 
 Nothing here is written by hand, so neither page can drift from the code. Neither part
 imports TensorFlow: keras_blood.config does not, and the commands parse their arguments
-before they import anything heavy.
+before they import anything heavy. tests/commands/test_docs.py imports this file to check that
+every key has a description.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from keras_blood.config import schema
 from keras_blood.config.presets import GEORGETOWN_PRESETS
 from keras_blood.config.sweep import SweepSpec
 
-COMMANDS = ("train", "evaluate", "adapt", "predict", "explain", "export_edge", "sweep", "launch", "color")
+COMMANDS = ("train", "evaluate", "adapt", "predict", "count", "explain", "export_edge", "sweep", "launch", "color")
 NO_DESCRIPTION = ""
 
 # ------------------------------------------------------------------------- config keys
@@ -187,8 +188,6 @@ def config_reference() -> str:
         "command before anything runs, with exit status 2 and one line naming the key. "
         "[Configs](../configs.md) explains the files and the keys used most.",
         "",
-        "A blank meaning: the key's name says it (or its section's text above the table does).",
-        "",
     ]
     config = schema.Config
     lines += _section("Top level", config, "", skip=("data", "model", "augment", "train", "eval", "output"))
@@ -278,8 +277,9 @@ def cli_reference() -> str:
     return "\n".join(lines)
 
 
-os.environ["COLUMNS"] = "100"  # argparse wraps its help to the terminal's width
-with mkdocs_gen_files.open("reference/config.md", "w") as file:
-    file.write(config_reference())
-with mkdocs_gen_files.open("reference/cli.md", "w") as file:
-    file.write(cli_reference())
+if __name__ in ("<run_path>", "__main__"):  # run by mkdocs-gen-files (runpy), not imported by a test
+    os.environ["COLUMNS"] = "100"  # argparse wraps its help to the terminal's width
+    with mkdocs_gen_files.open("reference/config.md", "w") as file:
+        file.write(config_reference())
+    with mkdocs_gen_files.open("reference/cli.md", "w") as file:
+        file.write(cli_reference())

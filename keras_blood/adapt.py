@@ -22,12 +22,12 @@ from keras_blood.errors import KerasBloodError
 from keras_blood.serving.request import check_request
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m keras_blood.adapt",
-        description="Fit an exported version to a lab's unlabelled images (AdaBN) and publish it as a new version.",
+        description="Fit a published version to a lab's unlabelled images (AdaBN) and publish it as a new version.",
     )
-    parser.add_argument("version", help="exported version folder, e.g. saved_models/wbc_labs/1")
+    parser.add_argument("version", help="published version folder, e.g. saved_models/wbc_labs/1")
     parser.add_argument(
         "--data",
         required=True,
@@ -36,7 +36,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         help="the lab's images: a folder (searched recursively; labels not read), files or globs",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="images a forward pass (default: 64)")
-    add_overrides(parser)
+    return add_overrides(parser)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")

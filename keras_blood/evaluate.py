@@ -1,7 +1,7 @@
-"""Evaluate an exported model version again, on a split of the data its config names.
+"""Evaluate a published model version again, on a split of the data its config names.
 
     python -m keras_blood.evaluate saved_models/dropout03/1 [--split test] [--set data.root=DIR ...] \\
-        [--output-dir reports]
+        [--output reports]
     python -m keras_blood.evaluate saved_models/dropout03/1 --data DIR   # another lab's images
 
 ``--data`` takes a folder of class folders or a .csv/.tsv list (as data.name image_folder
@@ -13,7 +13,7 @@ is not a readable image, or whose header says it has more than ``--max-pixels`` 
 (default data.max_pixels), is an error naming it; ``--set data.skip_unreadable=true``
 leaves such files out and counts them.
 
-The report goes to a new folder, ``<output-dir>/<name>-v<version>-<split>-<timestamp>/``
+The report goes to a new folder, ``<output>/<name>-v<version>-<split>-<timestamp>/``
 (:mod:`keras_blood.evaluation.evaluate_version` lists its files); the last line printed
 is its path.
 """
@@ -26,16 +26,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from keras_blood.config.cli import add_overrides, run_main
+from keras_blood.config.deprecated import add_old_spelling
 from keras_blood.config.loading import load_config
 from keras_blood.config.paths import version_config_file
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m keras_blood.evaluate",
-        description="Evaluate an exported model version and write a report folder.",
+        description="Evaluate a published model version and write a report folder.",
     )
-    parser.add_argument("version", help="exported version folder, e.g. saved_models/dropout03/1")
+    parser.add_argument("version", help="published version folder, e.g. saved_models/dropout03/1")
     parser.add_argument("--split", default="test", help="data split to evaluate on (default: test)")
     parser.add_argument(
         "--data",
@@ -49,13 +50,19 @@ def main(argv: Sequence[str] | None = None) -> Path:
         help="with --data: refuse images whose header says they have more pixels than this "
         "(default: the version's data.max_pixels, 50_000_000); decoding takes tens of bytes per pixel",
     )
-    parser.add_argument(
-        "--output-dir",
+    output = parser.add_argument(
+        "--output",
         type=Path,
         default=Path("reports"),
+        metavar="DIR",
         help="folder under which a new report folder is created (default: reports)",
     )
-    add_overrides(parser)
+    add_old_spelling(parser, output, "--output-dir")
+    return add_overrides(parser)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.max_pixels is not None and args.max_pixels < 1:
         parser.error("--max-pixels must be at least 1")
@@ -70,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         from keras_blood.evaluation.evaluate_version import evaluate_files
 
         result = evaluate_files(
-            args.version, args.data, args.overrides, args.output_dir, listing=listing, max_pixels=args.max_pixels
+            args.version, args.data, args.overrides, args.output, listing=listing, max_pixels=args.max_pixels
         )
         print(result.report_dir)
         return result.report_dir
@@ -81,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     from keras_blood.evaluation.evaluate_version import evaluate
 
-    result = evaluate(args.version, args.overrides, args.split, args.output_dir, data=data)
+    result = evaluate(args.version, args.overrides, args.split, args.output, data=data)
     print(result.report_dir)
     return result.report_dir
 

@@ -1,4 +1,4 @@
-"""Export a model version for edge runtimes: LiteRT (``.tflite``) and ONNX (``.onnx``).
+"""Convert a published version for edge runtimes: LiteRT (``.tflite``) and ONNX (``.onnx``).
 
     python -m keras_blood.export_edge saved_models/dropout03/1 --format litert [--quantize int8] [--set data.root=DIR]
     python -m keras_blood.export_edge saved_models/dropout03/1 --format onnx
@@ -17,12 +17,12 @@ from pathlib import Path
 from keras_blood.config.cli import add_overrides, run_main
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m keras_blood.export_edge",
-        description="Write a LiteRT or ONNX copy of an exported version into <version>/edge/.",
+        description="Write a LiteRT or ONNX copy of a published version into <version>/edge/.",
     )
-    parser.add_argument("version", help="exported version folder, e.g. saved_models/dropout03/1")
+    parser.add_argument("version", help="published version folder, e.g. saved_models/dropout03/1")
     parser.add_argument("--format", required=True, metavar="litert|onnx", help="litert (.tflite) or onnx (.onnx)")
     parser.add_argument("--quantize", metavar="int8", help="LiteRT only: full-integer int8 network")
     parser.add_argument(
@@ -31,8 +31,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         metavar="N",
         help="int8: calibration images drawn from the training split (default 256)",
     )
-    add_overrides(parser)
-    args = parser.parse_args(argv)
+    return add_overrides(parser)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
     from keras_blood.serving.edge import export_edge
 
     path = export_edge(args.version, args.format, args.quantize, args.overrides, args.representative)

@@ -139,12 +139,19 @@ def megabytes(size: float) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
-def require_free_space(folder: Path, need: int, what: str) -> None:
-    """Raise OSError ENOSPC before writing ``what`` (about ``need`` bytes) into ``folder``
-    where its filesystem has less free: a clean stop instead of a file cut short."""
+def require_free_space(folder: Path, need: int, what: str, fix: str | None = None) -> None:
+    """Stop before writing ``what`` (about ``need`` bytes) into ``folder`` where its
+    filesystem has less free: a clean stop instead of a file cut short.
+
+    Without ``fix``: an OSError ENOSPC, what the write itself would raise, so the caller's
+    handling of a full disk applies. With ``fix`` (what to do, for a check made before
+    anything is written): a one-line KerasBloodError naming the folder and the fix."""
     free = shutil.disk_usage(folder).free
-    if free < need:
+    if free >= need:
+        return
+    if fix is None:
         raise OSError(errno.ENOSPC, f"{what} needs about {megabytes(need)}, {megabytes(free)} free", str(folder))
+    raise KerasBloodError(f"{what} needs about {megabytes(need)} under {str(folder)!r}, {megabytes(free)} free; {fix}")
 
 
 def digest(path: Path) -> dict[str, Any]:

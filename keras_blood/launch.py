@@ -8,7 +8,7 @@ unchanged. Each worker gets a ``TF_CONFIG`` naming all workers on free 127.0.0.1
 and its own index (worker 0 is the chief), exactly what a cluster manager sets on N
 machines. Their output is streamed with a ``[worker-N]`` prefix; if one fails, the
 others are stopped and the launcher exits with its status. The last line printed is the
-chief's last line on stdout: the exported version (warnings on stderr come before it).
+chief's last line on stdout: the published version (warnings on stderr come before it).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def launch(workers: int, train_args: Sequence[str], pin_cores: bool = False) -> 
     for thread in threads:
         thread.join(timeout=5)
     if status == 0 and outputs[0]:
-        print(outputs[0][-1], flush=True)  # the chief's last line on stdout: the exported version
+        print(outputs[0][-1], flush=True)  # the chief's last line on stdout: the published version
     return status
 
 
@@ -125,7 +125,8 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 _PINNED = "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])}); os.execv(sys.argv[2], sys.argv[2:])"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The launcher's own options; the rest of the command line is the train command's."""
     parser = argparse.ArgumentParser(
         prog="python -m keras_blood.launch",
         allow_abbrev=False,
@@ -134,7 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, required=True, help="number of worker processes")
     parser.add_argument("--pin-cores", action="store_true", help="pin worker i to CPU core i (for measurements)")
-    args, train_args = parser.parse_known_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, train_args = build_parser().parse_known_args(argv)
     return launch(args.workers, train_args, args.pin_cores)
 
 

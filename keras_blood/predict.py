@@ -1,4 +1,4 @@
-"""Classify image files with an exported model version.
+"""Classify image files with a published model version.
 
     python -m keras_blood.predict saved_models/dropout03/1 cell.jpg scans/ "more/**/*.tif" \\
         [--output out.csv [--overwrite]]
@@ -11,6 +11,7 @@ not decoded; its row says why. The work is :func:`keras_blood.serving.predict.pr
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,14 +21,15 @@ from keras_blood.preparation.limits import MAX_PIXELS  # no TensorFlow: an argum
 from keras_blood.serving.request import check_request
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = files_parser(
         "python -m keras_blood.predict",
-        "Classify image files (JPEG, PNG, TIFF, BMP, GIF; any size) with an exported model.",
+        "Classify image files (JPEG, PNG, TIFF, BMP, GIF; any size) with a published model.",
     )
     parser.add_argument(
         "--output",
         type=Path,
+        metavar="CSV",
         help="CSV to write (default: a new predictions/<name>-v<version>-<timestamp>.csv)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace the --output file if it exists")
@@ -40,6 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"skip images whose header says they have more pixels than this, with an error row "
         f"(default: {MAX_PIXELS:_}); decoding takes tens of bytes per pixel",
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")

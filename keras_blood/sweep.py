@@ -9,6 +9,7 @@ the results folder; the exit status is 1 when a cell failed (the others still ra
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 from collections.abc import Sequence
@@ -18,13 +19,16 @@ from keras_blood.config.cli import config_parser, run_main
 from keras_blood.config.sweep import load_sweep
 
 
-def main(argv: Sequence[str] | None = None) -> Path | int:
-    """The results folder, or exit status 1 when a cell failed (the rest still ran)."""
-    parser = config_parser(
+def build_parser() -> argparse.ArgumentParser:
+    return config_parser(
         "python -m keras_blood.sweep",
         "Train every model of a sweep file on every input; write the results table.",
     )
-    args = parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> Path | int:
+    """The results folder, or exit status 1 when a cell failed (the rest still ran)."""
+    args = build_parser().parse_args(argv)
     sweep = load_sweep(args.config, args.overrides)  # every cell validated before any runs
     argv = sys.argv[1:] if argv is None else list(argv)
     from keras_blood.training.sweep import run_sweep

@@ -152,7 +152,7 @@ def bloodmnist_model(bloodmnist_root, shared_tfds_dir, tmp_path_factory):
                 "train.learning_rate=3e-3",
                 "eval.calibration=temperature",
                 f"output.runs_dir={root / 'runs'}",
-                f"output.export_dir={root / 'saved_models'}",
+                f"output.publish_dir={root / 'saved_models'}",
                 "output.publish=always",  # a smoke run (data.max_examples) is otherwise not published
             ]
             result = train(load_config(REPO / "configs" / "dropout03.yaml", overrides))
@@ -192,7 +192,7 @@ def synthetic(tmp_path):
             "model": {"name": "fnn", "hidden_units": 32},
             "data": {"root": str(tmp_path / "data"), "download": False},
             "train": {"epochs": 4, "batch_size": 32, "learning_rate": 0.01, "early_stopping_patience": 0},
-            "output": {"runs_dir": str(tmp_path / "runs"), "export_dir": str(tmp_path / "saved_models")},
+            "output": {"runs_dir": str(tmp_path / "runs"), "publish_dir": str(tmp_path / "saved_models")},
         }
         if converged:
             raw["train"].update(epochs=6, batch_size=16, learning_rate=0.003)

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from keras_blood.config.deprecated import start_command
 from keras_blood.errors import KerasBloodError
 
 # TensorFlow's C++ info logs hide the messages that matter (a few start-up lines are
@@ -26,9 +27,9 @@ def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def files_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """``VERSION PATH...``: an exported version and the image files it is to look at."""
+    """``VERSION PATH...``: a published version and the image files it is to look at."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("version", help="exported version folder, e.g. saved_models/dropout03/1")
+    parser.add_argument("version", help="published version folder, e.g. saved_models/dropout03/1")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     return parser
 
@@ -47,6 +48,7 @@ def add_overrides(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Run ``main``; an ``int`` it returns is the exit status, anything else means success."""
+    start_command()
     try:
         result = main(argv)
     except KerasBloodError as exc:

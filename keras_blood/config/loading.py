@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from keras_blood.config.deprecated import RENAMED_KEYS, warn_deprecated
+from keras_blood.config.paths import EXTRA, STATUS
 from keras_blood.config.quote import cut, problems, quoted
 from keras_blood.config.schema import MODEL_CLASSES, Config, DataConfig
 from keras_blood.errors import ConfigError
@@ -130,7 +132,32 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
         raise ConfigError(f"--set {quoted(item)}: expected KEY=VALUE with a dotted key, e.g. --set train.epochs=3")
     value = load_yaml(raw, f"--set {quoted(item)}: the value") if raw.strip() else ""
-    return key.strip().split("."), value
+    key = key.strip()
+    for old, new in RENAMED_KEYS.items():
+        if key == old or key.startswith(old + "."):
+            warn_deprecated(f"--set {old}", f"--set {new}")
+            key = new + key.removeprefix(old)
+    return key.split("."), value
+
+
+def rename_keys(raw: dict[str, Any], where: str, warn: bool = True) -> dict[str, Any]:
+    """``raw`` with each key of :data:`RENAMED_KEYS` under its new name, a warning naming
+    the old and the new key for each one met (unless ``warn`` is false). Both spellings
+    at once is a ConfigError: which one was meant is not known."""
+    for old, new in RENAMED_KEYS.items():
+        *path, old_leaf = old.split(".")
+        new_leaf = new.rpartition(".")[2]  # a key renamed within its section
+        section = raw
+        for part in path:
+            section = section.get(part) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or old_leaf not in section:
+            continue
+        if new_leaf in section:
+            raise ConfigError(f"{where}: {old} and {new} are one key ({old} its old spelling); keep {new}")
+        if warn:
+            warn_deprecated(f"{old} (in {where})", new)
+        section[new_leaf] = section.pop(old_leaf)
+    return raw
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -203,7 +230,10 @@ def _read_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     raw.setdefault("name", path.stem)
-    return raw
+    # A config that a run or a version recorded was written by an earlier keras-blood, not
+    # by the user: its old spellings are taken as they are, without a warning to act on.
+    recorded = path.parent.name == EXTRA or (path.parent / STATUS).is_file()
+    return rename_keys(raw, str(path), warn=not recorded)
 
 
 def read_raw(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:

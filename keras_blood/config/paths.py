@@ -16,11 +16,11 @@ EXTRA = "assets.extra"  # a version's records beside the SavedModel (keras_blood
 
 
 def is_run(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and (path / STATUS).is_file()
+    return (path / RUN_CONFIG).is_file() and (path / STATUS).is_file()
 
 
 def is_version(path: Path) -> bool:
-    return (path / "saved_model.pb").is_file() and (path / "assets.extra" / "config.yaml").is_file()
+    return (path / SAVED_MODEL).is_file() and (path / EXTRA / RUN_CONFIG).is_file()
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -48,11 +48,11 @@ def weights_kind(value: str) -> str:
     if not exists:
         raise ConfigError(
             f"model.weights = {quoted(value)}: {why}; use none, a keras-blood run folder, "
-            "checkpoint or exported version, or a Keras weights file"
+            "checkpoint or published version, or a Keras weights file"
         )
     raise ConfigError(
         f"model.weights = {quoted(value)}: not a keras-blood run folder (config.yaml and {STATUS}) nor an "
-        "exported version (saved_model.pb and assets.extra/); e.g. runs/best/20250101-120000 "
+        "published version (saved_model.pb and assets.extra/); e.g. runs/best/20250101-120000 "
         "or saved_models/best/3"
     )
 
@@ -60,10 +60,10 @@ def weights_kind(value: str) -> str:
 def version_config_file(version_dir: Path) -> Path:
     """The config an exported version recorded (its ``assets.extra/config.yaml``); an
     ExportError where ``version_dir`` is not a version."""
-    recorded = version_dir / "assets.extra" / "config.yaml"
-    if not (version_dir / "saved_model.pb").is_file() or not recorded.is_file():
+    recorded = version_dir / EXTRA / RUN_CONFIG
+    if not (version_dir / SAVED_MODEL).is_file() or not recorded.is_file():
         raise ExportError(
-            f"{version_dir} is not an exported model version (expected saved_model.pb and "
+            f"{version_dir} is not a published model version (expected saved_model.pb and "
             "assets.extra/config.yaml, e.g. saved_models/dropout03/1)"
         )
     return recorded

@@ -101,12 +101,14 @@ class ColorConfig(_Strict):
     hue: tuple[HueValue, HueValue] = Field(
         default=(110, 165), description="[low, high], 0-179; low > high wraps through red."
     )
-    saturation: tuple[Byte, Byte] = (60, 255)
-    value: tuple[Byte, Byte] = (40, 255)
+    saturation: tuple[Byte, Byte] = Field(
+        default=(60, 255), description="[low, high], 0-255: how strongly coloured a kept pixel is."
+    )
+    value: tuple[Byte, Byte] = Field(default=(40, 255), description="[low, high], 0-255: how bright a kept pixel is.")
     open_size: KernelSize = Field(default=0, description="Opening (drops specks smaller than it).")
     dilate_size: KernelSize = Field(default=3, description="Grows the mask over the cytoplasm.")
     blur_size: KernelSize = Field(default=3, description="Gaussian blur of the result (odd).")
-    blur_sigma: Annotated[float, Field(gt=0.0)] = 1.0
+    blur_sigma: Annotated[float, Field(gt=0.0)] = Field(default=1.0, description="Sigma of that blur, in pixels.")
     background: Byte = Field(default=0, description="Value of the suppressed pixels.")
 
     @model_validator(mode="after")
@@ -154,6 +156,17 @@ class CellCropConfig(_Strict):
         description="extent: give the window the stain's own aspect ratio (within 2:3 and 3:2), "
         "so a capture squeezed to another frame's shape is cut back to round cells.",
     )
+    extent_max: Annotated[float, Field(ge=0.25, le=4.0)] = Field(
+        default=1.0,
+        description="extent: the largest window side, a multiple of the image's shorter side. Above 1, a "
+        "capture cropped tight around its cell is zoomed out to the scale of the other labs' cells, the "
+        "window's part past the image's edge taking `extent_fill`.",
+    )
+    extent_fill: Literal["background", "border"] = Field(
+        default="background",
+        description="extent: what a window takes past the image's edge: data.color.background, or the "
+        "mean colour of the image's own border (a tight crop then sits on a plain field of its colour).",
+    )
 
     def window_side(self, height: int, width: int) -> int:
         return max(1, round(self.window * min(height, width)))
@@ -180,11 +193,15 @@ class SourceConfig(_Strict):
     class_aliases: dict[str, list[str]] | None = Field(
         default=None, description="Spellings of this source only, added to data.class_aliases."
     )
-    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
-    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
-    group_pattern: str | None = None
-    skip_unreadable: bool = False
-    download: bool = True
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        default=0.2, description="As data.val_fraction, for this source."
+    )
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        default=0.2, description="As data.test_fraction, for this source."
+    )
+    group_pattern: str | None = Field(default=None, description="As data.group_pattern, for this source.")
+    skip_unreadable: bool = Field(default=False, description="As data.skip_unreadable, for this source.")
+    download: bool = Field(default=True, description="As data.download, for this source.")
     max_examples: Annotated[int, Field(gt=0)] | None = Field(
         default=None, description="Cap on examples per split, for quick smoke runs."
     )
@@ -245,15 +262,26 @@ class DataConfig(_Strict):
         description="image_folder: a regular expression searched in each file's path; its first "
         "group names the patient, slide or source cell, whose files all go to one split.",
     )
-    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+    val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
         default=0.2,
         description="For sources without a validation split (blood_cell_images, image_folder): "
-        "the fraction of each class's source cells (groups) whose images are held out of train.",
+        "the fraction of each class's source cells (groups) whose images are held out of train. "
+        "image_folder: 0 draws none (a lab's few images all train; no early stopping, and the "
+        "last epoch's weights are kept).",
     )
-    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+    test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
         default=0.2,
         description="image_folder without a test folder: the fraction of each class's groups "
-        "drawn for the test split (before validation is drawn from the rest).",
+        "drawn for the test split (before validation is drawn from the rest); 0 draws none "
+        "(no test figures: score the version on other labelled images with evaluate --data).",
+    )
+    folder_classes: Literal["all", "subset"] = Field(
+        default="all",
+        description="image_folder: all: every class of data.classes has images in data.root (the "
+        "folder's other classes are left out and counted); subset: the folder holds some of "
+        "data.classes and no other class (one is an error naming it), and the model keeps them "
+        "all, those without images taking their head's weights from model.weights (a published "
+        "version fine-tuned on a lab that has no basophils).",
     )
     skip_unreadable: bool = Field(
         default=False,
@@ -277,7 +305,9 @@ class DataConfig(_Strict):
         description="Georgetown colour extraction (settings in data.color), applied in "
         "tf.data and in the exported serving graph.",
     )
-    color: ColorConfig = ColorConfig()
+    color: ColorConfig = Field(
+        default=ColorConfig(), description="Colour extraction's thresholds (the data.color table below)."
+    )
     stain_normalize: Literal["none", "channels", "grey"] = Field(
         default="none",
         description="After the cell crop, before colour extraction: channels standardises each "
@@ -300,7 +330,11 @@ class DataConfig(_Strict):
         description="Where the sources are prepared (once) as TensorFlow Datasets. "
         "Default: TFDS's own, $TFDS_DATA_DIR, else ~/tensorflow_datasets.",
     )
-    shuffle_buffer: Annotated[int, Field(gt=0)] = 20_000
+    shuffle_buffer: Annotated[int, Field(gt=0)] = Field(
+        default=20_000,
+        description="Training examples tf.data shuffles among (at most the split's size); every "
+        "epoch is shuffled anew.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -398,7 +432,23 @@ class DataConfig(_Strict):
         if self.name != "image_folder":
             if self.group_pattern is not None:
                 raise ValueError(f"group_pattern is for data.name image_folder (a lab's own images), not {self.name}")
+            if self.folder_classes != "all":
+                raise ValueError(f"folder_classes is for data.name image_folder (a lab's own images), not {self.name}")
+            for key in ("val_fraction", "test_fraction"):
+                if getattr(self, key) == 0:
+                    raise ValueError(
+                        f"{key} = 0 (nothing held out) is for data.name image_folder (a lab's own images); "
+                        f"{self.name} needs a fraction above 0"
+                    )
+        if self.folder_classes == "subset" and not self.classes:
+            raise ValueError("folder_classes = 'subset' needs data.classes: the classes the model keeps")
         return self
+
+    @property
+    def undrawn_splits(self) -> set[str]:
+        """The splits that data.val_fraction or data.test_fraction 0 leaves undrawn (image_folder):
+        a run goes on without them, unless the folder gives them."""
+        return {split for split, fraction in (("val", self.val_fraction), ("test", self.test_fraction)) if not fraction}
 
     @field_validator("classes")
     @classmethod
@@ -472,6 +522,14 @@ class _ModelParams(_Strict):
         description="Freeze every layer before this one (names as model.summary() prints "
         "them in a fresh process, e.g. conv2d_1); null: train all.",
     )
+    weights_recipe: Literal["any", "same"] = Field(
+        default="any",
+        description="same: model.weights must be a keras-blood model (a published version, a run) of this "
+        "very recipe: the same data.classes in order, preparation (data.image_size, cell_crop, "
+        "stain_normalize, color_extraction and color) and model settings; the first that differs "
+        "is one line before anything is read (fine-tuned weights would otherwise see other pixels). "
+        "any: layers are copied where they fit.",
+    )
     imagenet_weights: ClassVar[bool] = False
 
     @field_validator("weights")
@@ -480,7 +538,7 @@ class _ModelParams(_Strict):
         if value.lower() == "imagenet" and not cls.imagenet_weights:
             raise ValueError(
                 "ImageNet weights exist for vgg16 only; use none, a keras-blood run folder, "
-                "checkpoint or exported version, or a Keras weights file"
+                "checkpoint or published version, or a Keras weights file"
             )
         return value
 
@@ -493,18 +551,18 @@ class CNNConfig(_ModelParams):
     """
 
     name: Literal["cnn"]
-    filters: tuple[Positive, Positive] = (32, 64)
-    kernel_size: Positive = 3
-    conv_dropout: Rate = 0.25
-    dense_units: Positive = 128
-    dense_dropout: Rate = 0.5
+    filters: tuple[Positive, Positive] = Field(default=(32, 64), description="Filters of the two conv layers.")
+    kernel_size: Positive = Field(default=3, description="Side of the conv kernels, in pixels.")
+    conv_dropout: Rate = Field(default=0.25, description="Dropout after each conv layer's pooling.")
+    dense_units: Positive = Field(default=128, description="Units of the dense ReLU layer before the softmax.")
+    dense_dropout: Rate = Field(default=0.5, description="Dropout after the dense layer.")
 
 
 class FNNConfig(_ModelParams):
     """Paper 000's baseline: flattened pixels, one hidden ReLU layer, softmax."""
 
     name: Literal["fnn"]
-    hidden_units: Positive = 128
+    hidden_units: Positive = Field(default=128, description="Units of the hidden ReLU layer.")
 
 
 class GeorgetownConfig(_ModelParams):
@@ -516,13 +574,19 @@ class GeorgetownConfig(_ModelParams):
     """
 
     name: Literal[tuple(GEORGETOWN_PRESETS)]  # type: ignore[valid-type]
-    filters: tuple[Positive, Positive, Positive] = (16, 32, 32)
-    kernel_size: Positive = 3
-    dense_units: Positive = 40
-    conv_dropout: Rate = 0.0
-    dense_dropout: Rate = 0.0
-    l1: Annotated[float, Field(ge=0.0)] = 0.0
-    l2: Annotated[float, Field(ge=0.0)] = 0.0
+    filters: tuple[Positive, Positive, Positive] = Field(
+        default=(16, 32, 32), description="Filters of the three conv layers."
+    )
+    kernel_size: Positive = Field(default=3, description="Side of the conv kernels, in pixels.")
+    dense_units: Positive = Field(default=40, description="Units of the dense ReLU layer before the softmax.")
+    conv_dropout: Rate = Field(default=0.0, description="Dropout after each conv layer's pooling (0: none).")
+    dense_dropout: Rate = Field(default=0.0, description="Dropout after the dense layer (0: none).")
+    l1: Annotated[float, Field(ge=0.0)] = Field(
+        default=0.0, description="L1 (lasso) penalty on the conv and dense kernels (0: none)."
+    )
+    l2: Annotated[float, Field(ge=0.0)] = Field(
+        default=0.0, description="L2 (ridge) penalty on the conv and dense kernels (0: none)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -542,11 +606,17 @@ class VGG16Config(_ModelParams):
     """
 
     name: Literal["vgg16"]
-    weights: str = "imagenet"
+    weights: str = Field(
+        default="imagenet",
+        description="As for every family, and imagenet: the base's ImageNet weights (downloaded by Keras).",
+    )
     imagenet_weights: ClassVar[bool] = True
-    min_input_size: Annotated[int, Field(ge=32)] = 32
-    dense_units: Positive = 256
-    dense_dropout: Rate = 0.5
+    min_input_size: Annotated[int, Field(ge=32)] = Field(
+        default=32,
+        description="Smallest side the base is built for; smaller inputs are enlarged to it inside the model.",
+    )
+    dense_units: Positive = Field(default=256, description="Units of the new head's dense ReLU layer.")
+    dense_dropout: Rate = Field(default=0.5, description="Dropout after that layer.")
 
 
 class ResNetConfig(_ModelParams):
@@ -561,10 +631,12 @@ class ResNetConfig(_ModelParams):
     """
 
     name: Literal["resnet"]
-    widths: tuple[Positive, ...] = (32, 64, 128)
-    blocks_per_stage: Positive = 1
-    residual: bool = True
-    dropout: Rate = 0.2
+    widths: tuple[Positive, ...] = Field(
+        default=(32, 64, 128), description="Channels of each stage; one stage per entry."
+    )
+    blocks_per_stage: Positive = Field(default=1, description="Blocks (two 3x3 conv + norm each) per stage.")
+    residual: bool = Field(default=True, description="Skip connections around each block (false: a plain stack).")
+    dropout: Rate = Field(default=0.2, description="Dropout before the softmax layer.")
     norm: Literal["batch", "group", "layer"] = Field(
         default="batch",
         description="batch: batch norm (statistics of the training set, frozen at serving); group "
@@ -593,7 +665,7 @@ class AugmentConfig(_Strict):
     All off by default, so the paper models train as published.
     """
 
-    flip: bool = False
+    flip: bool = Field(default=False, description="random left-right and up-down flips")
     rot90: bool = Field(default=False, description="0/90/180/270 (0/180 for non-square inputs)")
     brightness: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         default=0.0, description="max shift as a fraction of 255"
@@ -602,6 +674,11 @@ class AugmentConfig(_Strict):
     saturation: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(default=0.0, description="max factor change")
     channel_gain: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
         default=0.0, description="max factor change of each of R, G, B on its own (another stain's tint)"
+    )
+    stain: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.0,
+        description="HED jitter: max change of each image's haematoxylin, eosin and DAB amounts "
+        "(factor 1 - stain to 1 + stain, shift up to stain in optical density): another lab's staining",
     )
     grayscale: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         default=0.0, description="probability of turning an image grey (shape over stain colour)"
@@ -632,6 +709,7 @@ class AugmentConfig(_Strict):
                 self.contrast,
                 self.saturation,
                 self.channel_gain,
+                self.stain,
                 self.grayscale,
                 self.sharpen,
                 self.blur,
@@ -656,14 +734,29 @@ class EvalConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: Positive = 30
-    batch_size: Positive = 128
-    learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
-    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
-    schedule: Literal["constant", "cosine"] = "constant"
-    warmup_epochs: Annotated[int, Field(ge=0)] = 0
-    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    epochs: Positive = Field(default=30, description="Most epochs (early stopping may end sooner).")
+    batch_size: Positive = Field(
+        default=128, description="Examples per training step, all replicas together (each gets an equal share)."
+    )
+    learning_rate: Annotated[float, Field(gt=0.0)] = Field(
+        default=1e-3, description="The rate (with schedule cosine: its peak)."
+    )
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = Field(
+        default="adam", description="The Keras optimizer; sgd with Nesterov momentum 0.9."
+    )
+    weight_decay: Annotated[float, Field(ge=0.0)] = Field(
+        default=0.0, description="The optimizer's decoupled weight decay (0: none)."
+    )
+    schedule: Literal["constant", "cosine"] = Field(
+        default="constant",
+        description="constant: learning_rate throughout; cosine: warm-up, then cosine decay to 0 at the last step.",
+    )
+    warmup_epochs: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="cosine: epochs of linear warm-up from 0 to learning_rate."
+    )
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.0, description="Of the cross-entropy loss's one-hot targets (0: none)."
+    )
     early_stopping_patience: Annotated[int, Field(ge=0)] = Field(
         default=8, description="Epochs without val_loss improvement before stopping; 0 disables."
     )
@@ -696,7 +789,7 @@ class TrainConfig(_Strict):
 
 
 def _folder_name(value: str) -> str:
-    # A folder under output.runs_dir or output.export_dir: no separators, and no leading
+    # A folder under output.runs_dir or output.publish_dir: no separators, and no leading
     # "." or "-" (so neither "." nor ".." nor a hidden folder nor an option-like name).
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", value):
         raise ValueError(
@@ -710,17 +803,21 @@ FolderName = Annotated[str, AfterValidator(_folder_name)]
 
 
 class OutputConfig(_Strict):
-    runs_dir: Path = Path("runs")
-    export_dir: Path = Path("saved_models")
+    runs_dir: Path = Field(default=Path("runs"), description="Run folders go to runs_dir/<config name>/<timestamp>/.")
+    publish_dir: Path = Field(
+        default=Path("saved_models"),
+        description="Where versions are published: publish_dir/<name>/<n>/, TensorFlow Serving's layout "
+        "(output.export_dir is its deprecated spelling).",
+    )
     name: FolderName | None = Field(
         default=None,
-        description="The served model's name: versions go to export_dir/<name>/<n>/. Default: the "
+        description="The served model's name: versions go to publish_dir/<name>/<n>/. Default: the "
         "config's name, plus -<data.name> when --set changes the config file's data source.",
     )
     publish: Literal["auto", "always", "never"] = Field(
         default="auto",
         description="auto: publish a version unless data.max_examples is set (a smoke run); "
-        "never: what train --no-export sets.",
+        "never: what train --no-publish sets.",
     )
     publish_if_better: bool = Field(
         default=False,
@@ -730,15 +827,41 @@ class OutputConfig(_Strict):
 
 
 class Config(_Strict):
-    name: FolderName
+    name: FolderName = Field(
+        description="The experiment's name: its runs go to output.runs_dir/<name>/. Default: the config "
+        "file's name without .yaml."
+    )
     # keras.utils.set_random_seed (NumPy's legacy seeding) takes 0 <= seed < 2**32.
-    seed: Annotated[int, Field(ge=0, lt=2**32)] = 42
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = Field(
+        default=42, description="Seeds the splits drawn, the weights, the shuffling and the augmentation."
+    )
     data: DataConfig = DataConfig()
     model: ModelConfig
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _what_needs_a_held_out_split(self) -> Config:
+        undrawn = self.data.undrawn_splits
+        if "val" in undrawn and self.train.early_stopping_patience:
+            raise ValueError(
+                f"train.early_stopping_patience = {self.train.early_stopping_patience} watches the validation "
+                "loss, and data.val_fraction = 0 draws no validation split; set train.early_stopping_patience=0 "
+                "(the last epoch's weights are kept)"
+            )
+        if "val" in undrawn and self.eval.calibration != "none":
+            raise ValueError(
+                "eval.calibration fits its temperature on the validation split, and data.val_fraction = 0 "
+                "draws none; set eval.calibration=none"
+            )
+        if "test" in undrawn and self.output.publish_if_better:
+            raise ValueError(
+                "output.publish_if_better compares test accuracies, and data.test_fraction = 0 draws no "
+                "test split; drop publish_if_better (or hold a test split out)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _two_stage_needs_a_start(self) -> Config:
@@ -774,5 +897,5 @@ class Config(_Strict):
 
     @property
     def served_name(self) -> str:
-        """The folder under output.export_dir that versions of this model go to."""
+        """The folder under output.publish_dir that versions of this model go to."""
         return self.output.name or self.name

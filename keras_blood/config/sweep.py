@@ -35,8 +35,9 @@ class SweepSpec(_Strict):
         description="label -> model parameters; `name` defaults to the label, so "
         "`dropout03: {}` is the preset. A list of names is accepted too."
     )
-    inputs: Annotated[list[Literal[SWEEP_INPUTS]], Field(min_length=1)] = list(  # type: ignore[valid-type]
-        SWEEP_INPUTS
+    inputs: Annotated[list[Literal[SWEEP_INPUTS]], Field(min_length=1)] = Field(  # type: ignore[valid-type]
+        default=list(SWEEP_INPUTS),
+        description="What each model is trained on: original images, and with data.color_extraction on.",
     )
     results_dir: Path | None = Field(
         default=None, description="Default: <output.runs_dir>/<name>. Cells' runs go in its runs/."

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from keras_blood.config.schema import AugmentConfig
@@ -53,6 +54,26 @@ def color_jitter(images: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
         grey = tf.reduce_sum(images * [0.299, 0.587, 0.114], axis=-1, keepdims=True)
         images = tf.where(_per_sample(images, [1, 1, 1]) < cfg.grayscale, grey, images)
     return tf.clip_by_value(images, 0.0, 255.0)
+
+
+# Ruifrok and Johnston's haematoxylin, eosin and DAB optical densities (rows: stains;
+# columns: R, G, B), as scikit-image's rgb2hed uses them.
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float32)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
+
+
+def random_stain(images: tf.Tensor, amount: float) -> tf.Tensor:
+    """HED jitter (Tellez et al. 2018): each image's haematoxylin, eosin and DAB optical
+    densities scaled by a random factor in [1 - ``amount``, 1 + ``amount``] and shifted by
+    up to ``amount``, as another lab's staining would move them. The shift reaches the
+    background too, which tints it as another lamp or a yellowish mount would. Exact at
+    factor 1 and shift 0 (the densities are not clipped between the two products)."""
+    density = -tf.math.log(tf.maximum(images, 1.0) / 255.0)  # optical density, 0 on white
+    stains = tf.einsum("bhwc,cs->bhws", density, HED_FROM_RGB)
+    factor = _per_sample(images, [1, 1, 3], 1.0 - amount, 1.0 + amount)
+    shift = _per_sample(images, [1, 1, 3], -amount, amount)
+    density = tf.einsum("bhws,sc->bhwc", stains * factor + shift, RGB_FROM_HED)
+    return tf.clip_by_value(255.0 * tf.exp(-density), 0.0, 255.0)
 
 
 def random_sharpen(images: tf.Tensor, amount: float, blur: float = 0.0) -> tf.Tensor:
@@ -102,6 +123,8 @@ def make_augment(cfg: AugmentConfig) -> Callable[[tf.Tensor, tf.Tensor], Batch] 
             images = random_rot90(images)
         if cfg.scale:
             images = random_scale(images, cfg.scale)
+        if cfg.stain:
+            images = random_stain(images, cfg.stain)
         images = color_jitter(images, cfg)
         if cfg.sharpen or cfg.blur:
             images = random_sharpen(images, cfg.sharpen, cfg.blur)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_blood.config.paths import EXTRA
 from keras_blood.data.classes import ClassNames
 from keras_blood.data.sources.image_folder.listing import (
     SPLIT_NAMES,
@@ -52,7 +53,7 @@ def lab_listing(version_dir: Path, root: str | Path, config) -> Listing:
 
 def recorded_class_names(version_dir: Path) -> list[str]:
     """The version's class names, read from its files without TensorFlow."""
-    extra = version_dir / "assets.extra"
+    extra = version_dir / EXTRA
     for file, key in (("signature.json", "class_names"), ("class_names.json", None)):
         try:
             recorded = json.loads((extra / file).read_text())
@@ -60,7 +61,7 @@ def recorded_class_names(version_dir: Path) -> list[str]:
         except (OSError, ValueError, KeyError, TypeError):
             continue
     raise ExportError(
-        f"{version_dir}: no class names recorded (assets.extra/signature.json); is it an exported version?"
+        f"{version_dir}: no class names recorded (assets.extra/signature.json); is it a published version?"
     )
 
 

@@ -54,67 +54,80 @@ def prepared_builder(
     metadata (the source it was made from); else ``check()`` (which raises a DataError
     where the source cannot be prepared) and a new prepare.
     """
-    import tensorflow_datasets as tfds
-
-    name = builder_class.name
-
-    def builder():
-        # TFDS logs every config it was not written with; a lab's folder always is one.
-        with _absl_quiet("Using custom data configuration"):
-            return builder_class(config=config, data_dir=os.fspath(tfds_dir))
-
-    # The copy's folder, known before a builder reads (and chokes on) a damaged one.
-    data_path = Path(tfds_dir) / name / (config if isinstance(config, str) else config.name)
-    data_path = data_path / str(builder_class.VERSION)
-
-    def state() -> tuple[str, Any]:
-        """``("usable", builder)``, or ``("missing" | "damaged" | "other source", why)``."""
-        if not (data_path / "dataset_info.json").is_file():
-            return "missing", None
-        if why := damage(data_path):
-            return "damaged", why
-        current = builder()
-        return ("usable", current) if accept(current.info.metadata) else ("other source", None)
-
-    with reading(data_path):  # a copy being prepared again is not looked at half-made
-        found, why = state()
+    copy = _Copy(builder_class, config, Path(tfds_dir), accept)
+    with reading(copy.path):  # a copy being prepared again is not looked at half-made
+        found, why = copy.state()
         if found == "usable":
             return _checked(why)
-    what = f"{name}/{data_path.parent.name}"
     try:
         check()
     except DataError as exc:
         if found != "damaged":
             raise
         raise DataError(
-            f"the prepared copy in {data_path} is damaged ({why}) and cannot be prepared again: {exc}"
+            f"the prepared copy in {copy.path} is damaged ({why}) and cannot be prepared again: {exc}"
         ) from None
     # The copy's own lock after the builder's: readers never wait on the builder's, so
     # neither waits on the other. It waits for the runs reading the copy to finish.
-    with _removed_on_failure(tfds_dir, name, data_path), _locked(tfds_dir / name), _locked(data_path.parent):
-        found, why = state()  # another process may have prepared it while we waited
+    name = builder_class.name
+    with _removed_on_failure(copy.tfds_dir, name, copy.path), _locked(copy.tfds_dir / name), _locked(copy.path.parent):
+        found, why = copy.state()  # another process may have prepared it while we waited
         if found == "usable":
             return _checked(why)
-        if found != "missing":  # a fresh builder must not read its metadata
-            shutil.rmtree(data_path)
-        current = builder()
-        for stale in data_path.parent.glob(f"incomplete.*_{data_path.name}"):  # from a killed prepare
-            shutil.rmtree(stale, ignore_errors=True)
-        reason = {
-            "missing": "(once; later runs reuse it)",
-            "other source": "again (its source changed)",
-            "damaged": f"again (the copy there was damaged: {why})",
-        }[found]
-        print(f"Preparing {what} from {manual_dir} in {data_path} {reason}", flush=True)
-        if not sys.stderr.isatty():
-            tfds.disable_progress_bar()  # redrawn bars make a log unreadable; the lines here say it
-        start = time.perf_counter()
-        with _disk_errors(tfds_dir, what):
-            current.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir), try_download_gcs=False)
-            )
-        print(f"Prepared {what} in {time.perf_counter() - start:.1f} s", flush=True)
-        return _checked(builder())
+        return _checked(_prepare(copy, found, why, manual_dir))
+
+
+class _Copy:
+    """A builder's prepared copy in ``tfds_dir``: its folder, known before a builder reads
+    (and chokes on) a damaged one, and whether it can be used."""
+
+    def __init__(self, builder_class: type, config: Any, tfds_dir: Path, accept: Callable[[Mapping[str, Any]], bool]):
+        self.builder_class, self.config, self.tfds_dir, self.accept = builder_class, config, tfds_dir, accept
+        config_name = config if isinstance(config, str) else config.name
+        self.path = tfds_dir / builder_class.name / config_name / str(builder_class.VERSION)
+        self.what = f"{builder_class.name}/{config_name}"
+
+    def builder(self):
+        # TFDS logs every config it was not written with; a lab's folder always is one.
+        with _absl_quiet("Using custom data configuration"):
+            return self.builder_class(config=self.config, data_dir=os.fspath(self.tfds_dir))
+
+    def state(self) -> tuple[str, Any]:
+        """``("usable", builder)``, or ``("missing" | "damaged" | "other source", why)``."""
+        if not (self.path / "dataset_info.json").is_file():
+            return "missing", None
+        if why := damage(self.path):
+            return "damaged", why
+        current = self.builder()
+        return ("usable", current) if self.accept(current.info.metadata) else ("other source", None)
+
+
+def _prepare(copy: _Copy, found: str, why: str | None, manual_dir: Path):
+    """Prepare ``copy`` (``found`` missing, damaged for ``why``, or of another source) from
+    ``manual_dir``, under its locks; returns its builder."""
+    # TFDS (and TensorFlow with it) is imported only where a copy is prepared or read.
+    import tensorflow_datasets as tfds
+
+    if found != "missing":  # a fresh builder must not read its metadata
+        shutil.rmtree(copy.path)
+    current = copy.builder()
+    for stale in copy.path.parent.glob(f"incomplete.*_{copy.path.name}"):  # from a killed prepare
+        shutil.rmtree(stale, ignore_errors=True)
+    reason = {
+        "missing": "(once; later runs reuse it)",
+        "other source": "again (its source changed)",
+        "damaged": f"again (the copy there was damaged: {why})",
+    }[found]
+    print(f"Preparing {copy.what} from {manual_dir} in {copy.path} {reason}", flush=True)
+    if not sys.stderr.isatty():
+        tfds.disable_progress_bar()  # redrawn bars make a log unreadable; the lines here say it
+    start = time.perf_counter()
+    with _disk_errors(copy.tfds_dir, copy.what):
+        current.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir), try_download_gcs=False)
+        )
+    print(f"Prepared {copy.what} in {time.perf_counter() - start:.1f} s", flush=True)
+    return copy.builder()
 
 
 # The stamp of each copy this process checked (by its resolved folder): what it must read.

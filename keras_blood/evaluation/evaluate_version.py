@@ -34,6 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import tensorflow as tf
+
 from keras_blood.config.loading import load_config
 from keras_blood.config.paths import version_config_file
 from keras_blood.data import DataBundle, load_data
@@ -41,13 +44,9 @@ from keras_blood.data.lab_data import lab_listing, listing_notes, pooled_line, p
 from keras_blood.data.sources.image_folder.listing import Listing
 from keras_blood.errors import ConfigError, DataError
 from keras_blood.evaluation.gradcam import gradcam_panel
-from keras_blood.evaluation.metrics import classification_metrics, one_vs_rest_aucs, per_class_table, summary_line
-from keras_blood.evaluation.plots import (
-    plot_confusion_matrix,
-    plot_image_grid,
-    plot_reliability_diagram,
-    plot_roc_curves,
-)
+from keras_blood.evaluation.metrics import classification_metrics, one_vs_rest_aucs
+from keras_blood.evaluation.plots import plot_image_grid, plot_roc_curves
+from keras_blood.evaluation.report import by_source, write_report
 from keras_blood.files import new_folder
 from keras_blood.serving.predict import prepared_files, unreadable
 from keras_blood.serving.version import load_version
@@ -99,8 +98,6 @@ def evaluate(
     same = load_config(recorded_config).data == config.data
     result = _report(version, version_dir, config, images, labels, split, output_dir, same_data=same)
     if data.source_names:  # data.sources: each source's figures too
-        from keras_blood.evaluation.report import by_source
-
         result.metrics["sources"] = by_source(data.splits[split], result.probs, data)
         (result.report_dir / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
     return result
@@ -131,9 +128,6 @@ def evaluate_files(
     pooled = pooled_split_folders(root, listing)
     if pooled:
         print(pooled_line(root, pooled), flush=True)
-
-    import numpy as np
-
     version = load_version(version_dir)
     paths = [str(listing.root / file) for file in listing.files.tolist()]
     print(f"Evaluating {version_dir} on {root} ({len(paths)} images) ...", flush=True)
@@ -161,8 +155,6 @@ def evaluate_files(
 def _without_unreadable(listing: Listing, paths: list[str], bad: list[tuple[int, str]], root, skip: bool) -> Listing:
     """``listing`` without the files in ``bad`` (index, why), counted; a DataError naming
     the first unless ``skip`` (data.skip_unreadable)."""
-    import numpy as np
-
     first, why = bad[0]
     if not skip:
         raise DataError(
@@ -199,57 +191,66 @@ def _report(
     extra: dict[str, Any] | None = None,
     same_data: bool = False,
 ) -> EvaluateResult:
-    """Classify ``images`` (prepared pixels) with ``serving_default`` and write the report."""
-    import numpy as np
-    import tensorflow as tf
-
-    batch = config.train.batch_size
-    probs = np.concatenate(
-        [
-            version.serve(pixels=tf.constant(images[i : i + batch]))["probabilities"].numpy()
-            for i in range(0, len(labels), batch)
-        ]
-    )
+    """Classify ``images`` (prepared pixels) with ``serving_default`` and write the report:
+    :func:`~keras_blood.evaluation.report.write_report`'s files (as a training run's test
+    report) and this command's own (per-class CSV, ROC curves, the mistakes)."""
+    probs = served_probabilities(version, images, config.train.batch_size)
     names = list(version.class_names)
     metrics = classification_metrics(labels, probs, names)
     metrics.update(split=what, model_version=str(version_dir), **(extra or {}))
 
     title = f"{version.name} v{version.number} {what}"
     report_dir = new_folder(output_dir, f"{version.name}-v{version.number}-{what}-")
-    (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_per_class_csv(metrics, one_vs_rest_aucs(labels, probs), report_dir / "per_class.csv")
-    plot_confusion_matrix(metrics["confusion_matrix"], names, report_dir / "confusion_matrix.png", title)
     plot_roc_curves(labels, probs, names, report_dir / "roc_curves.png", title)
-    plot_reliability_diagram(labels, {"served": probs}, report_dir / "reliability.png", title)
+    print(plot_mistakes(version_dir, config, images, labels, probs, names, report_dir, title))
+    write_report(report_dir, metrics, labels, {"served": probs}, names, title, title)
+    for line in data_notes(metrics, version, extra, same_data):
+        print(line)
+    return EvaluateResult(report_dir, metrics, labels, probs)
+
+
+def served_probabilities(version, images, batch: int):
+    """``serving_default``'s probabilities for ``images``, ``batch`` at a time."""
+    return np.concatenate(
+        [
+            version.serve(pixels=tf.constant(images[i : i + batch]))["probabilities"].numpy()
+            for i in range(0, len(images), batch)
+        ]
+    )
+
+
+def plot_mistakes(version_dir: Path, config, images, labels, probs, names: list[str], report_dir: Path, title: str):
+    """``mistakes.png`` and ``gradcam_mistakes.png``: the most confident mistakes, and their
+    Grad-CAM maps. Returns the line saying what the latter holds."""
     shown = most_confident_mistakes(labels, probs, MISTAKES_SHOWN)
     predictions = probs.argmax(1)
     captions = [f"#{i} true {names[labels[i]]}\npred {names[predictions[i]]} ({probs[i].max():.2f})" for i in shown]
-    plot_image_grid(images[shown], captions, report_dir / "mistakes.png", f"{title}: most confident mistakes")
+    heading = f"{title}: most confident mistakes"
+    plot_image_grid(images[shown], captions, report_dir / "mistakes.png", heading)
+    return gradcam_panel(version_dir, config, images[shown], captions, report_dir / "gradcam_mistakes.png", heading)
 
-    panel = report_dir / "gradcam_mistakes.png"
-    print(gradcam_panel(version_dir, config, images[shown], captions, panel, f"{title}: most confident mistakes"))
 
-    print(f"\n{title}: {summary_line(metrics)}")
-    print(per_class_table(metrics))
+def data_notes(metrics: dict[str, Any], version, extra: dict[str, Any] | None, same_data: bool) -> list[str]:
+    """What the figures are compared with: the training run's, where it is the data that
+    run read; for another lab's images, what was left out."""
     if same_data:
-        print(compare_with_training(metrics, version.extra / "metrics.json"))
-    elif extra is None:
-        print("The data differs from the training run's (--set data...); nothing to compare.")
-    else:  # another lab's images: what was not compared
-        if extra["left_out"]:
-            print("Left out: " + "; ".join(f"{what} ({count})" for what, count in extra["left_out"].items()))
-        if extra["classes_without_images"]:
-            print(
-                "The model's classes without images here (left out of balanced accuracy): "
-                f"{extra['classes_without_images']}"
-            )
-    return EvaluateResult(report_dir, metrics, labels, probs)
+        return [compare_with_training(metrics, version.extra / "metrics.json")]
+    if extra is None:
+        return ["The data differs from the training run's (--set data...); nothing to compare."]
+    notes = []
+    if extra["left_out"]:
+        notes.append("Left out: " + "; ".join(f"{what} ({count})" for what, count in extra["left_out"].items()))
+    if extra["classes_without_images"]:
+        notes.append(
+            "The model's classes without images here (left out of balanced accuracy): "
+            f"{extra['classes_without_images']}"
+        )
+    return notes
 
 
 def most_confident_mistakes(labels, probs, count: int):
     """Indices of wrong predictions, the most confident first."""
-    import numpy as np
-
     predictions = probs.argmax(1)
     wrong = np.flatnonzero(predictions != labels)
     return wrong[np.argsort(-probs[wrong, predictions[wrong]], kind="stable")][:count]

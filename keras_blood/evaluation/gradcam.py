@@ -39,9 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
+import tensorflow as tf
+from keras import ops
 
 from keras_blood.config.loading import load_config
+from keras_blood.config.paths import EXTRA, RUN_CONFIG
 from keras_blood.errors import ExportError, KerasBloodError
 from keras_blood.evaluation.plots import plot_cam_grid, plot_explanation
 from keras_blood.files import new_folder, staging
@@ -69,8 +73,6 @@ def feature_layer(network):
     (or residual block) before the network pools space away. Pooling would only coarsen
     the map. A network without convolutions (fnn) gets its rescaled pixels.
     """
-    import keras
-
     skipped = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.Dropout, keras.layers.InputLayer)
 
     def is_feature_map(layer) -> bool:
@@ -89,9 +91,6 @@ def feature_layer(network):
 def _class_scores(head, penultimate):
     """The final layer's scores before its softmax, Grad-CAM's y^c (gradients of the
     probabilities vanish where the model is confident)."""
-    import keras
-    from keras import ops
-
     if isinstance(head, keras.layers.Dense) and head.activation is keras.activations.softmax:
         logits = ops.matmul(ops.cast(penultimate, "float32"), ops.cast(head.kernel, "float32"))
         return logits + ops.cast(head.bias, "float32") if head.use_bias else logits
@@ -101,8 +100,6 @@ def _class_scores(head, penultimate):
 def cam_view(network):
     """``(view, layer)``: a Functional model, float pixels -> ``[feature map, the final
     layer's input]``, sharing ``network``'s weights; and the feature layer's name."""
-    import keras
-
     layer, owner = feature_layer(network)
     head = network.layers[-1]
     if owner is network and not isinstance(network, keras.Sequential):
@@ -147,20 +144,16 @@ class CamNetwork:
     def _check(self) -> None:
         """The view must compute what the network computes (a layout the views do not
         handle would otherwise give maps of some other function)."""
-        from keras import ops
-
         x = np.random.default_rng(0).uniform(0, 255, (2, *self.network.input_shape[1:])).astype("float32")
         _, scores = self.forward(x)
-        expected = ops.convert_to_numpy(ops.cast(self.network(x, training=False), "float32"))
-        got = ops.convert_to_numpy(ops.softmax(scores, axis=-1)) if scores.shape == expected.shape else None
+        expected = ops.cast(self.network(x, training=False), "float32").numpy()
+        got = ops.softmax(scores, axis=-1).numpy() if scores.shape == expected.shape else None
         # Loose: a mixed-precision head computes in bfloat16, the scores here in float32.
         if got is None or not np.allclose(got, expected, atol=2e-2):
             raise ExportError(f"cannot compute Grad-CAM for model {self.network.name!r}: unsupported layout")
 
     def __call__(self, x, classes) -> np.ndarray:
         """float32 ``[N, h, w]`` maps in ``[0, 1]`` at the input's size, for ``classes`` ``[N]``."""
-        import tensorflow as tf
-
         x = tf.convert_to_tensor(x, tf.float32)
         with tf.GradientTape() as tape:
             tape.watch(x)  # so that a feature map computed without weights (fnn's pixels) is recorded too
@@ -188,8 +181,6 @@ def base_networks(model) -> tuple[list, str | None]:
     network inside, explained on the image as given; an ensemble (``layers.Average`` over
     member models) to its members, whose maps are averaged.
     """
-    import keras
-
     if any(isinstance(layer, TemperatureScaling) for layer in model.layers):
         # Temperature scaling divides the log-probabilities by one number: it changes
         # neither the class nor, once normalised, the map. Explain the model inside.
@@ -244,25 +235,22 @@ class Explainer:
 
         version = Path(version)
         model = load_keras_model(version)  # ExportError: not a version, or no model.keras
-        extra = version / "assets.extra"
+        extra = version / EXTRA
         try:
             class_names = json.loads((extra / "class_names.json").read_text())
             preparation = Preparation.from_json(json.loads((extra / "preparation.json").read_text()))
         except (OSError, ValueError) as exc:
             raise ExportError(f"{version}: unreadable assets.extra ({exc})") from None
-        config = config or load_config(extra / "config.yaml")
+        config = config or load_config(extra / RUN_CONFIG)
         return cls(model, config.data, class_names, preparation)
 
     def explain(self, pixels: np.ndarray) -> Explanation:
         """uint8 ``[N, H, W, 3]`` at the data's size (what ``serving_default`` takes)."""
-        import tensorflow as tf
-        from keras import ops
-
         inputs = tf.convert_to_tensor(pixels, tf.uint8)
         if self.preprocess is not None:
             inputs = self.preprocess(inputs)
         x = tf.cast(inputs, tf.float32)
-        probs = ops.convert_to_numpy(ops.cast(self.model(x, training=False), "float32"))
+        probs = ops.cast(self.model(x, training=False), "float32").numpy()
         classes = probs.argmax(axis=1)
         cams = normalise(np.mean([network(x, classes) for network in self.networks], axis=0))
         return Explanation(inputs.numpy(), probs, cams)
@@ -308,7 +296,6 @@ def explain_files(
     entries = [(path, error or unreadable(path)) for path, error in check_request(version, inputs)]
     explainer = Explainer.load(version)
 
-    names = explainer.class_names
     # Written under a hidden name beside the result and renamed when complete.
     with contextlib.ExitStack() as cleanup:  # the staged folder goes unless it was published
         try:
@@ -317,39 +304,8 @@ def explain_files(
         except OSError as exc:
             raise KerasBloodError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from None
         print(explainer.explained, file=out)
-        failed = 0
-        grid: dict[str, list] = {"images": [], "cams": [], "captions": []}
         try:
-            with (stage.path / CSV_NAME).open("x", newline="", encoding="utf-8") as f:
-                writer = csv.writer(f)
-                writer.writerow(["path", "label", "probability", "figure", "error"])
-                images = prepared_files(entries, explainer.preparation, BATCH)
-                for start in range(0, len(entries), BATCH):
-                    chunk = entries[start : start + BATCH]
-                    loaded = list(itertools.islice(images, len(chunk)))
-                    good = [image for image, _ in loaded if image is not None]
-                    result = explainer.explain(np.stack(good)) if good else None
-                    k = 0
-                    for number, ((path, _), (image, error)) in enumerate(zip(chunk, loaded), start=start + 1):
-                        name = shown(path)
-                        if image is None:
-                            failed += 1
-                            writer.writerow([name, "", "", "", error])
-                            print(f"{name}: error: {error}", file=out)
-                            continue
-                        label, p = names[result.predictions[k]], result.probs[k].max()
-                        caption = f"{label} ({p:.2f})"
-                        figure = figure_name(number, path)
-                        title = f"{Path(name).name}: {caption}"
-                        plot_explanation(result.inputs[k], result.cams[k], title, stage.path / figure)
-                        if len(grid["images"]) < GRID_MAX:
-                            grid["images"].append(result.inputs[k])
-                            grid["cams"].append(result.cams[k])
-                            grid["captions"].append(f"{Path(name).name[:24]}\n{caption}")
-                        writer.writerow([name, label, f"{p:.6f}", figure, ""])
-                        print(f"{name}: {caption}", file=out)
-                        k += 1
-                    out.flush()
+            failed, grid = write_explanations(explainer, entries, stage.path, out)
             title = f"{name_version(version, ' v')}\n{explainer.explained}"
             plot_cam_grid(grid["images"], grid["cams"], grid["captions"], stage.path / "grid.png", title)
             folder = new_folder(out_dir, f"{name_version(version, '-v')}-")
@@ -362,3 +318,54 @@ def explain_files(
             raise KerasBloodError(f"cannot write the explanations in {out_dir}: {exc.strerror or exc}") from None
     print(f"{len(entries) - failed} of {len(entries)} files explained, {failed} failed", file=out)
     return folder, failed
+
+
+def write_explanations(
+    explainer: Explainer, entries: list[tuple[str, str]], folder: Path, out
+) -> tuple[int, dict[str, list]]:
+    """A figure per file in ``folder`` and a row of ``explanations.csv`` (its error where it
+    cannot be read), a batch at a time. Returns how many files failed and the grid: the
+    first :data:`GRID_MAX` overlays and their captions."""
+    failed = 0
+    grid: dict[str, list] = {"images": [], "cams": [], "captions": []}
+    with (folder / CSV_NAME).open("x", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "probability", "figure", "error"])
+        images = prepared_files(entries, explainer.preparation, BATCH)
+        for start in range(0, len(entries), BATCH):
+            chunk = entries[start : start + BATCH]
+            loaded = list(itertools.islice(images, len(chunk)))
+            good = [image for image, _ in loaded if image is not None]
+            result = explainer.explain(np.stack(good)) if good else None
+            k = 0
+            for number, ((path, _), (image, error)) in enumerate(zip(chunk, loaded), start=start + 1):
+                name = shown(path)
+                if image is None:
+                    failed += 1
+                    writer.writerow([name, "", "", "", error])
+                    print(f"{name}: error: {error}", file=out)
+                    continue
+                row, caption = explained_file(
+                    explainer.class_names, result, k, figure_name(number, path), name, folder, grid
+                )
+                writer.writerow(row)
+                print(f"{name}: {caption}", file=out)
+                k += 1
+            out.flush()
+    return failed, grid
+
+
+def explained_file(
+    class_names: list[str], result: Explanation, k: int, figure: str, name: str, folder: Path, grid: dict[str, list]
+) -> tuple[list[str], str]:
+    """The figure of ``result``'s ``k``-th image (file ``name``) in ``folder``, its overlay
+    added to ``grid`` while that has room; returns its row of ``explanations.csv`` and its
+    caption (the class and its probability)."""
+    label, p = class_names[result.predictions[k]], result.probs[k].max()
+    caption = f"{label} ({p:.2f})"
+    plot_explanation(result.inputs[k], result.cams[k], f"{Path(name).name}: {caption}", folder / figure)
+    if len(grid["images"]) < GRID_MAX:
+        grid["images"].append(result.inputs[k])
+        grid["cams"].append(result.cams[k])
+        grid["captions"].append(f"{Path(name).name[:24]}\n{caption}")
+    return [name, label, f"{p:.6f}", figure, ""], caption

@@ -25,10 +25,20 @@ from keras_blood.evaluation.metrics import calibration_metrics, classification_m
 from keras_blood.evaluation.plots import plot_confusion_matrix, plot_reliability_diagram
 from keras_blood.models import average_models, with_temperature, with_tta
 
+# Said where a run has no held-out split: what it kept, and where its figures come from instead.
+NO_VALIDATION = "the last epoch (no validation split to choose one on: data.val_fraction 0)"
+NO_TEST_SPLIT = (
+    "No held-out test split (data.test_fraction 0: every image trained the model), so no test figures; "
+    "score the version on other labelled images: python -m keras_blood.evaluate VERSION --data DIR"
+)
 
-def best_epoch_summary(history: dict[str, list[float]], key: str = "val_loss") -> dict[str, Any]:
+
+def best_epoch_summary(history: dict[str, list[float]], key: str | None = "val_loss") -> dict[str, Any]:
     """The epoch a checkpoint kept (lowest ``key``: Config.selection_key) and its validation
-    figures; with data.sources, each source's too (``val_<source>_accuracy``)."""
+    figures; with data.sources, each source's too (``val_<source>_accuracy``). ``key`` None
+    (no validation split): the last epoch, kept as it is."""
+    if key is None:
+        return {"epochs_run": len(history["loss"]), "best_epoch": len(history["loss"]), "kept": NO_VALIDATION}
     best = min(range(len(history[key])), key=history[key].__getitem__)
     summary = {
         "epochs_run": len(history["loss"]),
@@ -72,7 +82,7 @@ def calibrate(model, val_inputs, val_labels, test_labels, test_probs):
     temperature = fit_temperature(val_labels, val_probs)
     calibrated = with_temperature(model, temperature)
     scale = calibrated.get_layer("probabilities")  # the exported layer, on what was predicted
-    after = {split: keras.ops.convert_to_numpy(scale(p)) for split, p in (("val", val_probs), ("test", test_probs))}
+    after = {split: scale(p).numpy() for split, p in (("val", val_probs), ("test", test_probs))}
     record: dict[str, Any] = {"method": "temperature", "temperature": temperature, "fitted_on": "val"}
     for split, labels, before in (("val", val_labels, val_probs), ("test", test_labels, test_probs)):
         labels = np.asarray(labels).reshape(-1)
@@ -122,13 +132,13 @@ def score_test_split(
     member's per-epoch record; ``seeds``: the members' seeds."""
     model = average_models(members)
     model_for_test = with_tta(model, config.eval.tta)
+    key = config.selection_key if len(data.splits.get("val", ())) else None
+    if not len(data.splits.get("test", ())):
+        return model_for_test, untested_metrics(model, histories, data, key), {}
     how = [f"an ensemble of {len(members)}"] if len(members) > 1 else []
     how += [] if config.eval.tta == "none" else [f"{config.eval.tta} test-time augmentation"]
     print(f"Evaluating on the test split{' with ' + ' and '.join(how) if how else ''} ...", flush=True)
     test = data.splits["test"]
-
-    def score(m):
-        return classification_metrics(test.labels, m.predict(inputs("test"), verbose=0), data.class_names)
 
     probs = model_for_test.predict(inputs("test"), verbose=0)
     curves = {"model": probs}
@@ -144,32 +154,67 @@ def score_test_split(
     if calibration:
         metrics["calibration"] = calibration
     if model_for_test is not model:
-        plain = score(model)
+        plain = scored_on_test(model, inputs, data)
         metrics["without_tta"] = {k: plain[k] for k in ("accuracy", "f1_macro", "auc")}
     if len(members) == 1:
-        metrics.update(best_epoch_summary(histories[0], config.selection_key))
+        metrics.update(best_epoch_summary(histories[0], key))
     else:
-        metrics["members"] = []
-        for seed, member, history in zip(seeds, members, histories):
-            alone = score(with_tta(member, config.eval.tta))
-            metrics["members"].append(
-                {
-                    "seed": seed,
-                    **best_epoch_summary(history, config.selection_key),
-                    "accuracy": alone["accuracy"],
-                    "auc": alone["auc"],
-                }
-            )
-        # The ensemble's own validation figures (no TTA), as a single model reports its best epoch's.
+        metrics.update(ensemble_summary(model, members, histories, seeds, inputs, data, config, key))
+    metrics.update(split="test", params=int(model.count_params()))
+    return exported, metrics, curves
+
+
+def scored_on_test(model: keras.Model, inputs: Callable[[str], Any], data: DataBundle) -> dict[str, Any]:
+    """``model``'s metrics on the test split."""
+    probs = model.predict(inputs("test"), verbose=0)
+    return classification_metrics(data.splits["test"].labels, probs, data.class_names)
+
+
+def ensemble_summary(
+    model: keras.Model,
+    members: list[keras.Model],
+    histories: list[dict[str, list[float]]],
+    seeds: list[int],
+    inputs: Callable[[str], Any],
+    data: DataBundle,
+    config: Config,
+    key: str | None,
+) -> dict[str, Any]:
+    """An ensemble's record beside its test metrics: each member's best epoch and its test
+    figures alone, the epochs run in all, and (with a validation split) the averaged
+    ``model``'s own validation figures, as a single model reports its best epoch's."""
+    summary: dict[str, Any] = {"members": []}
+    for seed, member, history in zip(seeds, members, histories):
+        alone = scored_on_test(with_tta(member, config.eval.tta), inputs, data)
+        summary["members"].append(
+            {
+                "seed": seed,
+                **best_epoch_summary(history, key),
+                "accuracy": alone["accuracy"],
+                "auc": alone["auc"],
+            }
+        )
+    summary.update(epochs_run=sum(len(h["loss"]) for h in histories))
+    if key is not None:  # the ensemble's own validation figures (no TTA)
         model.compile(
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
             metrics=["accuracy"],
         )
         val_loss, val_accuracy = model.evaluate(inputs("val"), verbose=0)
-        metrics.update(
-            epochs_run=sum(len(h["loss"]) for h in histories),
-            best_val_loss=float(val_loss),
-            best_val_accuracy=float(val_accuracy),
-        )
-    metrics.update(split="test", params=int(model.count_params()))
-    return exported, metrics, curves
+        summary.update(best_val_loss=float(val_loss), best_val_accuracy=float(val_accuracy))
+    return summary
+
+
+def untested_metrics(
+    model: keras.Model, histories: list[dict[str, list[float]]], data: DataBundle, key: str | None
+) -> dict[str, Any]:
+    """A run without a test split (data.test_fraction 0): its record, without test figures."""
+    print(NO_TEST_SPLIT, flush=True)
+    metrics: dict[str, Any] = {"split": None, "class_names": list(data.class_names), "held_out": "none"}
+    summaries = [best_epoch_summary(history, key) for history in histories]
+    if len(histories) == 1:
+        metrics.update(summaries[0])
+    else:
+        metrics.update(epochs_run=sum(s["epochs_run"] for s in summaries), members=summaries)
+    metrics.update(params=int(model.count_params()))
+    return metrics

@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import keras
 from keras import layers
-from keras.src.utils.naming import to_snake_case  # how Keras names a layer after its class
 
 from keras_blood.config.schema import VGG16Config
 from keras_blood.errors import ConfigError
@@ -44,6 +43,15 @@ def build_model(config, input_shape: tuple[int, int, int], num_classes: int) -> 
     return model
 
 
+def automatic_name(class_name: str) -> str:
+    """The name Keras gives a layer of class ``class_name`` before numbering it: the class
+    name in snake case (``Conv2D`` -> ``conv2d``, ``BatchNormalization`` ->
+    ``batch_normalization``). Keras's own function for it is private; this is its rule."""
+    name = re.sub(r"\W+", "", class_name)
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
 def named_layers(model: keras.Model, prefix: str = "") -> dict[str, layers.Layer]:
     """Every layer of ``model`` in order, a nested model's after it ("vgg16/block1_conv1"),
     under the name a freshly started process gives it. Keras numbers automatic names
@@ -52,7 +60,7 @@ def named_layers(model: keras.Model, prefix: str = "") -> dict[str, layers.Layer
     counts: Counter[str] = Counter()
     named: dict[str, layers.Layer] = {}
     for layer in model.layers:
-        name, automatic = layer.name, to_snake_case(type(layer).__name__)
+        name, automatic = layer.name, automatic_name(type(layer).__name__)
         if re.fullmatch(rf"{re.escape(automatic)}(_\d+)?", name):
             name = f"{automatic}_{counts[automatic]}" if counts[automatic] else automatic
             counts[automatic] += 1

@@ -109,18 +109,24 @@ def _near_mask(images, centres, mask):
 
 
 def extent_sides(
-    images: tf.Tensor, centres: tf.Tensor, color: ColorConfig, scale: float, aspect: bool = False, mask=None
+    images: tf.Tensor,
+    centres: tf.Tensor,
+    color: ColorConfig,
+    scale: float,
+    aspect: bool = False,
+    mask=None,
+    largest: float = EXTENT_LIMITS[1],
 ):
     """float32 ``[N, 2]``: each window's height and width, ``scale`` x sqrt(stained pixels
     in the square of side ``EXTENT_REACH`` of the shorter side around each centre), clipped
-    to ``EXTENT_LIMITS``. With ``aspect``, the window takes the stain's own aspect ratio
+    to ``EXTENT_LIMITS`` (the upper one ``largest``). With ``aspect``, the window takes the stain's own aspect ratio
     (the ratio of its spreads along rows and columns, within 2:3 and 3:2) at the same area,
     so an image squeezed or stretched on its way in is cut back to round cells. ``mask``:
     :func:`color_mask` of ``images`` where the caller has it already."""
     height, width = images.shape[1], images.shape[2]
     mask, rows, cols = _near_mask(images, centres, color_mask(images, color) if mask is None else mask)
     area = tf.reduce_sum(mask, axis=[1, 2])
-    low, high = (limit * min(height, width) for limit in EXTENT_LIMITS)
+    low, high = (limit * min(height, width) for limit in (EXTENT_LIMITS[0], largest))
     side = tf.clip_by_value(scale * tf.sqrt(area), low, high)
     if not aspect:
         return tf.stack([side, side], axis=1)
@@ -142,7 +148,8 @@ def crop_to_cell_extent(images: tf.Tensor, color: ColorConfig, crop: CellCropCon
     height, width = images.shape[1], images.shape[2]
     mask = color_mask(images, color)  # computed once, for the centre and the extent alike
     centres = cell_centres(images, color, crop.window_side(height, width), mask)
-    half = (extent_sides(images, centres, color, crop.extent_scale, crop.extent_aspect, mask) - 1) / 2
+    sides = extent_sides(images, centres, color, crop.extent_scale, crop.extent_aspect, mask, crop.extent_max)
+    half = (sides - 1) / 2
     # Bilinear samples at size x size points spanning each window, as crop_and_resize takes
     # them, written as two matrix products per image ([size, H] x [H, W] x [W, size]): ops
     # that LiteRT and ONNX have (CropAndResize converts to neither). A sample past an edge
@@ -154,8 +161,19 @@ def crop_to_cell_extent(images: tf.Tensor, color: ColorConfig, crop: CellCropCon
     planes = tf.transpose(tf.cast(images, tf.float32), [0, 3, 1, 2])  # [N, 3, H, W]
     windows = tf.matmul(tf.matmul(rows[:, None], planes), cols[:, None], transpose_b=True)  # [N, 3, size, size]
     inside = tf.reduce_sum(rows, axis=2)[:, :, None] * tf.reduce_sum(cols, axis=2)[:, None, :]  # 1 or 0
-    windows = tf.transpose(windows, [0, 2, 3, 1]) + float(color.background) * (1.0 - inside)[..., None]
+    windows = (
+        tf.transpose(windows, [0, 2, 3, 1]) + _fill(images, color, crop)[:, None, None, :] * (1.0 - inside)[..., None]
+    )
     return tf.cast(tf.clip_by_value(tf.round(windows), 0, 255), tf.uint8)
+
+
+def _fill(images: tf.Tensor, color: ColorConfig, crop: CellCropConfig) -> tf.Tensor:
+    """float32 ``[N, 3]``: the colour a window takes past its image's edge."""
+    if crop.extent_fill == "background":
+        return tf.fill([tf.shape(images)[0], 3], float(color.background))
+    pixels = tf.cast(images, tf.float32)
+    edges = tf.concat([pixels[:, 0], pixels[:, -1], pixels[:, :, 0], pixels[:, :, -1]], axis=1)
+    return tf.reduce_mean(edges, axis=1)
 
 
 def _sample_weights(positions: tf.Tensor, length: int) -> tf.Tensor:

@@ -27,11 +27,15 @@ Running these models needs the ``edge`` extra: ``pip install "keras-blood[edge]"
 from __future__ import annotations
 
 import contextlib
+import importlib
+import logging
+import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from keras_blood.config.loading import load_config
 from keras_blood.config.paths import version_config_file
@@ -93,14 +97,11 @@ def predict(model: Callable, images: np.ndarray, batch_size: int = 64) -> np.nda
 def saved_model_predictor(version) -> Callable[[np.ndarray], np.ndarray]:
     """The version's ``serving_default`` (an :class:`~keras_blood.serving.version.ExportedVersion`)
     as a numpy function like :func:`load_edge_model`'s."""
-    import tensorflow as tf
-
     return lambda pixels: version.serve(**{INPUT_KEY: tf.constant(pixels, tf.uint8)})[OUTPUT_KEY].numpy()
 
 
 def _require(module: str, fmt: str):
-    import importlib
-
+    # Imported only when asked for: the edge extra's packages are optional, and heavy.
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -119,7 +120,6 @@ def convert_litert(version: Path, representative: np.ndarray | None = None) -> b
     probabilities out. The preparation before it (every op that input depends on) is left
     out of quantization, as it must stay exact.
     """
-    import tensorflow as tf
 
     def converter():
         c = tf.lite.TFLiteConverter.from_saved_model(str(version), signature_keys=[SIGNATURE])
@@ -178,10 +178,6 @@ def preparation_nodes(float_model: bytes) -> list[str]:
 def convert_onnx(version) -> bytes:
     """The version's ``serving_default`` (an :class:`~keras_blood.serving.version.ExportedVersion`)
     as an ONNX model: input ``pixels`` uint8 ``[N, H, W, 3]``, output ``probabilities``."""
-    import logging
-
-    import tensorflow as tf
-
     tf2onnx = _require("tf2onnx", "onnx")
     ort = _require("onnxruntime", "onnx")
     logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)  # what it cannot convert, we report
@@ -208,14 +204,12 @@ def _converted(version: Path, fmt: str, convert: Callable[[], bytes]) -> bytes:
         ops = _unsupported_ops(message)
         reason = f"ops {ops} that {fmt} lacks" if ops else (message[:200] or type(exc).__name__)
         raise ExportError(
-            f"{version}: its serving graph does not convert to {fmt} ({reason}); versions exported before "
-            "edge formats existed need re-exporting: train its config again with this keras-blood"
+            f"{version}: its serving graph does not convert to {fmt} ({reason}); versions published before "
+            "edge formats existed need a new version: train its config again with this keras-blood"
         ) from None
 
 
 def _unsupported_ops(message: str) -> str | None:
-    import re
-
     for pattern in (
         r"(?:TF Select|Custom) ops: ([\w, ]+?)(?: Details|$)",
         r"No Op registered for (\w+)",

@@ -1,12 +1,15 @@
-"""The serving graph: a trained model exported as a SavedModel in TensorFlow Serving's layout
-(``<export_dir>/<output.name>/<version>/``), published by :mod:`keras_blood.serving.publish`.
+"""The serving graph: a trained model written as a SavedModel (Keras's export) in TensorFlow
+Serving's layout (``<output.publish_dir>/<output.name>/<version>/``) and published by
+:func:`publish_model`, safely (:mod:`keras_blood.serving.publish`).
 
 The ``serving_default`` signature takes raw uint8 pixels at the model's input size; the
 ``serving_bytes`` signature takes encoded image files of any size, decodes them by the one
 rule (:func:`keras_blood.preparation.decode.decode`: a BMP longer than its header says cut
 to that length, an 8-bit BMP's palette looked up; an image whose header says more than
 ``data.max_pixels`` pixels refused before decoding) and applies the version's recorded
-preparation in-graph first.
+preparation in-graph first. A version whose config has a cell crop also has
+``serving_fields``: a whole smear field in, its white cells' boxes and classes out
+(:mod:`keras_blood.serving.fields_signature`).
 Everything else happens in-graph too: the cell crop and colour extraction when the config
 turns them on. Beside them, ``model.keras`` keeps the same model (TTA and ensemble
 wrappers included) in Keras's native format
@@ -20,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,25 +31,33 @@ import keras
 import tensorflow as tf
 
 from keras_blood.config.loading import save_config
+from keras_blood.config.paths import EXTRA, RUN_CONFIG
 from keras_blood.config.schema import Config
 from keras_blood.errors import ExportError
-from keras_blood.files import make_folders, make_readable, out_of_space, owned_prefix, staging
+from keras_blood.files import make_folders, make_readable, out_of_space, owned_prefix, remove_stale_staging, staging
 from keras_blood.preparation.decode import Preparation, decode, prepare
 from keras_blood.preparation.steps import make_preprocess
+from keras_blood.serving.fields_signature import (
+    FIELD_SPEC,
+    FIELDS_RECORD,
+    FIELDS_SIGNATURE,
+    fields_record,
+    make_serve_fields,
+    serves_fields,
+)
 from keras_blood.serving.publish import (
     STAGING_PREFIX,
     NotPublished,
-    check_export_target,
-    export_base,
+    check_publish_target,
     not_better_reason,
     publish_version,
-    remove_stale_staging,
+    served_folder,
     skip_reason,
 )
 from keras_blood.serving.version import BYTES_SIGNATURE, KERAS_MODEL, OUTPUT_KEY, RUN_RECORD, SIGNATURE, Signature
 
 
-def export_model(
+def publish_model(
     model: keras.Model,
     config: Config,
     class_names: list[str],
@@ -77,19 +88,21 @@ def export_model(
     prep = Preparation.from_json(recipe)
     if prep.size != (height, width):
         raise ExportError(f"preparation resizes to {list(prep.size)} but the model takes {height}x{width}")
-    check_export_target(config, class_names, signature.input_shape)
+    check_publish_target(config, class_names, signature.input_shape)
     reason = not_better_reason(config, metrics)
     if reason:
         raise NotPublished(reason)
-    base = export_base(config)
+    base = served_folder(config)
     recipe.update(in_graph_steps(config))
     with _write_errors(base):
         make_folders(base)  # 0755 under any umask: a server running as another user reads versions
-        remove_stale_staging(base)
+        remove_stale_staging(base, STAGING_PREFIX)  # what a killed publish left
         with staging(base, prefix=owned_prefix(STAGING_PREFIX), folder=True) as stage:
-            serving_archive(model, config, prep).write_out(str(stage.path), verbose=False)
+            serving_archive(model, config, prep, class_names).write_out(str(stage.path), verbose=False)
             model.save(stage.path / KERAS_MODEL)
-            write_records(stage.path / "assets.extra", config, metrics, class_names, recipe, signature, run, records)
+            if serves_fields(config):
+                records = {FIELDS_RECORD: fields_record(), **(records or {})}
+            write_records(stage.path / EXTRA, config, metrics, class_names, recipe, signature, run, records)
             make_readable(stage.path)
             return publish_version(stage, config, signature)
 
@@ -112,7 +125,7 @@ def _write_errors(base: Path) -> Iterator[None]:
             raise
         raise ExportError(
             f"cannot write a version under {base} ({why}); nothing was published: {fix} "
-            "--set output.export_dir=<another folder>"
+            "--set output.publish_dir=<another folder>"
         ) from None
 
 
@@ -127,8 +140,11 @@ def in_graph_steps(config: Config) -> dict[str, Any]:
     return steps
 
 
-def serving_archive(model: keras.Model, config: Config, prep: Preparation) -> keras.export.ExportArchive:
-    """``model`` behind its two signatures: uint8 pixels at the data's size, and image files."""
+def serving_archive(
+    model: keras.Model, config: Config, prep: Preparation, class_names: Sequence[str]
+) -> keras.export.ExportArchive:
+    """``model`` behind its signatures: uint8 pixels at the data's size, image files, and
+    where the config has a cell crop, a smear field (:mod:`keras_blood.serving.fields_signature`)."""
     height, width = config.data.height_width
     channels = model.input_shape[-1]
     archive = keras.export.ExportArchive()
@@ -161,6 +177,12 @@ def serving_archive(model: keras.Model, config: Config, prep: Preparation) -> ke
         serve_bytes,
         input_signature=[tf.TensorSpec([None], tf.string, name="images")],
     )
+    if serves_fields(config):
+        archive.add_endpoint(
+            FIELDS_SIGNATURE,
+            make_serve_fields(serve, prep, class_names, config.data.max_pixels),
+            input_signature=[FIELD_SPEC],
+        )
     return archive
 
 
@@ -176,7 +198,7 @@ def write_records(
 ) -> None:
     """``assets.extra/``: what a server, an evaluation or a later run reads about the version."""
     extra.mkdir()
-    save_config(config, extra / "config.yaml")
+    save_config(config, extra / RUN_CONFIG)
     (extra / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (extra / "class_names.json").write_text(json.dumps(class_names, indent=2))
     (extra / "preparation.json").write_text(json.dumps(recipe, indent=2))

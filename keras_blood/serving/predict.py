@@ -33,8 +33,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
+import tensorflow as tf
+
 from keras_blood.errors import KerasBloodError
-from keras_blood.files import new_file, staging
+from keras_blood.files import Stage, new_file, staging
 from keras_blood.preparation.decode import MAX_PIXELS, decode_any, decode_file, prepare, preparer, too_many_pixels
 from keras_blood.serving.request import check_request
 from keras_blood.serving.version import load_version
@@ -103,8 +106,6 @@ def prepared_batches(entries: Sequence[tuple[str, str]], preparation, batch_size
     A file that fails there is left out of its batch (a gap in ``indices``): per-element
     errors have no message in tf.data, so the caller reads that file again to say why.
     """
-    import tensorflow as tf
-
     todo = [(i, os.fsencode(path)) for i, (path, error) in enumerate(entries) if not error]
     indices = tf.constant([i for i, _ in todo], tf.int64)
     paths = tf.constant([path for _, path in todo], tf.string)
@@ -120,8 +121,6 @@ def prepared_files(entries: Sequence[tuple[str, str]], preparation, batch_size: 
     """``(pixels, "")`` or ``(None, error)`` for every entry, in order: the files read,
     decoded and prepared by :func:`prepared_batches`, and each file that it left out read
     again alone, the slow way, which says what is wrong with it (never an exception)."""
-    import tensorflow as tf
-
     prepare = preparer(preparation)
 
     def again(index: int):
@@ -163,49 +162,15 @@ def predict(
     out = out or sys.stdout  # the one at call time: it may have been replaced since import
     entries = check_request(version_dir, inputs, output, overwrite)
     entries = [(path, error or unreadable(path, max_pixels, "--max-pixels")) for path, error in entries]
-
-    import numpy as np
-
     version = load_version(version_dir)
-    classes = version.class_names
+    progress = Progress(len(entries))
 
     # Written under a hidden name beside the CSV and renamed when complete.
     folder = Path("predictions") if output is None else output.parent
     with contextlib.ExitStack() as cleanup:  # the staged CSV goes unless it was published
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            staged_name = f".{output.name if output else 'predictions'}."
-            stage = cleanup.enter_context(staging(folder, prefix=staged_name, suffix=".part"))
-            csv_file = stage.path.open("w", newline="", encoding="utf-8")
-        except OSError as exc:
-            raise KerasBloodError(f"cannot write a CSV in {folder}: {exc.strerror or exc}") from None
-        width = min(PATH_WIDTH, max(len(shown(path)) for path, _ in entries))
-        label_width = max(len("label"), *(len(name) for name in classes))
-        progress = Progress(len(entries))
-        failed = 0
-        print(f"{'path':<{width}}  {'label':<{label_width}}  probability", file=out)
+        stage, csv_file = staged_csv(folder, output, cleanup)
         with csv_file as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "probability", *classes, "error"])
-            rows = zip(entries, prepared_files(entries, version.preparation, batch_size))
-            for start in range(0, len(entries), batch_size):
-                chunk = list(itertools.islice(rows, batch_size))
-                good = [pixels for _, (pixels, _) in chunk if pixels is not None]
-                probs = iter(version.serve(pixels=np.stack(good))["probabilities"].numpy() if good else [])
-                progress.clear()
-                for (path, _), (pixels, error) in chunk:
-                    p = None if pixels is None else next(probs)
-                    name = shown(path)
-                    if p is None:
-                        failed += 1
-                        writer.writerow([name, "", "", *([""] * len(classes)), error])
-                        print(f"{short(name, width):<{width}}  {'-':<{label_width}}  error: {error}", file=out)
-                        continue
-                    k = int(np.argmax(p))
-                    writer.writerow([name, classes[k], f"{p[k]:.6f}", *(f"{v:.6f}" for v in p), ""])
-                    print(f"{short(name, width):<{width}}  {classes[k]:<{label_width}}  {p[k]:11.4f}", file=out)
-                out.flush()
-                progress.update(start + len(chunk), failed)
+            failed = write_predictions(version, entries, csv.writer(f), batch_size, out, progress)
         try:
             if output is None:  # claimed only now, so that it exists only once complete
                 output = new_file(folder, f"{version.name}-v{version.number}-", ".csv")
@@ -215,3 +180,46 @@ def predict(
     progress.clear()
     print(f"{len(entries) - failed} of {len(entries)} files classified, {failed} failed", file=out)
     return output, failed
+
+
+def staged_csv(folder: Path, output: Path | None, cleanup: contextlib.ExitStack) -> tuple[Stage, TextIO]:
+    """A hidden staging file in ``folder`` for the CSV, and that file open for writing; it
+    is removed when ``cleanup`` closes unless it was published."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        staged_name = f".{output.name if output else 'predictions'}."
+        stage = cleanup.enter_context(staging(folder, prefix=staged_name, suffix=".part"))
+        return stage, stage.path.open("w", newline="", encoding="utf-8")
+    except OSError as exc:
+        raise KerasBloodError(f"cannot write a CSV in {folder}: {exc.strerror or exc}") from None
+
+
+def write_predictions(version, entries, writer, batch_size: int, out: TextIO, progress: Progress) -> int:
+    """Classify ``entries`` a batch at a time, in order: a CSV row through ``writer`` and a
+    table row on ``out`` for each file. Returns how many failed."""
+    classes = version.class_names
+    width = min(PATH_WIDTH, max(len(shown(path)) for path, _ in entries))
+    label_width = max(len("label"), *(len(name) for name in classes))
+    failed = 0
+    print(f"{'path':<{width}}  {'label':<{label_width}}  probability", file=out)
+    writer.writerow(["path", "label", "probability", *classes, "error"])
+    rows = zip(entries, prepared_files(entries, version.preparation, batch_size))
+    for start in range(0, len(entries), batch_size):
+        chunk = list(itertools.islice(rows, batch_size))
+        good = [pixels for _, (pixels, _) in chunk if pixels is not None]
+        probs = iter(version.serve(pixels=np.stack(good))["probabilities"].numpy() if good else [])
+        progress.clear()
+        for (path, _), (pixels, error) in chunk:
+            p = None if pixels is None else next(probs)
+            name = shown(path)
+            if p is None:
+                failed += 1
+                writer.writerow([name, "", "", *([""] * len(classes)), error])
+                print(f"{short(name, width):<{width}}  {'-':<{label_width}}  error: {error}", file=out)
+                continue
+            k = int(np.argmax(p))
+            writer.writerow([name, classes[k], f"{p[k]:.6f}", *(f"{v:.6f}" for v in p), ""])
+            print(f"{short(name, width):<{width}}  {classes[k]:<{label_width}}  {p[k]:11.4f}", file=out)
+        out.flush()
+        progress.update(start + len(chunk), failed)
+    return failed

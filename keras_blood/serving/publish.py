@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from keras_blood import files
+from keras_blood.config.paths import EXTRA
 from keras_blood.config.schema import Config
 from keras_blood.errors import ExportError
-from keras_blood.files import Stage, host_name, make_folders, out_of_space  # noqa: F401  (host_name: re-exported)
+from keras_blood.files import Stage, make_folders, out_of_space
 from keras_blood.serving.version import RUN_RECORD, Signature, existing_versions, read_signature
 
 STAGING_PREFIX = ".export-"
@@ -29,16 +29,16 @@ class NotPublished(Exception):
     """Publishing was declined, which is not an error; the message says why, in one line."""
 
 
-def export_base(config: Config) -> Path:
-    """The served name's folder: ``output.export_dir/<output.name>``."""
-    return config.output.export_dir / config.served_name
+def served_folder(config: Config) -> Path:
+    """The served name's folder: ``output.publish_dir/<output.name>``."""
+    return config.output.publish_dir / config.served_name
 
 
 def skip_reason(config: Config) -> str | None:
     """Why a run of ``config`` publishes no version (``output.publish``), or None."""
     publish = config.output.publish
     if publish == "never":
-        return "output.publish is never (--no-export)"
+        return "output.publish is never (--no-publish)"
     if publish == "auto" and config.data.max_examples is not None:
         return (
             f"a smoke run (data.max_examples={config.data.max_examples}) is not published; "
@@ -53,7 +53,7 @@ def should_publish(config: Config) -> bool:
 
 def check_signature(config: Config, signature: Signature) -> None:
     """Refuse a model whose signature differs from that of the newest published version."""
-    base = export_base(config)
+    base = served_folder(config)
     versions = existing_versions(base)
     if not versions:
         return
@@ -68,14 +68,14 @@ def check_signature(config: Config, signature: Signature) -> None:
         )
 
 
-def check_export_target(config: Config, class_names: list[str], input_shape: tuple[int, ...]) -> None:
+def check_publish_target(config: Config, class_names: list[str], input_shape: tuple[int, ...]) -> None:
     """Before training: can a version of this model be published? (Nothing to check
-    when the run will not publish.) The export folder must be writable and the served
+    when the run will not publish.) output.publish_dir must be writable and the served
     name's versions must have this model's signature; publishing checks the latter again."""
     if not should_publish(config):
         return
-    base = export_base(config)
-    folder = base if base.is_dir() else config.output.export_dir
+    base = served_folder(config)
+    folder = base if base.is_dir() else config.output.publish_dir
     try:
         make_folders(folder)  # 0755 under any umask: a server running as another user reads versions
         with tempfile.NamedTemporaryFile(prefix=".write-test-", dir=folder):
@@ -83,8 +83,8 @@ def check_export_target(config: Config, class_names: list[str], input_shape: tup
     except OSError as exc:
         fix = "free space there or " if out_of_space(exc) else ""
         raise ExportError(
-            f"output.export_dir {str(config.output.export_dir)!r}: cannot write to {str(folder)!r} "
-            f"({exc.strerror or exc}); {fix}--set output.export_dir=<a writable folder>"
+            f"output.publish_dir {str(config.output.publish_dir)!r}: cannot write to {str(folder)!r} "
+            f"({exc.strerror or exc}); {fix}--set output.publish_dir=<a writable folder>"
         ) from None
     check_signature(config, Signature(tuple(input_shape), "uint8", tuple(class_names)))
 
@@ -93,13 +93,13 @@ def not_better_reason(config: Config, metrics: dict[str, Any]) -> str | None:
     """With ``output.publish_if_better``: why this model is not published (its test
     accuracy does not beat the newest version's), or None. Figures are compared only
     when both were evaluated on the same split and number of examples."""
-    base = export_base(config)
+    base = served_folder(config)
     versions = existing_versions(base)
     if not config.output.publish_if_better or not versions:
         return None
     newest = versions[-1]
     try:
-        published = json.loads((base / str(newest) / "assets.extra" / "metrics.json").read_text())
+        published = json.loads((base / str(newest) / EXTRA / "metrics.json").read_text())
     except (OSError, ValueError):
         published = {}
     keys = ("split", "num_examples")
@@ -119,19 +119,12 @@ def not_better_reason(config: Config, metrics: dict[str, Any]) -> str | None:
     )
 
 
-def remove_stale_staging(base: Path) -> None:
-    """Remove staging folders that a killed export left in ``base``: those of a dead
-    process on this host, and legacy ones (no host and pid in the name) older than a day.
-    Another host's, or a live process's, may still be in use and are left alone."""
-    files.remove_stale_staging(base, STAGING_PREFIX)
-
-
 def find_run_version(config: Config, run: Path) -> Path | None:
     """The version that the run folder ``run`` published, if it published one."""
-    base = export_base(config)
+    base = served_folder(config)
     for number in reversed(existing_versions(base)):
         try:
-            record = json.loads((base / str(number) / "assets.extra" / RUN_RECORD).read_text())
+            record = json.loads((base / str(number) / EXTRA / RUN_RECORD).read_text())
         except (OSError, ValueError):
             continue
         if record.get("run_dir") == str(Path(run).resolve()):

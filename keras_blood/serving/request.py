@@ -71,5 +71,5 @@ def check_request(
     if not entries:
         raise KerasBloodError(f"no image files found in {' '.join(inputs)}")
     if not (Path(version_dir) / SAVED_MODEL).is_file():
-        raise ExportError(f"{version_dir} is not an exported model version (no saved_model.pb)")
+        raise ExportError(f"{version_dir} is not a published model version (no saved_model.pb)")
     return entries

@@ -1,4 +1,4 @@
-"""A published version on disk: ``<export_dir>/<name>/<number>/``, its signature, and how
+"""A published version on disk: ``<output.publish_dir>/<name>/<number>/``, its signature, and how
 to load it (the SavedModel for serving, ``model.keras`` for Keras-level tools)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 import keras_blood.models  # noqa: F401  (registers the custom layers a model.keras may name)
+from keras_blood.config.paths import EXTRA, SAVED_MODEL
 from keras_blood.errors import ExportError
 from keras_blood.preparation.decode import Preparation
 
@@ -59,12 +60,12 @@ def read_signature(version: Path) -> Signature:
     """A published version's signature: its ``assets.extra/signature.json``, or for
     versions exported before that file existed, the SavedModel's ``serving_default``
     input (read from saved_model.pb, without loading the model) and its class names."""
-    extra = version / "assets.extra"
+    extra = version / EXTRA
     try:
         if (extra / "signature.json").is_file():
             recorded = json.loads((extra / "signature.json").read_text())
             return Signature(tuple(recorded["input_shape"]), recorded["dtype"], tuple(recorded["class_names"]))
-        saved_model = saved_model_pb2.SavedModel.FromString((version / "saved_model.pb").read_bytes())
+        saved_model = saved_model_pb2.SavedModel.FromString((version / SAVED_MODEL).read_bytes())
         (pixels,) = saved_model.meta_graphs[0].signature_def[SIGNATURE].inputs.values()
         shape = tuple(dim.size for dim in pixels.tensor_shape.dim[1:])  # without the batch
         class_names = tuple(json.loads((extra / "class_names.json").read_text()))
@@ -100,20 +101,20 @@ class ExportedVersion:
 
     @property
     def extra(self) -> Path:
-        return self.path / "assets.extra"
+        return self.path / EXTRA
 
 
 def load_version(path: str | Path) -> ExportedVersion:
     path = Path(path)
-    if not (path / "saved_model.pb").is_file():
-        raise ExportError(f"{path} is not an exported model version (no saved_model.pb)")
+    if not (path / SAVED_MODEL).is_file():
+        raise ExportError(f"{path} is not a published model version (no saved_model.pb)")
     class_names, recipe = read_records(path)
     return ExportedVersion(path, _load_saved_model(path), class_names, Preparation.from_json(recipe))
 
 
 def read_records(path: Path) -> tuple[list[str], dict[str, Any]]:
     """A version's class names and preparation recipe (as recorded: JSON), from its files."""
-    extra = path / "assets.extra"
+    extra = path / EXTRA
     try:
         return json.loads((extra / "class_names.json").read_text()), json.loads(
             (extra / "preparation.json").read_text()
@@ -134,7 +135,7 @@ def _load_saved_model(path: Path):
         reason = str(getattr(exc, "message", exc)).strip().splitlines()[0]
         reason = reason if len(reason) <= 160 else reason[:157] + "..."
         raise ExportError(
-            f"{path}: this model version is damaged ({reason}); re-export it (train its config "
+            f"{path}: this model version is damaged ({reason}); publish a new one (train its config "
             "again) or use another version"
         ) from None
 
@@ -142,12 +143,12 @@ def _load_saved_model(path: Path):
 def load_keras_model(path: str | Path):
     """A version's Keras model (``model.keras``), loaded with ``safe_mode=True``."""
     path = Path(path)
-    if not (path / "saved_model.pb").is_file():
-        raise ExportError(f"{path} is not an exported model version (no saved_model.pb), e.g. saved_models/dropout03/1")
+    if not (path / SAVED_MODEL).is_file():
+        raise ExportError(f"{path} is not a published model version (no saved_model.pb), e.g. saved_models/dropout03/1")
     if not (path / KERAS_MODEL).is_file():
         raise ExportError(
-            f"{path} has no {KERAS_MODEL} (it was exported before versions kept their Keras model); "
-            f"re-export it by training its config again: python -m keras_blood.train "
+            f"{path} has no {KERAS_MODEL} (it was published before versions kept their Keras model); "
+            f"publish a new one by training its config again: python -m keras_blood.train "
             f"{path / 'assets.extra' / 'config.yaml'}"
         )
     # Register the custom layers the file may name (TTA, VGG16's input, temperature scaling).
@@ -158,8 +159,8 @@ def load_keras_model(path: str | Path):
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         reason = reason if len(reason) <= 160 else reason[:157] + "..."
         raise ExportError(
-            f"{path / KERAS_MODEL}: cannot load the Keras model ({reason}); re-export the version "
-            "(train its config again) or use another version"
+            f"{path / KERAS_MODEL}: cannot load the Keras model ({reason}); publish a new "
+            "version (train its config again) or use another version"
         ) from None
 
 

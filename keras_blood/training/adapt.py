@@ -33,7 +33,7 @@ from keras_blood.config.paths import version_config_file
 from keras_blood.errors import DataError
 from keras_blood.preparation.decode import Preparation
 from keras_blood.preparation.steps import make_preprocess
-from keras_blood.serving.export import export_model
+from keras_blood.serving.export import publish_model
 from keras_blood.serving.predict import Progress, prepared_files
 from keras_blood.serving.version import load_keras_model, read_records
 
@@ -178,4 +178,4 @@ def adapt_version(
         "layers": adapted,
     }
     metrics = {"adaptation": record}
-    return export_model(model, config, class_names, metrics, preparation=recipe, records={ADAPTATION_RECORD: record})
+    return publish_model(model, config, class_names, metrics, preparation=recipe, records={ADAPTATION_RECORD: record})

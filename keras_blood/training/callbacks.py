@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import math
 import re
-import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,8 +20,8 @@ from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 
 from keras_blood.evaluation.plots import plot_confusion_matrix
 from keras_blood.files import detach_open_file
+from keras_blood.training.backups import damaged, publish_checkpoint, read_backup, remove_leftovers, write_backup
 from keras_blood.training.keras_metrics import ConfusionMatrix, ScoreHistogram
-from keras_blood.training.runs import damaged, publish_checkpoint, read_backup, remove_leftovers, write_backup
 
 
 def tag(name: str) -> str:
@@ -168,7 +167,7 @@ class SourceValidation(keras.callbacks.Callback):
         for name, (inputs, labels) in self.sources.items():
             probs = self.model.predict(inputs, verbose=0)
             one_hot = np.eye(probs.shape[1], dtype=np.float32)[labels]
-            losses.append(float(keras.ops.convert_to_numpy(self.loss(one_hot, probs))))
+            losses.append(float(self.loss(one_hot, probs).numpy()))
             accuracies.append(float(np.mean(probs.argmax(axis=1) == labels)))
             logs[f"val_{name}_loss"], logs[f"val_{name}_accuracy"] = losses[-1], accuracies[-1]
         logs["val_sources_loss"], logs["val_sources_accuracy"] = float(np.mean(losses)), float(np.mean(accuracies))
@@ -243,24 +242,32 @@ class EpochBackup(keras.callbacks.BackupAndRestore):
     metadata file cut short (a JSONDecodeError, not the OSError it falls back on) nor a
     kill between the two writes. Here each epoch's weights go to a new file, then the
     metadata naming it (size, SHA-256) is renamed into place: that rename commits the
-    epoch (:func:`keras_blood.training.runs.write_backup`).
+    epoch (:func:`keras_blood.training.backups.write_backup`).
 
     ``best``: where the chief keeps the best checkpoint (None on the other workers of a
-    cluster): an epoch with a lower ``val_loss`` is published there after its commit.
+    cluster): an epoch with a lower ``monitor`` (``val_loss``) is published there after its
+    commit; with ``monitor`` None (no validation split), every epoch is, so the last is kept.
+
+    The backup is read when the callback is made, before ``fit``: ``fit`` must be given
+    :attr:`initial_epoch` (Keras's own callback sets a private attribute of the model instead).
     """
 
-    def __init__(self, backup_dir: Path, best: BestCheckpoint | None = None, monitor: str = "val_loss"):
+    def __init__(self, backup_dir: Path, best: BestCheckpoint | None = None, monitor: str | None = "val_loss"):
         super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
         self.folder = Path(backup_dir)
         self.best = best
         self.monitor = monitor
         self.size: int | None = None  # the last weights file's bytes
+        self.backup = read_backup(self.folder)  # checked: a RunError where it is damaged
+
+    @property
+    def initial_epoch(self) -> int | None:
+        """The epoch ``fit`` continues after: the backup's (None: no epoch committed)."""
+        return self.backup.epoch if self.backup else None
 
     def on_train_begin(self, logs=None):
-        backup = read_backup(self.folder)  # checked: a RunError where it is damaged
+        backup = self.backup
         remove_leftovers(self.folder, keep=backup.weights.name if backup else None)
-        # Keras's trainer starts at this when it is set; an earlier stage's must not carry over.
-        self.model._initial_epoch = None
         if backup is None:
             return
         if self.model.optimizer is not None and not self.model.optimizer.built:
@@ -270,13 +277,15 @@ class EpochBackup(keras.callbacks.BackupAndRestore):
         except Exception as exc:  # h5py and Keras word a bad file many ways
             why = " ".join(str(exc).split())[:200]
             raise damaged(self.folder, f"{backup.weights.name} does not load ({type(exc).__name__}: {why})") from None
-        self.model._initial_epoch = backup.epoch
         self.size = backup.weights.stat().st_size
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
+        value = (logs or {}).get(self.monitor) if self.monitor else None
         best = self.best
-        improved = best is not None and value is not None and math.isfinite(value) and value < best.value
+        if self.monitor is None:
+            improved = best is not None
+        else:
+            improved = best is not None and value is not None and math.isfinite(value) and value < best.value
         size = self.size or variables_bytes(self.model)
         backup = write_backup(
             self.folder,
@@ -288,7 +297,7 @@ class EpochBackup(keras.callbacks.BackupAndRestore):
         )
         self.size = backup.weights.stat().st_size
         if improved:
-            best.value, best.record = value, backup.best
+            best.value, best.record = math.inf if value is None else value, backup.best
             publish_checkpoint(backup, best.path)
 
     def save(self, path: Path) -> None:
@@ -300,57 +309,3 @@ class EpochBackup(keras.callbacks.BackupAndRestore):
 
     def on_train_end(self, logs=None):
         pass  # the trainer removes a member's backup once its record says it is done
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM (a scheduler's stop, ``timeout``, ``kill``) while a run trains, evaluates or
-    exports: raised like Ctrl-C, so that what is being written is cleaned up; the run
-    resumes. ``run``: its folder, once the trainer made one."""
-
-    def __init__(self, signal_name: str):
-        super().__init__(signal_name)
-        self.signal_name = signal_name
-        self.run: Path | None = None
-
-
-class StopRequest:
-    """A signal handler that stops the run: it raises :class:`Stopped` at once, or, while
-    ``deferred`` (inside ``fit``), leaves it to :class:`StopAtSafePoint` at the next batch
-    or epoch end, so that a stop never lands inside a write, a ``__del__`` or a callback
-    (where an exception would be lost). A second signal ends the process at once."""
-
-    def __init__(self):
-        self.signal_name: str | None = None
-        self.deferred = False
-
-    def handle(self, signum, frame) -> None:
-        signal.signal(signum, signal.SIG_DFL)
-        self.signal_name = signal.Signals(signum).name
-        if not self.deferred:
-            raise Stopped(self.signal_name)
-
-    def check(self) -> None:
-        if self.signal_name is not None:
-            raise Stopped(self.signal_name)
-
-
-class StopAtSafePoint(keras.callbacks.Callback):
-    """Raises a requested stop at the end of a training or validation batch, or of an
-    epoch. Put it last: an epoch that ended is backed up before the stop."""
-
-    def __init__(self, request: StopRequest):
-        super().__init__()
-        self.request = request
-
-    def on_train_begin(self, logs=None):
-        self.request.deferred = True
-        self.request.check()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.request.check()
-
-    def on_test_batch_end(self, batch, logs=None):
-        self.request.check()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.request.check()

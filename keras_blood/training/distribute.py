@@ -7,7 +7,7 @@ gradients, so every worker applies the same update and holds the same weights.
 
 Keras 3.15 cannot ``fit`` under this strategy as it ships (keras-team/keras#20585,
 tensorflow/tensorflow#72388); :func:`make_fit_work` works around the two faults on one
-model instance, without patching any Keras module. ``tests/test_distribute.py`` runs
+model instance, without patching any Keras module. ``tests/training/test_distribute.py`` runs
 an unpatched model on two workers and fails once upstream is fixed, to say the
 workaround can go.
 """
@@ -21,7 +21,6 @@ import types
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src import tree  # Keras's own structure utilities (optree), as its trainer uses
 
 from keras_blood.errors import ConfigError
 
@@ -46,6 +45,21 @@ def make_fit_work(model: keras.Model, strategy: tf.distribute.Strategy) -> keras
     """
     if not is_multi_worker(strategy):
         return model
+    build_from_local_batch(model, strategy)
+    model.train_step = vector_logs(model.train_step)
+    model.test_step = vector_logs(model.test_step)
+    return model
+
+
+def build_from_local_batch(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
+    """Fault 1 of :func:`make_fit_work` (keras-team/keras#20585): ``fit`` builds the model
+    from this worker's own values of its first batch, not from a cross-worker reduction.
+
+    Keras has no public hook for that step, so this replaces the private
+    ``TensorFlowTrainer._maybe_symbolic_build(iterator=None, data_batch=None)`` on this one
+    instance. ``tests/training/test_distribute.py`` fails if Keras renames it, changes its
+    signature or stops calling it from ``fit`` and ``evaluate``: the override would then
+    silently do nothing."""
 
     def local_values(value):
         if isinstance(value, tf.distribute.DistributedValues):
@@ -55,24 +69,24 @@ def make_fit_work(model: keras.Model, strategy: tf.distribute.Strategy) -> keras
     def maybe_symbolic_build(self, iterator=None, data_batch=None):
         if iterator is not None:
             for _, _, batches in iterator:
-                data_batch = tree.map_structure(local_values, next(batches))
+                data_batch = keras.tree.map_structure(local_values, next(batches))
                 break
         with strategy.scope():
             self._symbolic_build(data_batch=data_batch)
 
-    def vector_logs(step):
-        def wrapped(data):
-            logs = step(data)
-            return tree.map_structure(
-                lambda v: tf.reshape(v, [-1]) if tf.is_tensor(v) and v.shape.rank == 0 else v, logs
-            )
-
-        return wrapped
-
     model._maybe_symbolic_build = types.MethodType(maybe_symbolic_build, model)
-    model.train_step = vector_logs(model.train_step)
-    model.test_step = vector_logs(model.test_step)
-    return model
+
+
+def vector_logs(step):
+    """Fault 2 of :func:`make_fit_work`: ``step``'s scalar logs as 1-element vectors."""
+
+    def wrapped(data):
+        logs = step(data)
+        return keras.tree.map_structure(
+            lambda v: tf.reshape(v, [-1]) if tf.is_tensor(v) and v.shape.rank == 0 else v, logs
+        )
+
+    return wrapped
 
 
 def per_replica_batch(global_batch: int, strategy: tf.distribute.Strategy) -> int:

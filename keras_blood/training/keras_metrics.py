@@ -50,7 +50,7 @@ class ConfusionMatrix(keras.metrics.Metric):
         return tf.reduce_sum(f1 * present) / tf.reduce_sum(present)
 
     def counts(self) -> np.ndarray:
-        return keras.ops.convert_to_numpy(self.matrix).round().astype(np.int64)
+        return self.matrix.numpy().round().astype(np.int64)  # read summed over replicas, as any metric
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes}
@@ -99,7 +99,7 @@ class ScoreHistogram(keras.metrics.Metric):
         step, remainder = divmod(self.buckets - 1, num_thresholds - 1)
         if remainder:
             raise ValueError(f"num_thresholds - 1 = {num_thresholds - 1} must divide buckets - 1 = {self.buckets - 1}")
-        histogram = keras.ops.convert_to_numpy(self.histogram).astype(np.int64)
+        histogram = self.histogram.numpy().astype(np.int64)
         at_or_above = np.cumsum(histogram[..., ::-1], axis=-1)[..., ::-1][..., ::step]  # [class, 2, thresholds]
         totals = histogram.sum(-1, keepdims=True)
         fp, tp = at_or_above[:, 0], at_or_above[:, 1]

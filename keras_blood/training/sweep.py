@@ -38,7 +38,7 @@ from keras_blood.config.sweep import Sweep, SweepCell
 from keras_blood.errors import KerasBloodError
 from keras_blood.evaluation.plots import plt
 from keras_blood.files import write_atomic
-from keras_blood.training.runs import first_difference, latest_unfinished
+from keras_blood.training.resume import first_difference, latest_unfinished
 from keras_blood.training.trainer import train
 
 # `seconds` is training (fit) time; `val_*` are at the best validation epoch, whose weights

@@ -6,7 +6,7 @@ run folder exists: it reads the ``model.weights`` source, loads and checks the d
 makes the preparation steps. The hooks then build what training needs:
 :meth:`~Task.build_inputs` (the tf.data pipelines), :meth:`~Task.build_model`,
 :meth:`~Task.build_optimizer`, :meth:`~Task.evaluate` (the test split, scored once) and
-:meth:`~Task.export` (the serving graph, published). The run's state (resume, roles,
+:meth:`~Task.publish` (the serving graph, published). The run's state (resume, roles,
 ensemble members, transfer stages) belongs to :class:`keras_blood.training.trainer.Trainer`.
 """
 
@@ -32,7 +32,7 @@ from keras_blood.evaluation.report import score_test_split
 from keras_blood.files import write_atomic
 from keras_blood.models.registry import build_model
 from keras_blood.preparation.steps import make_preprocess
-from keras_blood.serving.export import export_model
+from keras_blood.serving.export import publish_model
 from keras_blood.serving.publish import NotPublished, find_run_version
 from keras_blood.training import distribute
 from keras_blood.training.callbacks import SourceValidation
@@ -80,10 +80,14 @@ def make_optimizer(config: Config, steps_per_epoch: int):
 
 
 def load_checked_data(config: Config) -> DataBundle:
-    """The data the config names, with every split training needs (DataError if not)."""
+    """The data the config names, with every split training needs (DataError if not):
+    training, validation (the checkpoint) and test (the report), but for those that
+    data.val_fraction or data.test_fraction 0 leaves undrawn (DataConfig.undrawn_splits)."""
     data = load_data(config.data, config.seed)
-    for split in SPLITS:  # training, validation (the checkpoint) and test (the report)
+    for split in SPLITS:
         if split not in data.splits or len(data.splits[split]) == 0:
+            if split in config.data.undrawn_splits:
+                continue
             raise DataError(f"data source {data.name!r} has no {split!r} examples")
     return data
 
@@ -178,6 +182,15 @@ class Task:
         """What the model takes: the data's images, or their cell crops (DataConfig.model_size)."""
         return (*self.config.data.model_size, self.data.image_shape[-1])
 
+    def has_split(self, split: str) -> bool:
+        return len(self.data.splits.get(split, ())) > 0
+
+    @property
+    def selection_key(self) -> str | None:
+        """The validation figure that picks the checkpoint kept (Config.selection_key); None
+        without a validation split: every epoch replaces the last, and the last is kept."""
+        return self.config.selection_key if self.has_split("val") else None
+
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.data.splits["train"]) / self.config.train.batch_size)
@@ -214,8 +227,9 @@ class Task:
         """Single process: the seeded pipeline, one pass an epoch. A cluster: each worker its
         own shard, repeated, the same number of steps on all (keras_blood.training.distribute)."""
         seed = self.seeds[member]
+        validation = self.build_inputs("val") if self.has_split("val") else None
         if not distribute.is_multi_worker(self.strategy):
-            return TrainingInputs(self.build_inputs("train", training=True, seed=seed), None, self.build_inputs("val"))
+            return TrainingInputs(self.build_inputs("train", training=True, seed=seed), None, validation)
         train = self.data.splits["train"]
 
         def make_shard(shard: int, num_shards: int, batch: int):
@@ -226,7 +240,7 @@ class Task:
         return TrainingInputs(
             distribute.distribute_training_data(self.strategy, make_shard, global_batch),
             distribute.steps_per_epoch(len(train), global_batch),
-            distribute.shard_validation_data(self.build_inputs("val")),
+            None if validation is None else distribute.shard_validation_data(validation),
         )
 
     # ------------------------------------------------------------------ model
@@ -277,13 +291,13 @@ class Task:
         :func:`keras_blood.evaluation.report.score_test_split` on this task's pipelines."""
         return score_test_split(members, histories, self.build_inputs, self.data, self.config, self.seeds)
 
-    def export(self, model: keras.Model, metrics: dict[str, Any], run: RunFolder) -> Path | None:
+    def publish(self, model: keras.Model, metrics: dict[str, Any], run: RunFolder) -> Path | None:
         """Publish the evaluated model as a new version (or say why not). The run records the
         outcome and the version records its run, so a resumed run never publishes twice."""
         version = find_run_version(self.config, run.path)  # published before a kill
         if version is None:
             try:
-                version = export_model(
+                version = publish_model(
                     model, self.config, self.data.class_names, metrics, self.data.preparation, run=run.path
                 )
             except NotPublished as declined:

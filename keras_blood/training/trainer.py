@@ -9,13 +9,13 @@ stages of ``train.transfer_schedule``.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,37 +27,24 @@ from keras_blood.config.schema import Config
 from keras_blood.data.split_record import split_record
 from keras_blood.errors import KerasBloodError
 from keras_blood.evaluation.plots import log_color_extraction, plot_learning_curves
-from keras_blood.evaluation.report import write_report
-from keras_blood.files import out_of_space
-from keras_blood.serving.publish import check_export_target
+from keras_blood.evaluation.report import NO_VALIDATION, write_report
+from keras_blood.files import out_of_space, require_free_space
+from keras_blood.serving.publish import check_publish_target
+from keras_blood.training.backups import member_backup, restore_checkpoint, state_bytes
 from keras_blood.training.callbacks import (
     BestCheckpoint,
     ElapsedTime,
     EpochBackup,
     ResumableEarlyStopping,
-    StopAtSafePoint,
-    Stopped,
-    StopRequest,
     ValidationTensorBoard,
     variables_bytes,
 )
 from keras_blood.training.distribute import barrier, weights_fingerprint
-from keras_blood.training.runs import (
-    TRAINED,
-    RunError,
-    RunFolder,
-    best_value,
-    check_free_space,
-    check_resumed_data,
-    check_run_target,
-    existing_folder,
-    member_backup,
-    read_history,
-    restore_checkpoint,
-    state_bytes,
-    truncate_history,
-)
+from keras_blood.training.history import best_value, read_history, truncate_history
+from keras_blood.training.resume import check_resumed_data
+from keras_blood.training.runs import TRAINED, RunError, RunFolder, check_run_target, existing_folder
 from keras_blood.training.runtime import cluster_from_env, describe_devices, select_strategy
+from keras_blood.training.signals import StopAtSafePoint, Stopped, StopRequest, stop_on_sigterm
 from keras_blood.training.task import Task
 from keras_blood.training.transfer import set_trainable, training_stages
 
@@ -74,7 +61,7 @@ def schedule_done(history: dict[str, list[float]], config: Config) -> bool:
     """Whether a member's recorded epochs already end its training: all epochs run, or
     early stopping's patience used up."""
     val_loss, patience = history.get(config.selection_key, []), config.train.early_stopping_patience
-    if len(val_loss) >= config.train.epochs:
+    if max(map(len, history.values()), default=0) >= config.train.epochs:  # without validation too
         return True
     best = min(range(len(val_loss)), key=val_loss.__getitem__) if val_loss else 0
     return bool(patience and val_loss and len(val_loss) - 1 - best >= patience)
@@ -102,7 +89,7 @@ class Trainer:
     def fit(self) -> TrainResult:
         task, config = self.task, self.task.config
         if task.is_chief:  # the target of the export: writable, and the same signature as its versions
-            check_export_target(config, task.data.class_names, task.data.image_shape)
+            check_publish_target(config, task.data.class_names, task.data.image_shape)
         # Before the run folder: a model that cannot be built, or weights that do not fit, leave nothing.
         first_model = task.build_member(0)
         if task.is_chief:
@@ -110,6 +97,8 @@ class Trainer:
             self.check_space(first_model)
             self.run = RunFolder.open(self.resume) if self.resume else RunFolder.create(config, self.data_split)
             print(f"Run folder: {self.run.path}  (tensorboard --logdir {self.run.path.parent})", flush=True)
+            if task.selection_key is None:
+                print(f"No early stopping; the weights kept are those of {NO_VALIDATION}", flush=True)
             if not self.resume and (config.data.color_extraction or config.data.cell_crop is not None):
                 log_color_extraction(
                     task.data.splits["train"], task.data.class_names, config.data, self.run.path, config.seed
@@ -152,7 +141,7 @@ class Trainer:
         if task.transfer is not None:  # where the weights came from; the version's metrics.json has it too
             metrics["transfer"] = task.transfer.record
         self.write_run_report(metrics, histories, curves)
-        version = task.export(model, metrics, self.run)
+        version = task.publish(model, metrics, self.run)
         barrier(task.strategy)
         return TrainResult(model, metrics, self.run.path, version)
 
@@ -174,7 +163,7 @@ class Trainer:
                 "free space there or --set output.runs_dir=<a folder with room> "
                 f"(output.runs_dir is {str(config.output.runs_dir)!r})"
             )
-        check_free_space(folder, copies * state, f"training {config.name!r} (backups and checkpoints)", fix)
+        require_free_space(folder, copies * state, f"training {config.name!r} (backups and checkpoints)", fix)
 
     # ------------------------------------------------------------------ one member
 
@@ -202,18 +191,17 @@ class Trainer:
         if run is not None:
             callbacks.append(keras.callbacks.CSVLogger(str(run.history_csv(tag)), append=True))
         callbacks.append(keras.callbacks.TerminateOnNaN())
-        if config.train.early_stopping_patience:
+        key = self.task.selection_key  # None without a validation split (no early stopping then: Config)
+        if config.train.early_stopping_patience and key is not None:
             callbacks.append(
                 ResumableEarlyStopping(
-                    past=history.get(config.selection_key),
-                    monitor=config.selection_key,
-                    patience=config.train.early_stopping_patience,
+                    past=history.get(key), monitor=key, patience=config.train.early_stopping_patience
                 )
             )
         # Last: an epoch's CSV row is written before its backup commits it, so a resumed run
         # never lacks a row for an epoch the backup holds (extra rows are cut on resume); the
         # best checkpoint is published after the commit, so it never holds an uncommitted epoch.
-        callbacks.append(EpochBackup(backup_dir, self.best if run is not None else None, config.selection_key))
+        callbacks.append(EpochBackup(backup_dir, self.best if run is not None else None, key))
         if self.stop is not None:  # after the backup: an epoch that ended is committed first
             callbacks.append(StopAtSafePoint(self.stop))
         return callbacks
@@ -222,41 +210,65 @@ class Trainer:
         """Train one member to the end of its schedule (or early stop), continuing from its
         backup if a killed run left one. Returns its whole per-epoch history. ``model``: the
         member already built (member 0 is built before the run folder exists)."""
-        task, config, run, record = self.task, self.task.config, self.run, self.record
+        task, run = self.task, self.run
         tag = RunFolder.tag(member, task.ensemble)
-        scratch = None
+        with self.backup_folder(tag) as backup_dir:
+            history = self.resume_member(tag, backup_dir)
+            if history.get("loss"):
+                print(f"Resuming {tag or 'training'} after epoch {len(history['loss'])}", flush=True)
+                if schedule_done(history, task.config):  # killed between its last epoch and its record
+                    return history if run is not None else {}
+            model = model or task.build_member(member)
+            self.fit_stages(member, model, backup_dir, history)
+        if self.stop is not None:
+            self.stop.check()  # one that came as fit ended
+        return self.trained_history(tag, model)
+
+    @contextlib.contextmanager
+    def backup_folder(self, tag: str) -> Iterator[Path]:
+        """The member's backup folder: the run folder's on the chief. A worker that is not
+        the chief backs up into a folder of its own (removed at the end), starting from the
+        chief's backup when the run is resumed."""
+        if self.run is not None:
+            yield self.run.backup_dir(tag)
+            return
+        scratch = Path(tempfile.mkdtemp(prefix=f"keras-blood-{self.task.cluster.name}-"))
+        try:
+            backup_dir = scratch / "backup"
+            if self.record is not None and self.record.backup_dir(tag).is_dir():
+                shutil.copytree(self.record.backup_dir(tag), backup_dir)
+            yield backup_dir
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def resume_member(self, tag: str, backup_dir: Path) -> dict[str, list[float]]:
+        """The member's history up to the epoch its backup holds (the backup's weights
+        checked against its record), and on the chief its best checkpoint so far
+        (``self.best``); the chief's checkpoint and history file are first put back to what
+        the backup's record says."""
+        task, run, record = self.task, self.run, self.record
+        backup = member_backup(backup_dir)  # its weights checked against its record
         if run is not None:
-            backup_dir = run.backup_dir(tag)
-            backup = member_backup(backup_dir)  # its weights checked against its record
             restore_checkpoint(run.checkpoint(tag), backup)
             truncate_history(run.history_csv(tag), backup.epoch if backup else 0)
-        else:
-            # A worker that is not the chief backs up into a folder of its own (removed at the
-            # end), starting from the chief's backup when the run is resumed.
-            scratch = Path(tempfile.mkdtemp(prefix=f"keras-blood-{task.cluster.name}-"))
-            backup_dir = scratch / "backup"
-            if record is not None and record.backup_dir(tag).is_dir():
-                shutil.copytree(record.backup_dir(tag), backup_dir)
-            backup = member_backup(backup_dir)
         history = read_history(record.history_csv(tag)) if record else {}
         history = {key: values[: backup.epoch if backup else 0] for key, values in history.items()}
         # The best checkpoint so far: what a new best must beat, and what the file holds.
         self.best = (
             BestCheckpoint(
-                run.checkpoint(tag), best_value(history, config.selection_key), backup.best if backup else None
+                run.checkpoint(tag),
+                best_value(history, task.selection_key) if task.selection_key else math.inf,
+                backup.best if backup else None,
             )
             if run
             else None
         )
+        return history
 
-        if history.get("loss"):
-            print(f"Resuming {tag or 'training'} after epoch {len(history['loss'])}", flush=True)
-            if schedule_done(history, config):  # killed between its last epoch and its record
-                if scratch is not None:
-                    shutil.rmtree(scratch, ignore_errors=True)
-                return history if run is not None else {}
-
-        model = model or task.build_member(member)
+    def fit_stages(self, member: int, model: keras.Model, backup_dir: Path, history: dict[str, list[float]]) -> None:
+        """``fit`` each stage of the member's schedule (``train.transfer_schedule``), from
+        the epoch its backup holds."""
+        task, config = self.task, self.task.config
         training = task.build_training_inputs(member)
         try:
             for stage in training_stages(config, model, task.transfer, backup_dir):
@@ -265,13 +277,15 @@ class Trainer:
                     task.compile(model, stage.config)
                     trainable = sum(int(math.prod(w.shape)) for w in model.trainable_weights)
                     print(f"{stage.title}; {trainable:,} trainable parameters", flush=True)
+                callbacks = self.callbacks(member, stage.backup_dir, history)
+                backup = next(callback for callback in callbacks if isinstance(callback, EpochBackup))
                 fitted = model.fit(
                     training.data,
                     steps_per_epoch=training.steps,
                     validation_data=training.validation,
-                    initial_epoch=len(history.get("loss", [])),  # the backup's, when there is one
+                    initial_epoch=backup.initial_epoch or len(history.get("loss", [])),
                     epochs=stage.epochs,
-                    callbacks=self.callbacks(member, stage.backup_dir, history),
+                    callbacks=callbacks,
                     # One line per epoch in logs and CI; a live bar in a terminal.
                     verbose=1 if sys.stdout.isatty() else 2,
                     shuffle=False,  # the tf.data pipeline already shuffles, seeded
@@ -284,11 +298,11 @@ class Trainer:
         finally:
             if self.stop is not None:
                 self.stop.deferred = False  # outside fit, a stop is raised at once
-            if scratch is not None:
-                shutil.rmtree(scratch, ignore_errors=True)
-        if self.stop is not None:
-            self.stop.check()  # one that came as fit ended
 
+    def trained_history(self, tag: str, model: keras.Model) -> dict[str, list[float]]:
+        """The trained member's whole history, from the chief's record ({} on another
+        worker); a KerasBloodError where training diverged."""
+        task, run = self.task, self.run
         # Equal on every worker of a cluster: the gradients were synchronised.
         who = f"{task.cluster.name}: " if task.cluster else ""
         print(f"{who}{tag or 'model'} trained; weights fingerprint {weights_fingerprint(model)}", flush=True)
@@ -298,7 +312,7 @@ class Trainer:
         if not history or any(not math.isfinite(v) for v in history["loss"]):
             raise KerasBloodError(
                 f"training diverged (loss became NaN/inf at epoch {len(history.get('loss', []))}); "
-                f"lower train.learning_rate (now {config.train.learning_rate}). Logs: {run.path}"
+                f"lower train.learning_rate (now {task.config.train.learning_rate}). Logs: {run.path}"
             )
         return history
 
@@ -310,6 +324,11 @@ class Trainer:
         """The test report (:func:`keras_blood.evaluation.report.write_report`), the test
         scalars for TensorBoard and the learning curves."""
         config, run, data = self.task.config, self.run, self.task.data
+        if metrics["split"] is None:  # no test split (data.test_fraction 0): no test figures to report
+            (run.path / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            plot_learning_curves(histories, run.path / "learning_curves.png", config.name)
+            print(f"Trained {metrics['epochs_run']} epochs in {metrics['train_seconds']:.0f} s; run folder {run.path}")
+            return
         with tf.summary.create_file_writer(str(run.path / "logs" / "test")).as_default():
             for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "auc"):
                 tf.summary.scalar(f"test/{key}", metrics[key], step=metrics["epochs_run"])
@@ -328,34 +347,16 @@ class Trainer:
         print(f"Trained {metrics['epochs_run']} epochs in {metrics['train_seconds']:.0f} s; run folder {run.path}")
 
 
-@contextlib.contextmanager
-def stop_on_sigterm(enabled: bool = True):
-    """SIGTERM stops the run cleanly in the block: yields the :class:`StopRequest` that
-    raises :class:`Stopped` (at once, or inside ``fit`` at the next batch or epoch end).
-    Only in the main thread of a single process: the workers of a cluster keep the
-    default, so that a stopped worker's peers, blocked in a collective operation on it,
-    are not left waiting."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield None
-        return
-    request = StopRequest()
-    previous = signal.signal(signal.SIGTERM, request.handle)
-    try:
-        yield request
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def no_space(config: Config, run: RunFolder | None, exc: BaseException) -> RunError:
     """One line for a full disk met while training, evaluating or exporting: what was
     being written, where, and how to go on."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     filename = getattr(exc, "filename", None)
     detail = f"{exc.strerror}: {filename}" if isinstance(exc, OSError) and exc.strerror and filename else text[:300]
-    export_dir = str(config.output.export_dir)
-    setting = "output.export_dir" if export_dir in f"{filename} {text}" else "output.runs_dir"
+    publish_dir = str(config.output.publish_dir)
+    setting = "output.publish_dir" if publish_dir in f"{filename} {text}" else "output.runs_dir"
     folder = (
-        config.output.export_dir if setting == "output.export_dir" else (run.path if run else config.output.runs_dir)
+        config.output.publish_dir if setting == "output.publish_dir" else (run.path if run else config.output.runs_dir)
     )
     then = (
         f"then continue with: python -m keras_blood.train --resume {run.path}"

@@ -31,7 +31,8 @@ from typing import Any
 import keras
 
 from keras_blood.config.loading import load_config
-from keras_blood.config.paths import weights_kind
+from keras_blood.config.paths import EXTRA, RUN_CONFIG, weights_kind
+from keras_blood.config.recipe import recipe
 from keras_blood.config.schema import Config, VGG16Config
 from keras_blood.data.sources.blood_cell_images.builder import FOLDERS, class_folders
 from keras_blood.data.sources.blood_cell_images.loader import DEFAULT_ROOT
@@ -39,7 +40,8 @@ from keras_blood.data.sources.bloodmnist.builder import CLASS_NAMES
 from keras_blood.errors import ConfigError, ExportError
 from keras_blood.models.registry import HEAD, build_model, named_layers
 from keras_blood.serving.version import load_keras_model
-from keras_blood.training.runs import FINE_TUNE_BACKUP, METADATA, RunFolder
+from keras_blood.training.backups import FINE_TUNE_BACKUP, METADATA
+from keras_blood.training.runs import RunFolder
 
 # ----------------------------------------------------------------------------- sources
 
@@ -110,17 +112,17 @@ def _run_classes(run: Path, config: Config) -> list[str]:
 
 
 def _version_source(value: str, path: Path) -> Source:
-    extra, keras_file = path / "assets.extra", path / "model.keras"
+    extra, keras_file = path / EXTRA, path / "model.keras"
     if not keras_file.is_file():
         try:
             trained_by = f" ({json.loads((extra / 'run.json').read_text())['run_dir']})"
         except (OSError, ValueError, KeyError):
             trained_by = ""
         raise ConfigError(
-            f"model.weights = {value!r}: this version predates the model.keras file of exported versions "
+            f"model.weights = {value!r}: this version predates the model.keras file of published versions "
             f"(its SavedModel has no layer names); point model.weights at the run folder that trained it{trained_by}"
         )
-    config = load_config(extra / "config.yaml")
+    config = load_config(extra / RUN_CONFIG)
     try:
         class_names = json.loads((extra / "class_names.json").read_text())
         model = load_keras_model(path)
@@ -234,7 +236,7 @@ class Transfer:
             raise ConfigError(
                 f"model.weights = {self.value!r}: not a weights file of this {model.name} model "
                 f"({_first_line(exc)}); to start from another keras-blood model, give its run folder, "
-                "checkpoint or exported version"
+                "checkpoint or published version"
             ) from None
         self.copied = [name for name in _weighted(model) if name != HEAD]
         self.record = {"source": str(Path(self.value).resolve()), "kind": "file", "layers_copied": len(self.copied)}
@@ -259,12 +261,56 @@ def _map_head(theirs, ours, their_classes: list[str], our_classes: list[str]) ->
 
 def prepare_transfer(config: Config) -> Transfer | None:
     """What ``model.weights`` puts into each member after its build, read and checked now
-    (None: nothing, or ImageNet / a base weights file that VGG16's builder reads itself)."""
+    (None: nothing, or ImageNet / a base weights file that VGG16's builder reads itself);
+    with ``model.weights_recipe: same``, the source's recipe checked against the config's."""
     value = config.model.weights
     kind = weights_kind(value)
+    same = config.model.weights_recipe == "same"
+    if same and kind not in ("run", "checkpoint", "version"):
+        raise ConfigError(
+            f"model.weights = {value!r}: model.weights_recipe 'same' fine-tunes a keras-blood model of this "
+            "recipe, which it checks; set model.weights=<a published version, e.g. saved_models/wbc_labs/1> "
+            "(or a run folder)"
+        )
+    if config.data.folder_classes == "subset" and kind in ("none", "imagenet"):
+        raise ConfigError(
+            f"model.weights = {value!r}: data.folder_classes 'subset' keeps classes the folder has no images of, "
+            "whose weights must come from another model; set model.weights=<a published version>"
+        )
     if kind in ("none", "imagenet") or (kind == "file" and isinstance(config.model, VGG16Config)):
         return None
-    return Transfer(value, None if kind == "file" else load_source(value, kind))
+    source = None if kind == "file" else load_source(value, kind)
+    if same:
+        check_same_recipe(config, source)
+    return Transfer(value, source)
+
+
+def check_same_recipe(config: Config, source: Source) -> None:
+    """A ConfigError (one line) naming the first setting of the recipe that differs between
+    ``config`` and the model ``source`` is: fine-tuned weights would see other pixels, or
+    their outputs mean other classes."""
+    theirs, ours = recipe(source.config, source.class_names), recipe(config, config.data.classes)
+    for key in [*theirs, *(key for key in ours if key not in theirs)]:
+        if theirs.get(key) == ours.get(key):
+            continue
+        there, here = theirs.get(key), ours.get(key)
+        if key == "data.classes":
+            there, here = source.class_names, config.data.classes
+        raise ConfigError(
+            f"model.weights = {str(source.path)!r} was trained with {key} = {_shown(there)}, this config has "
+            f"{_shown(here)} (model.weights_recipe 'same'): fine-tune it with a config of its recipe "
+            f"({_config_file(source)})"
+        )
+
+
+def _config_file(source: Source) -> Path:
+    if source.kind == "version":
+        return source.path / EXTRA / RUN_CONFIG
+    return (source.path if source.kind == "run" else source.path.parent.parent) / RUN_CONFIG
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if value is not None else "none"
 
 
 # ----------------------------------------------------------------------------- two stages

@@ -56,6 +56,7 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
     skip_unreadable: bool = False
     max_pixels: int = MAX_PIXELS
     partial_splits: bool = False
+    folder_classes: str = "all"
 
     def listing(self) -> Listing:
         return list_images(
@@ -67,6 +68,7 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
             self.test_fraction,
             self.seed,
             partial_splits=self.partial_splits,
+            folder_classes=self.folder_classes,
         )
 
 
@@ -81,6 +83,7 @@ def make_config(
     skip_unreadable: bool = False,
     max_pixels: int = MAX_PIXELS,
     partial_splits: bool = False,
+    folder_classes: str = "all",
 ) -> ImageFolderConfig:
     """The config of one source and one way of listing it; its name is a digest of both."""
     root = str(Path(root).expanduser().resolve())
@@ -90,6 +93,8 @@ def make_config(
         options.append(max_pixels)
     if partial_splits:
         options.append("partial_splits")
+    if folder_classes != "all":
+        options.append(f"folder_classes={folder_classes}")
     digest = hashlib.sha1(json.dumps(options).encode()).hexdigest()[:12]
     return ImageFolderConfig(
         name=f"{Path(root).stem[:40] or 'root'}-{digest}".replace(" ", "_"),
@@ -106,6 +111,7 @@ def make_config(
         skip_unreadable=skip_unreadable,
         max_pixels=max_pixels,
         partial_splits=partial_splits,
+        folder_classes=folder_classes,
     )
 
 

@@ -140,6 +140,7 @@ def source_listing(config: DataConfig, seed: int) -> Listing | None:
         config.test_fraction,
         seed,
         partial_splits=config.partial_splits,
+        folder_classes=config.folder_classes,
     )
 
 
@@ -176,33 +177,29 @@ def list_images(
     draw: bool = True,
     min_classes: int = 2,
     partial_splits: bool = False,
+    folder_classes: str = "all",
 ) -> Listing:
     """The images under ``root`` (a folder or a list file), classes matched, splits drawn.
 
     ``draw=False`` keeps every image in one ``test`` split (a lab's folder to evaluate on).
-    A DataError (one line, saying what to fix) where nothing usable is there.
+    ``folder_classes="subset"`` (data.folder_classes): the folder may lack some of
+    ``classes`` (they stay in the listing's class names, without images) and must hold no
+    other class. A DataError (one line, saying what to fix) where nothing usable is there.
     """
     root = Path(root).expanduser()
     names = ClassNames(classes, aliases)
     pattern = _compile(group_pattern)
-    if root.is_file():
-        found, base = _read_list(root), root.parent
-        _check_files(base, found, root)
-    elif root.is_dir():
-        found, base = _scan_folders(root), root
-        for name in sorted(found.folders):
-            check_class_name(name, shown(str(root)), "rename its folder")
-    else:
-        raise DataError(
-            f"data.root {quoted(str(root))} does not exist; give a folder of class folders or a .csv/.tsv list"
-        )
-    if not found.files:
-        raise DataError(f"{shown(str(root))} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); expected {_LAYOUT}")
-
+    found, base = _found_under(root)
     kept_names = [names(name) for name in found.names]
     rows = _unique_rows(found, kept_names, root)
     for i in rows:
         if kept_names[i] is None:
+            if folder_classes == "subset":
+                raise DataError(
+                    f"{shown(str(root))}: class {quoted(found.names[i])} (e.g. {shown(found.files[i])}) is not one of "
+                    f"the model's classes {quoted(names.classes or [])} (data.classes); name it as one of them, "
+                    "map it with data.class_aliases, or take its images out"
+                )
             found.left_out[f"class {found.names[i]}"] += 1
     # A class folder without images is a class too: it is named below, not lost.
     class_names = names.order([k for k in [*kept_names, *map(names, sorted(found.folders))] if k is not None])
@@ -212,7 +209,7 @@ def list_images(
             f"at least {min_classes} are needed ({_LAYOUT})"
         )
     rows = [i for i in rows if kept_names[i] is not None]
-    if draw:  # a lab's folder to evaluate on may lack some of the model's classes
+    if draw and folder_classes != "subset":  # a lab's folder to evaluate on may lack some of the model's classes
         _check_every_class_found(root, class_names, names, found, [kept_names[i] for i in rows])
     # Looked up as matched: TRAIN/EOSINOPHIL and TEST/Eosinophil are one class.
     index = {normal(name): i for i, name in enumerate(class_names)}
@@ -229,8 +226,30 @@ def list_images(
         splits = np.full(len(rows), "test", dtype=object).astype(str)
     listing = Listing(base, files, labels, groups, splits, class_names, dict(found.left_out))
     if draw:
-        gaps = _check_classes(listing, root, partial_splits)
+        gaps = _check_classes(listing, root, partial_splits, absent_kept=folder_classes == "subset")
+        absent = [name for label, name in enumerate(class_names) if not np.any(labels == label)]
+        if absent:  # data.folder_classes subset
+            gaps += (f"no images of {quoted(absent)}: kept in the model, with the weights model.weights gives them",)
     return dataclasses.replace(listing, warnings=(*gaps, *_shared_groups(listing)) if draw else ())
+
+
+def _found_under(root: Path) -> tuple[_Found, Path]:
+    """The images a list file names or class folders hold, and the folder their paths are
+    relative to; a DataError where there are none."""
+    if root.is_file():
+        found, base = _read_list(root), root.parent
+        _check_files(base, found, root)
+    elif root.is_dir():
+        found, base = _scan_folders(root), root
+        for name in sorted(found.folders):
+            check_class_name(name, shown(str(root)), "rename its folder")
+    else:
+        raise DataError(
+            f"data.root {quoted(str(root))} does not exist; give a folder of class folders or a .csv/.tsv list"
+        )
+    if not found.files:
+        raise DataError(f"{shown(str(root))} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); expected {_LAYOUT}")
+    return found, base
 
 
 def _unique_rows(found: _Found, kept_names: list[str | None], root: Path) -> list[int]:
@@ -373,32 +392,7 @@ def _add_files(found: _Found, root: Path, class_folder: Path, split: str, walk: 
 
 
 def _read_list(path: Path) -> _Found:
-    delimiter = LIST_SUFFIXES.get(path.suffix.lower())
-    if delimiter is None:
-        raise DataError(f"{path}: a list must be a .csv or .tsv file (columns path,label[,group][,split])")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, delimiter=delimiter)
-            rows, last = [], 0
-            for row in reader:  # numbered by the line a row starts on (a quoted cell may hold line breaks)
-                if any(cell.strip() for cell in row):
-                    rows.append((last + 1, row))
-                last = reader.line_num
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot read the list ({exc}); expected UTF-8 text with columns path,label") from None
-    columns: dict[str, int | None] = {"path": 0, "label": 1, "group": 2, "split": 3}
-    if rows and {normal(c) for c in rows[0][1]} & {"path", "file"}:
-        header = [normal(c) for c in rows[0][1]]
-        for key, options in (
-            ("path", ("path", "file")),
-            ("label", ("class", "label")),
-            ("group", ("group",)),
-            ("split", ("split",)),
-        ):
-            columns[key] = next((header.index(o) for o in options if o in header), None)
-        if columns["label"] is None:
-            raise DataError(f"{path}: the header {rows[0][1]} has no class or label column")
-        rows = rows[1:]
+    rows, columns = _list_rows(path)
 
     def cell(row: list[str], key: str) -> str:
         index = columns.get(key)
@@ -435,6 +429,38 @@ def _read_list(path: Path) -> _Found:
         found.splits.append(SPLIT_NAMES[normal(split)] if split else "")
         found.groups.append(cell(row, "group") or None)
     return found
+
+
+def _list_rows(path: Path) -> tuple[list[tuple[int, list[str]]], dict[str, int | None]]:
+    """A list file's non-empty rows, each with the line it starts on, and the column of
+    each field (from its header where it has one)."""
+    delimiter = LIST_SUFFIXES.get(path.suffix.lower())
+    if delimiter is None:
+        raise DataError(f"{path}: a list must be a .csv or .tsv file (columns path,label[,group][,split])")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            rows, last = [], 0
+            for row in reader:  # numbered by the line a row starts on (a quoted cell may hold line breaks)
+                if any(cell.strip() for cell in row):
+                    rows.append((last + 1, row))
+                last = reader.line_num
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read the list ({exc}); expected UTF-8 text with columns path,label") from None
+    columns: dict[str, int | None] = {"path": 0, "label": 1, "group": 2, "split": 3}
+    if rows and {normal(c) for c in rows[0][1]} & {"path", "file"}:
+        header = [normal(c) for c in rows[0][1]]
+        for key, options in (
+            ("path", ("path", "file")),
+            ("label", ("class", "label")),
+            ("group", ("group",)),
+            ("split", ("split",)),
+        ):
+            columns[key] = next((header.index(o) for o in options if o in header), None)
+        if columns["label"] is None:
+            raise DataError(f"{path}: the header {rows[0][1]} has no class or label column")
+        rows = rows[1:]
+    return rows, columns
 
 
 def _a_folder(list_file: Path, number: int, file: str) -> str:
@@ -501,10 +527,11 @@ def draw_splits(
     labels: np.ndarray, groups: np.ndarray, given: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> np.ndarray:
     """Each image's split: the one given, else drawn. Splits that no image is given are
-    drawn from the train pool (given train, and no split given), test first."""
+    drawn from the train pool (given train, and no split given), test first; a fraction of 0
+    draws none (every image of so few trains)."""
     splits = np.where(given == "", "train", given).astype("<U5")
     for name, fraction in (("test", test_fraction), ("val", val_fraction)):
-        if np.any(given == name):
+        if np.any(given == name) or not fraction:
             continue
         pool = np.flatnonzero(splits == "train")
         held = _held_out(labels[pool], groups[pool], fraction, seed)
@@ -542,14 +569,21 @@ def _held_out(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int
     return mask
 
 
-def _check_classes(listing: Listing, root: Path, partial_splits: bool = False) -> tuple[str, ...]:
-    """Every class has images in every split: else one line naming the first that has none.
-    With ``partial_splits``, only training images are required; the gaps in validation and
-    test are warnings, returned."""
+def _check_classes(
+    listing: Listing, root: Path, partial_splits: bool = False, absent_kept: bool = False
+) -> tuple[str, ...]:
+    """Every class has images in every split drawn or given: else one line naming the first that
+    has none. With ``partial_splits``, only training images are required; the gaps in validation
+    and test are warnings, returned. ``absent_kept``: a class without any image is no gap."""
     gaps = []
+    drawn = set(listing.splits.tolist())
     for split in SPLITS:
+        if split not in drawn and split != "train":  # data.val_fraction / test_fraction 0
+            continue
         present = set(listing.labels[listing.splits == split].tolist())
         for label, name in enumerate(listing.class_names):
+            if absent_kept and not np.any(listing.labels == label):
+                continue
             if label not in present:
                 if partial_splits and split != "train" and np.any(listing.labels == label):
                     gaps.append(f"warning: class {quoted(name)} has no images in the {split} split")

@@ -34,6 +34,7 @@ def load_image_folder(config: DataConfig, seed: int = 0) -> DataBundle:
         config.skip_unreadable,
         config.max_pixels,
         config.partial_splits,
+        config.folder_classes,
     )
     builder = prepared_builder(
         ImageFolder,
