@@ -137,9 +137,11 @@ def count_fields(
     for item in fields:
         image = read_field(item.path)
         boxes = find_cells(image, finder)
-        pixels = tf.convert_to_tensor(image)  # once a field, not once a cell
-        fill = field_fill(pixels)
-        windows = [capture_window(pixels, box, frame, cell_fraction, fill) for box in boxes]
+        windows = []
+        if boxes:
+            pixels = tf.convert_to_tensor(image)  # once a field, not once a cell
+            fill = field_fill(pixels)
+            windows = [capture_window(pixels, box, frame, cell_fraction, fill) for box in boxes]
         pending.append(CountedField(item, image, boxes, windows))
         waiting += len(boxes)
         held += image.shape[0] * image.shape[1]

@@ -26,6 +26,7 @@ version's recipe (:func:`~keras_blood.preparation.decode.prepare`) and the graph
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,6 +67,20 @@ def fields_record(finder: FinderConfig | None = None, cell_fraction: float = CEL
     }
 
 
+@functools.cache
+def field_finder(finder: FinderConfig, max_pixels: int | None):
+    """Encoded field -> its pixels, :func:`find_cells_tf`'s boxes, valid and edge, and its
+    median colour: one compiled function for each finder and limit, traced once a process
+    (tracing the finder takes seconds; every version published after the first calls it)."""
+
+    def find(data):
+        pixels = decode(data, max_pixels)
+        found = find_cells_tf(pixels[None], finder)
+        return pixels, found.boxes[0], found.valid[0], found.edge[0], median_colour(pixels)
+
+    return tf.function(find, input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+
+
 def make_serve_fields(
     serve: Callable[[tf.Tensor], dict[str, tf.Tensor]],
     prep: Preparation,
@@ -85,10 +100,7 @@ def make_serve_fields(
         one = tf.debugging.assert_equal(tf.size(field), 1, message=f"{FIELDS_SIGNATURE} takes one encoded field a call")
         with tf.control_dependencies([one]):
             data = tf.reshape(field, [])
-        pixels = decode(data, max_pixels)
-        found = find_cells_tf(pixels[None], finder)
-        boxes, valid, edge = found.boxes[0], found.valid[0], found.edge[0]
-        fill = median_colour(pixels)
+        pixels, boxes, valid, edge, fill = field_finder(finder, max_pixels)(data)
         cells = tf.boolean_mask(boxes, valid)
 
         def classify():

@@ -130,6 +130,7 @@ def served(tmp_path_factory):
 
     yield serve
     server.stdin.close()
+    server.kill()  # idle, with nothing to write: TensorFlow's own exit would take seconds
     server.wait(timeout=60)
 
 
