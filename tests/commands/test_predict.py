@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from keras_blood.config.cli import run_main
 from keras_blood.config.schema import Config
+from keras_blood.data.sources.bloodmnist.builder import CLASS_NAMES
 from keras_blood.models.registry import build_model
 from keras_blood.predict import main
 from keras_blood.preparation.decode import decode_file, preparer
@@ -21,16 +22,7 @@ from keras_blood.serving.predict import Progress, predict, prepared_batches
 from keras_blood.serving.request import expand_inputs
 from tests.helpers import REPO, capture_from, command_lines, encode
 
-CLASSES = [
-    "basophil",
-    "eosinophil",
-    "erythroblast",
-    "immature granulocyte",
-    "lymphocyte",
-    "monocyte",
-    "neutrophil",
-    "platelet",
-]
+CLASSES = list(CLASS_NAMES)
 HEADER = ["path", "label", "probability", *CLASSES, "error"]
 
 

@@ -31,6 +31,7 @@ from keras_blood.config.loading import MAX_YAML_NODES, load_config, load_yaml
 from keras_blood.config.paths import weights_kind
 from keras_blood.config.quote import MAX_QUOTED
 from keras_blood.config.sweep import load_sweep
+from keras_blood.data.sources.bloodmnist.builder import CLASS_NAMES
 from keras_blood.errors import ConfigError
 from keras_blood.files import host_name, make_folders, remove_stale_staging
 from tests.helpers import REPO, synthetic_npz
@@ -478,16 +479,7 @@ def version(tiny):
     return publish_model(
         model,
         config,
-        [
-            "basophil",
-            "eosinophil",
-            "erythroblast",
-            "immature granulocyte",
-            "lymphocyte",
-            "monocyte",
-            "neutrophil",
-            "platelet",
-        ],
+        list(CLASS_NAMES),
         {},
         recipe,
     )

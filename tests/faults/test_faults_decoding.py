@@ -409,6 +409,7 @@ def test_evaluate_data_reads_long_bmps_and_names_an_unreadable_file_and_the_key(
     assert report["num_examples"] == 16 and report["left_out"] == {"unreadable files": 1}
 
 
+@pytest.mark.slow
 def test_evaluate_data_refuses_a_20000_pixel_square_png_from_its_header(lab_version, command, tmp_path, capfd):
     root = lab_folder(tmp_path / "lab", per_class=5)
     huge = root / "neutrophil" / "huge.png"

@@ -117,6 +117,7 @@ def test_float_edge_models_give_the_saved_models_probabilities(kaggle_like, bloo
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["litert", "onnx"])
 def test_the_extent_crop_converts(kaggle_extent, fmt):
     assert_parity(kaggle_extent, export_edge(kaggle_extent, fmt), cell_pixels(70, seed=2))
@@ -212,6 +213,7 @@ def test_int8_quantizes_the_network_and_keeps_its_accuracy(tmp_path):
     assert np.abs(quantized - served).max() < 0.1
 
 
+@pytest.mark.slow
 def test_the_preparation_stays_out_of_quantization(kaggle_like):
     float_model = edge_module.convert_litert(kaggle_like)
     names = edge_module.preparation_nodes(float_model)

@@ -10,22 +10,14 @@ from tensorboard.backend.event_processing.event_accumulator import TENSORS, Even
 from keras_blood.config.schema import Config
 from keras_blood.data.base import Split
 from keras_blood.data.pipeline import make_dataset
+from keras_blood.data.sources.bloodmnist.builder import CLASS_NAMES
 from keras_blood.evaluation.metrics import classification_metrics
 from keras_blood.models.registry import build_model
 from keras_blood.training.callbacks import ValidationTensorBoard, tag
 from keras_blood.training.keras_metrics import ScoreHistogram, validation_metrics
 from tests.helpers import synthetic_npz
 
-NAMES = [
-    "basophil",
-    "eosinophil",
-    "erythroblast",
-    "immature granulocyte",
-    "lymphocyte",
-    "monocyte",
-    "neutrophil",
-    "platelet",
-]
+NAMES = list(CLASS_NAMES)
 
 
 @pytest.fixture
