@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from keras_blood.config.cli import add_overrides, run_main
+from keras_blood.config.cli import add_overrides, at_least_one, run_main
 from keras_blood.errors import KerasBloodError
 from keras_blood.serving.request import check_request
 
@@ -35,15 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="the lab's images: a folder (searched recursively; labels not read), files or globs",
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="images a forward pass (default: 64)")
+    parser.add_argument("--batch-size", type=at_least_one, default=64, help="images a forward pass (default: 64)")
     return add_overrides(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
     entries = check_request(args.version, args.data)  # a bad argument: one line, before TensorFlow starts
     if missing := [(path, why) for path, why in entries if why]:
         raise KerasBloodError(f"--data {missing[0][0]}: {missing[0][1]}")

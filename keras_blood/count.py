@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from keras_blood.config.cli import files_parser, run_main
+from keras_blood.config.cli import at_least_one, files_parser, run_main
 from keras_blood.preparation.limits import MAX_PIXELS  # no TensorFlow: an argument is checked at once
 from keras_blood.serving.count_request import CELL_FRACTION, check_count_request
 
@@ -55,10 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the cell's box over the shorter side of the window cut around it, as in the captures the model "
         f"was trained on (default: {CELL_FRACTION})",
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="cells per model call (default: 64)")
+    parser.add_argument("--batch-size", type=at_least_one, default=64, help="cells per model call (default: 64)")
     parser.add_argument(
         "--max-pixels",
-        type=int,
+        type=at_least_one,
         default=MAX_PIXELS,
         metavar="N",
         help=f"refuse fields whose header says they have more pixels than this (default: {MAX_PIXELS:_}); "
@@ -70,10 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
-    if args.max_pixels < 1:
-        parser.error("--max-pixels must be at least 1")
     if not 0.0 < args.cell_fraction <= 1.0:
         parser.error("--cell-fraction must be in (0, 1]")
     # One line for a bad argument, before TensorFlow starts.

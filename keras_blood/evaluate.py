@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from keras_blood.config.cli import add_overrides, run_main
+from keras_blood.config.cli import add_overrides, at_least_one, run_main
 from keras_blood.config.deprecated import add_old_spelling
 from keras_blood.config.loading import load_config
 from keras_blood.config.paths import version_config_file
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-pixels",
-        type=int,
+        type=at_least_one,
         metavar="N",
         help="with --data: refuse images whose header says they have more pixels than this "
         "(default: the version's data.max_pixels, 50_000_000); decoding takes tens of bytes per pixel",
@@ -64,8 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.max_pixels is not None and args.max_pixels < 1:
-        parser.error("--max-pixels must be at least 1")
     # A split the source lacks, or data that is not there, is said before TensorFlow starts
     # (and prints its log lines): reading the data needs no TensorFlow until it is prepared.
     config = load_config(version_config_file(Path(args.version)), args.overrides)

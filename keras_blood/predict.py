@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from keras_blood.config.cli import files_parser, run_main
+from keras_blood.config.cli import at_least_one, files_parser, run_main
 from keras_blood.preparation.limits import MAX_PIXELS  # no TensorFlow: an argument is checked at once
 from keras_blood.serving.request import check_request
 
@@ -33,10 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV to write (default: a new predictions/<name>-v<version>-<timestamp>.csv)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace the --output file if it exists")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
+    parser.add_argument("--batch-size", type=at_least_one, default=64, help="images per model call (default: 64)")
     parser.add_argument(
         "--max-pixels",
-        type=int,
+        type=at_least_one,
         default=MAX_PIXELS,
         metavar="N",
         help=f"skip images whose header says they have more pixels than this, with an error row "
@@ -48,10 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be at least 1")
-    if args.max_pixels < 1:
-        parser.error("--max-pixels must be at least 1")
     check_request(args.version, args.paths, args.output, args.overwrite)  # one line, before TensorFlow starts
 
     from keras_blood.serving.predict import predict

@@ -20,6 +20,17 @@ from keras_blood.errors import KerasBloodError
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def at_least_one(text: str) -> int:
+    """An argparse ``type``: a whole number of 1 or more (a batch size, a pixel limit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
 def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("config", help="YAML experiment config, e.g. configs/dropout03.yaml")

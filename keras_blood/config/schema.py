@@ -162,10 +162,12 @@ class CellCropConfig(_Strict):
         "capture cropped tight around its cell is zoomed out to the scale of the other labs' cells, the "
         "window's part past the image's edge taking `extent_fill`.",
     )
-    extent_fill: Literal["background", "border"] = Field(
+    extent_fill: Literal["background", "border", "field"] = Field(
         default="background",
         description="extent: what a window takes past the image's edge: data.color.background, or the "
-        "mean colour of the image's own border (a tight crop then sits on a plain field of its colour).",
+        "mean colour of the image's own border (a tight crop then sits on a plain field of its colour); "
+        "field: as border, but black padding (a rotation's corners, a letterbox) is not field: it is left "
+        "out of that mean and painted with it.",
     )
 
     def window_side(self, height: int, width: int) -> int:
@@ -308,12 +310,13 @@ class DataConfig(_Strict):
     color: ColorConfig = Field(
         default=ColorConfig(), description="Colour extraction's thresholds (the data.color table below)."
     )
-    stain_normalize: Literal["none", "channels", "grey"] = Field(
+    stain_normalize: Literal["none", "channels", "grey", "macenko"] = Field(
         default="none",
         description="After the cell crop, before colour extraction: channels standardises each "
         "image's R, G and B to one mean and spread; grey does so for its luma and repeats it in "
-        "all three channels (stain colour gone, shapes and texture kept). Either makes another "
-        "lab's stain and lamp look more alike; in tf.data and in the exported serving graph.",
+        "all three channels (stain colour gone, shapes and texture kept); macenko finds each image's "
+        "haematoxylin and eosin colours and redraws it with one reference pair (Macenko et al. 2009). "
+        "Each makes another lab's stain and lamp look more alike; in tf.data and in the exported serving graph.",
     )
     cell_crop: CellCropConfig | None = Field(
         default=None,  # filled per source in _source_defaults
@@ -680,6 +683,11 @@ class AugmentConfig(_Strict):
         description="HED jitter: max change of each image's haematoxylin, eosin and DAB amounts "
         "(factor 1 - stain to 1 + stain, shift up to stain in optical density): another lab's staining",
     )
+    background_tint: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.0,
+        description="max shift of each of R, G, B of an image's background (its pixels above its mean "
+        "brightness), as a fraction of 255: a background colour that follows the class in one lab teaches nothing",
+    )
     grayscale: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         default=0.0, description="probability of turning an image grey (shape over stain colour)"
     )
@@ -710,6 +718,7 @@ class AugmentConfig(_Strict):
                 self.saturation,
                 self.channel_gain,
                 self.stain,
+                self.background_tint,
                 self.grayscale,
                 self.sharpen,
                 self.blur,

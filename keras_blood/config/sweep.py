@@ -119,6 +119,11 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         described = problems(exc.errors(), lambda e: _describe_sweep_error(e, raw_sweep, models))
         raise ConfigError(f"{path}: {described}") from None
     base = validate_config({**raw, "model": next(iter(spec.models.values())).model_dump()}, str(path))
+    if undrawn := sorted(base.data.undrawn_splits):
+        raise ConfigError(
+            f"{path}: data.{undrawn[0]}_fraction = 0: a sweep compares its cells on their validation and test "
+            "splits, and this draws none; hold both out (a fraction above 0)"
+        )
     results_dir = spec.results_dir or base.output.runs_dir / base.name
     cells = []
     for label, model in spec.models.items():

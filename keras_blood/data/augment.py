@@ -85,6 +85,19 @@ def random_sharpen(images: tf.Tensor, amount: float, blur: float = 0.0) -> tf.Te
     return tf.clip_by_value(images + _per_sample(images, [1, 1, 1], -blur, amount) * detail, 0.0, 255.0)
 
 
+def random_background_tint(images: tf.Tensor, amount: float) -> tf.Tensor:
+    """Each image's background (its pixels brighter than its mean luma, fully from half a
+    standard deviation above) shifted by a random colour, up to ``amount`` x 255 in each of R,
+    G and B: a lab whose background colour follows the class (one set's eosinophils on a
+    yellowish field) then teaches nothing through it."""
+    luma = tf.reduce_sum(images * [0.299, 0.587, 0.114], axis=-1, keepdims=True)
+    mean = tf.reduce_mean(luma, axis=[1, 2, 3], keepdims=True)
+    spread = tf.math.reduce_std(luma, axis=[1, 2, 3], keepdims=True)
+    background = tf.clip_by_value(2.0 * (luma - mean) / tf.maximum(spread, 1.0), 0.0, 1.0)
+    tint = 255.0 * _per_sample(images, [1, 1, 3], -amount, amount)
+    return tf.clip_by_value(images + background * tint, 0.0, 255.0)
+
+
 def random_scale(images: tf.Tensor, amount: float) -> tf.Tensor:
     """Each image zoomed about its centre by a random factor in [1 - ``amount``, 1 +
     ``amount``], at its own size; where a smaller image leaves the frame, the mean colour
@@ -125,6 +138,8 @@ def make_augment(cfg: AugmentConfig) -> Callable[[tf.Tensor, tf.Tensor], Batch] 
             images = random_scale(images, cfg.scale)
         if cfg.stain:
             images = random_stain(images, cfg.stain)
+        if cfg.background_tint:
+            images = random_background_tint(images, cfg.background_tint)
         images = color_jitter(images, cfg)
         if cfg.sharpen or cfg.blur:
             images = random_sharpen(images, cfg.sharpen, cfg.blur)

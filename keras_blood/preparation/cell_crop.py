@@ -16,6 +16,8 @@ import tensorflow as tf
 from keras_blood.config.schema import CellCropConfig, ColorConfig
 from keras_blood.preparation.color import color_mask, gaussian_kernel
 
+PADDING_BLACK = 25  # below this in R, G and B: padding, not the field (extent_fill: field)
+
 
 def cell_centres(images: tf.Tensor, cfg: ColorConfig, window: int, mask: tf.Tensor | None = None) -> tf.Tensor:
     """int32 ``[N, 2]`` (row, column) of the white cell in uint8 RGB ``[N, H, W, 3]``.
@@ -158,22 +160,31 @@ def crop_to_cell_extent(images: tf.Tensor, color: ColorConfig, crop: CellCropCon
     start = tf.cast(centres, tf.float32) - half  # [N, 2]
     rows = _sample_weights(start[:, 0, None] + 2 * half[:, 0, None] * steps, height)  # [N, size, H]
     cols = _sample_weights(start[:, 1, None] + 2 * half[:, 1, None] * steps, width)  # [N, size, W]
-    planes = tf.transpose(tf.cast(images, tf.float32), [0, 3, 1, 2])  # [N, 3, H, W]
+    pixels, fill = _pixels_and_fill(images, color, crop)
+    planes = tf.transpose(pixels, [0, 3, 1, 2])  # [N, 3, H, W]
     windows = tf.matmul(tf.matmul(rows[:, None], planes), cols[:, None], transpose_b=True)  # [N, 3, size, size]
     inside = tf.reduce_sum(rows, axis=2)[:, :, None] * tf.reduce_sum(cols, axis=2)[:, None, :]  # 1 or 0
-    windows = (
-        tf.transpose(windows, [0, 2, 3, 1]) + _fill(images, color, crop)[:, None, None, :] * (1.0 - inside)[..., None]
-    )
+    windows = tf.transpose(windows, [0, 2, 3, 1]) + fill[:, None, None, :] * (1.0 - inside)[..., None]
     return tf.cast(tf.clip_by_value(tf.round(windows), 0, 255), tf.uint8)
 
 
-def _fill(images: tf.Tensor, color: ColorConfig, crop: CellCropConfig) -> tf.Tensor:
-    """float32 ``[N, 3]``: the colour a window takes past its image's edge."""
-    if crop.extent_fill == "background":
-        return tf.fill([tf.shape(images)[0], 3], float(color.background))
+def _pixels_and_fill(images: tf.Tensor, color: ColorConfig, crop: CellCropConfig) -> tuple[tf.Tensor, tf.Tensor]:
+    """float32 ``images`` as the window samples them, and ``[N, 3]``: the colour a window
+    takes past its image's edge. ``field``: black padding (a rotation's corners, a letterbox)
+    is painted with the field's colour, the mean of the border's other pixels."""
     pixels = tf.cast(images, tf.float32)
-    edges = tf.concat([pixels[:, 0], pixels[:, -1], pixels[:, :, 0], pixels[:, :, -1]], axis=1)
-    return tf.reduce_mean(edges, axis=1)
+    if crop.extent_fill == "background":
+        return pixels, tf.fill([tf.shape(images)[0], 3], float(color.background))
+    edges = tf.concat([pixels[:, 0], pixels[:, -1], pixels[:, :, 0], pixels[:, :, -1]], axis=1)  # [N, P, 3]
+    if crop.extent_fill == "border":
+        return pixels, tf.reduce_mean(edges, axis=1)
+    field_edges = tf.cast(tf.reduce_max(edges, axis=-1, keepdims=True) >= PADDING_BLACK, tf.float32)
+    field = tf.cast(tf.reduce_max(pixels, axis=-1, keepdims=True) >= PADDING_BLACK, tf.float32)
+    # A border all black: the mean of the image's whole field stands in.
+    whole = tf.reduce_sum(pixels * field, axis=[1, 2]) / tf.maximum(tf.reduce_sum(field, axis=[1, 2]), 1.0)
+    counted = tf.reduce_sum(field_edges, axis=1)
+    fill = tf.where(counted > 0, tf.reduce_sum(edges * field_edges, axis=1) / tf.maximum(counted, 1.0), whole)
+    return tf.where(field > 0, pixels, fill[:, None, None, :]), fill
 
 
 def _sample_weights(positions: tf.Tensor, length: int) -> tf.Tensor:

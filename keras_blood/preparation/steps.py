@@ -11,6 +11,7 @@ import tensorflow as tf
 from keras_blood.config.schema import DataConfig
 from keras_blood.preparation.cell_crop import cut_cell
 from keras_blood.preparation.color import extract_colors
+from keras_blood.preparation.stain_vectors import normalize_macenko
 
 # Target of stain normalisation: per channel, mean and standard deviation in uint8 units.
 NORMAL_MEAN, NORMAL_STD = 160.0, 40.0
@@ -20,7 +21,10 @@ def normalize_stain(images: tf.Tensor, mode: str = "channels") -> tf.Tensor:
     """uint8 ``[N, H, W, 3]`` -> uint8: each image standardised to one mean and spread
     (NORMAL_MEAN, NORMAL_STD), so that a pinker stain or a brighter lamp look alike while
     the contrasts inside the cell stay. ``channels``: R, G and B each; ``grey``: the luma
-    (ITU-R BT.601 weights), repeated in the three channels."""
+    (ITU-R BT.601 weights), repeated in the three channels; ``macenko``: each image's own two
+    stains found and redrawn as one reference pair (:mod:`keras_blood.preparation.stain_vectors`)."""
+    if mode == "macenko":
+        return normalize_macenko(images)
     x = tf.cast(images, tf.float32)
     if mode == "grey":
         x = tf.tile(tf.reduce_sum(x * [0.299, 0.587, 0.114], axis=-1, keepdims=True), [1, 1, 1, 3])

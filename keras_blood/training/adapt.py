@@ -62,7 +62,7 @@ def _dropout_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 
 @contextlib.contextmanager
-def _dropout_off(model: keras.Model) -> Iterator[None]:
+def dropout_off(model: keras.Model) -> Iterator[None]:
     """Dropout layers pass their inputs through while the statistics are estimated."""
     layers = _dropout_layers(model)
     rates = [layer.rate for layer in layers]
@@ -84,7 +84,7 @@ def adapt_batch_norm(model: keras.Model, batches: Sequence[np.ndarray]) -> int:
     layers = batch_norm_layers(model)
     momenta = [layer.momentum for layer in layers]
     try:
-        with _dropout_off(model):
+        with dropout_off(model):
             for k, batch in enumerate(batches, start=1):
                 for layer in layers:
                     layer.momentum = (k - 1) / k

@@ -222,7 +222,7 @@ def test_a_made_up_flag_or_command_fails_the_check():
     with pytest.raises(ValueError, match="unrecognized arguments: --made-up"):
         parse("launch", arguments("--workers 2 configs/dropout03.yaml --made-up"))
     parse("predict", arguments("VERSION cell.jpg --max-pixels N --batch-size 8"))  # placeholders pass
-    with pytest.raises(ValueError, match="invalid int value"):
+    with pytest.raises(ValueError, match="not a whole number"):
         parse("predict", arguments("VERSION cell.jpg --max-pixels many"))
 
 

@@ -1,6 +1,8 @@
 """How a command ends (keras_blood.config.cli.run_main) and the folders and files it makes
 (keras_blood.files): exit statuses, and a new name never reused."""
 
+import importlib
+
 import pytest
 
 from keras_blood import files as folders
@@ -40,3 +42,19 @@ def test_gives_up_after_100_names(tmp_path, monkeypatch):
         folders.new_folder(tmp_path)
     with pytest.raises(folders.KerasBloodError, match="could not create"):
         folders.new_folder(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["predict", "count", "adapt", "evaluate"])
+@pytest.mark.parametrize(
+    ("value", "said"), [("0", "must be at least 1 (got 0)"), ("many", "'many' is not a whole number")]
+)
+def test_counts_below_one_are_one_line(command, value, said, capsys):
+    module = importlib.import_module(f"keras_blood.{command}")
+    flag = "--max-pixels" if command == "evaluate" else "--batch-size"
+    needed = (
+        ["saved_models/x/1", "--data", "images"] if command in ("adapt", "evaluate") else ["saved_models/x/1", "a.png"]
+    )
+    with pytest.raises(SystemExit) as info:
+        module.build_parser().parse_args([*needed, flag, value])
+    assert info.value.code == 2
+    assert f"argument {flag}: {said}" in capsys.readouterr().err

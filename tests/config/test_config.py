@@ -237,6 +237,14 @@ def test_sweep_cells_publish_under_names_of_their_own(write_config):
     assert [c.config.output.name for c in named[:2]] == ["study-basic-original", "study-basic-color_extraction"]
 
 
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_a_sweep_refuses_a_split_left_undrawn(write_config, split):
+    """Cells are compared on their held-out splits: a sweep with nothing held out is one line."""
+    path = write_config({"data": {"name": "image_folder", "root": "lab"}, "sweep": {"models": ["basic"]}}, "s")
+    with pytest.raises(ConfigError, match=rf"data.{split}_fraction = 0: a sweep compares its cells"):
+        load_sweep(path, [f"data.{split}_fraction=0", "train.early_stopping_patience=0"])
+
+
 def test_the_georgetown_sweep_is_16_validated_cells():
     (path,) = [p for p in SWEEPS if p.stem == "georgetown"]
     sweep = load_sweep(path, ["train.epochs=2", "output.runs_dir=/tmp/r", "sweep.models.vgg16.weights=none"])

@@ -9,6 +9,7 @@ from keras_blood.data.augment import (
     color_jitter,
     make_augment,
     mixup,
+    random_background_tint,
     random_flips,
     random_rot90,
     random_scale,
@@ -134,3 +135,17 @@ def test_stain_jitter_moves_stain_amounts_and_is_exact_when_off():
     out = random_stain(purple, 0.2).numpy()[:, 0, 0]
     assert (out[:, 2] > out[:, 1]).all()
     assert make_augment(AugmentConfig(stain=0.1)) is not None
+
+
+def test_background_tint_moves_the_background_and_leaves_the_cell():
+    tf.random.set_seed(0)
+    images = np.full((32, 21, 21, 3), 210.0, np.float32)
+    images[:, 6:15, 6:15] = (90.0, 40.0, 140.0)  # a cell, darker than the image's mean
+    out = random_background_tint(tf.constant(images), 0.2).numpy()
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 255
+    np.testing.assert_allclose(out[:, 10, 10], images[:, 10, 10], atol=1e-3)  # the cell stays
+    shift = out[:, 0, 0] - images[:, 0, 0]  # the background: one colour an image, each its own
+    assert np.abs(shift).max() <= 0.2 * 255 + 1e-3 and np.abs(shift).mean() > 10
+    np.testing.assert_allclose(out[:, 0, 0], out[:, 20, 20], atol=1e-3)
+    assert np.ptp(shift[:, 0]) > 20 and np.ptp(shift[:, 0] - shift[:, 2]) > 20  # hues differ between images
+    assert make_augment(AugmentConfig(background_tint=0.1)) is not None

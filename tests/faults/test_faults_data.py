@@ -566,7 +566,7 @@ def test_images_of_huge_dimensions_are_refused_from_their_header(version, tmp_pa
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 2 and "--max-pixels must be at least 1" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "--max-pixels: must be at least 1" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def csv_rows(path: Path) -> list[dict]:

@@ -428,7 +428,7 @@ def test_evaluate_data_refuses_a_20000_pixel_square_png_from_its_header(lab_vers
     assert result.returncode == 2 and "more than the limit of 1000 (--max-pixels)" in result.stderr
     with pytest.raises(SystemExit) as info:  # a usage error, from argparse
         evaluate_data(command, lab_version, root, "--max-pixels", "0")
-    assert info.value.code == 2 and "--max-pixels must be at least 1" in capfd.readouterr().err
+    assert info.value.code == 2 and "--max-pixels: must be at least 1" in capfd.readouterr().err
 
 
 def test_evaluate_data_on_a_train_test_root_says_which_split_folders_it_pooled(lab_version, command, tmp_path):

@@ -95,3 +95,26 @@ def test_extent_max_zooms_a_tight_crop_out_onto_its_border_colour():
     np.testing.assert_allclose(out[0, 0, 0], border, atol=1)
     black = crop_to_cell_extent(images, COLOR, wide.model_copy(update={"extent_fill": "background"})).numpy()
     assert tuple(black[0, 0, 0]) == (0, 0, 0)
+
+
+def test_extent_fill_field_paints_black_padding_with_the_field():
+    """A capture rotated on a black canvas (black corners), as the Kaggle set's augmented
+    copies are: with ``field``, black is neither the fill past the edge nor in the window."""
+    # A cell near a black corner: its window reaches into the corner and past the top edge.
+    images = cell_at((32, 50), radius=20, size=(120, 160))[None].copy()
+    field_colour = images[0, 5, 100].astype(float)
+    images[0, :30, :30] = 0  # a black corner
+    images[0, -20:, :] = (3, 0, 5)  # a black band, JPEG-dark
+    crop = CellCropConfig(fit="extent", extent_scale=2.0, size=32, window=1.0, extent_max=2.0)
+    field = crop_to_cell_extent(images, COLOR, crop.model_copy(update={"extent_fill": "field"})).numpy()
+    border = crop_to_cell_extent(images, COLOR, crop.model_copy(update={"extent_fill": "border"})).numpy()
+    assert (field.max(axis=-1) >= 25).all()  # no black pixel left
+    np.testing.assert_allclose(field[0, 0, 0], field_colour, atol=1)
+    assert (border.max(axis=-1) < 25).any()  # border: the padding comes through, and darkens the fill
+    assert np.abs(border[0, 0, 0].astype(float) - field_colour).max() > 20
+    # No padding: field is border.
+    plain = cell_at((60, 80), radius=20, size=(120, 160))[None]
+    np.testing.assert_array_equal(
+        crop_to_cell_extent(plain, COLOR, crop.model_copy(update={"extent_fill": "field"})).numpy(),
+        crop_to_cell_extent(plain, COLOR, crop.model_copy(update={"extent_fill": "border"})).numpy(),
+    )
