@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from keras_blood.config.cli import at_least_one, files_parser, run_main
+from keras_blood.config.cli import add_batch_options, files_parser, run_main
 from keras_blood.preparation.limits import MAX_PIXELS  # no TensorFlow: an argument is checked at once
 from keras_blood.serving.count_request import CELL_FRACTION, check_count_request
 
@@ -55,15 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the cell's box over the shorter side of the window cut around it, as in the captures the model "
         f"was trained on (default: {CELL_FRACTION})",
     )
-    parser.add_argument("--batch-size", type=at_least_one, default=64, help="cells per model call (default: 64)")
-    parser.add_argument(
-        "--max-pixels",
-        type=at_least_one,
-        default=MAX_PIXELS,
-        metavar="N",
-        help=f"refuse fields whose header says they have more pixels than this (default: {MAX_PIXELS:_}); "
-        "decoding takes tens of bytes per pixel",
-    )
+    add_batch_options(parser, "cells", "refuse fields", MAX_PIXELS)
     return parser
 
 

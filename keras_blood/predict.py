@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from keras_blood.config.cli import at_least_one, files_parser, run_main
+from keras_blood.config.cli import add_batch_options, files_parser, run_main
 from keras_blood.preparation.limits import MAX_PIXELS  # no TensorFlow: an argument is checked at once
 from keras_blood.serving.request import check_request
 
@@ -33,15 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV to write (default: a new predictions/<name>-v<version>-<timestamp>.csv)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace the --output file if it exists")
-    parser.add_argument("--batch-size", type=at_least_one, default=64, help="images per model call (default: 64)")
-    parser.add_argument(
-        "--max-pixels",
-        type=at_least_one,
-        default=MAX_PIXELS,
-        metavar="N",
-        help=f"skip images whose header says they have more pixels than this, with an error row "
-        f"(default: {MAX_PIXELS:_}); decoding takes tens of bytes per pixel",
-    )
+    add_batch_options(parser, "images", "skip, with an error row, images", MAX_PIXELS)
     return parser
 
 

@@ -31,6 +31,20 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def add_batch_options(parser: argparse.ArgumentParser, unit: str, refused: str, max_pixels: int) -> None:
+    """``--batch-size`` and ``--max-pixels``, as the commands that read files in batches take
+    them; ``refused``: what happens to a file over the limit, ``max_pixels``: its default."""
+    parser.add_argument("--batch-size", type=at_least_one, default=64, help=f"{unit} per model call (default: 64)")
+    parser.add_argument(
+        "--max-pixels",
+        type=at_least_one,
+        default=max_pixels,
+        metavar="N",
+        help=f"{refused} whose header says they have more pixels than this (default: {max_pixels:_}); "
+        "decoding takes tens of bytes per pixel",
+    )
+
+
 def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("config", help="YAML experiment config, e.g. configs/dropout03.yaml")
