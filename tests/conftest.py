@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.helpers import BLOODMNIST_ROOT, KAGGLE_ROOT, REPO, marked_npz
+from tests.helpers import BCCD_FIELDS, BLOODMNIST_ROOT, KAGGLE_ROOT, REPO, marked_npz
 
 # One TensorFlow pool thread per process: the suite runs two tests at once on two cores
 # (pytest-xdist), many with a child process, and idle pool threads spin for work. Measured
@@ -118,6 +118,14 @@ def kaggle_root() -> Path:
     if not all((KAGGLE_ROOT / split).is_dir() for split in ("TRAIN", "TEST", "TEST_SIMPLE")):
         pytest.skip(f"real Kaggle blood-cell images not found at {KAGGLE_ROOT}")
     return KAGGLE_ROOT
+
+
+@pytest.fixture(scope="session")
+def bccd_fields() -> Path:
+    """The BCCD fields (640x480 JPEGs, boxes.tsv with every annotated box)."""
+    if not (BCCD_FIELDS / "boxes.tsv").is_file():
+        pytest.skip(f"real BCCD fields not found at {BCCD_FIELDS}")
+    return BCCD_FIELDS
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 BLOODMNIST_ROOT = SHARED_DATA / "bloodmnist"
 KAGGLE_ROOT = SHARED_DATA / "blood-cell-images" / "dataset2-master" / "images"
+BCCD_FIELDS = SHARED_DATA / "labs" / "bccd_fields"
 
 
 # TensorFlow's C++ runtime logs through absl before a process sets logging up, whatever

@@ -33,10 +33,9 @@ from keras_blood.serving.count import (
 from keras_blood.serving.count_request import check_count_request, unique_names
 from keras_blood.serving.export import publish_model
 from keras_blood.serving.version import BYTES_SIGNATURE, load_version
-from tests.helpers import SHARED_DATA, command_lines, encode
+from tests.helpers import command_lines, encode
 
 CLASSES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil"]
-BCCD_FIELDS = SHARED_DATA / "labs" / "bccd_fields"
 
 
 @pytest.fixture(scope="module")
@@ -353,13 +352,6 @@ def test_an_output_that_holds_files_is_replaced_only_with_overwrite(version, com
     written = result.stdout.strip().splitlines()[-1]
     assert result.returncode == 0 and re.fullmatch(r"counts/tinywbc-v1-\d{8}-\d{6}", written)
     assert (tmp_path / written / "samples.csv").is_file()
-
-
-@pytest.fixture(scope="module")
-def bccd_fields():
-    if not (BCCD_FIELDS / "boxes.tsv").is_file():
-        pytest.skip(f"BCCD fields not found at {BCCD_FIELDS}")
-    return BCCD_FIELDS
 
 
 @pytest.mark.e2e

@@ -12,9 +12,6 @@ import tensorflow as tf
 
 from keras_blood.errors import ConfigError, DataError
 from keras_blood.preparation.finder import CellBox, FinderConfig, find_cells, find_cells_tf, red_cell_diameter
-from tests.helpers import SHARED_DATA
-
-BCCD_ROOT = SHARED_DATA / "labs" / "bccd_fields"
 
 BACKGROUND = (232, 226, 236)
 RED_CELL = (222, 160, 160)  # pale pink: below the finder's saturation and outside its hues
@@ -152,13 +149,6 @@ def test_the_finder_runs_inside_a_saved_model_on_encoded_fields(tmp_path):
 # ----------------------------------------------------------------------------- real fields
 
 
-@pytest.fixture(scope="module")
-def bccd_root():
-    if not (BCCD_ROOT / "boxes.tsv").is_file():
-        pytest.skip(f"real BCCD fields not found at {BCCD_ROOT}")
-    return BCCD_ROOT
-
-
 def white_boxes(root, name) -> list[tuple[int, int, int, int]]:
     with (root / "boxes.tsv").open(newline="") as rows:
         return [
@@ -174,10 +164,10 @@ def read_field(root, name) -> np.ndarray:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("name", ["BloodImage_00010.jpg", "BloodImage_00005.jpg"])
-def test_real_fields_white_cells_are_found_where_bccd_boxes_them(bccd_root, name):
+def test_real_fields_white_cells_are_found_where_bccd_boxes_them(bccd_fields, name):
     """00010: two white cells side by side; 00005: one cut by the field's bottom edge."""
-    truth = white_boxes(bccd_root, name)
-    cells = find_cells(read_field(bccd_root, name))
+    truth = white_boxes(bccd_fields, name)
+    cells = find_cells(read_field(bccd_fields, name))
     assert len(cells) == len(truth)
     for box in truth:
         best = max(cells, key=lambda cell: iou(corners(cell), box))
@@ -187,10 +177,10 @@ def test_real_fields_white_cells_are_found_where_bccd_boxes_them(bccd_root, name
 
 
 @pytest.mark.e2e
-def test_a_real_field_cut_to_leave_its_white_cell_out_gives_no_box(bccd_root):
+def test_a_real_field_cut_to_leave_its_white_cell_out_gives_no_box(bccd_fields):
     name = "BloodImage_00000.jpg"
-    ((xmin, ymin, xmax, ymax),) = white_boxes(bccd_root, name)
-    field = read_field(bccd_root, name)
+    ((xmin, ymin, xmax, ymax),) = white_boxes(bccd_fields, name)
+    field = read_field(bccd_fields, name)
     left_of_cell = field[:, : max(xmin - 10, 0)]
     assert left_of_cell.shape[1] >= 200
     assert find_cells(left_of_cell) == []

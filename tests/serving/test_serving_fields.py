@@ -24,10 +24,9 @@ from keras_blood.serving.capture_window import cut_window, median_colour
 from keras_blood.serving.count import capture_window
 from keras_blood.serving.export import publish_model
 from keras_blood.serving.fields_signature import FIELDS_RECORD, FIELDS_SIGNATURE, fields_record
-from tests.helpers import SHARED_DATA, encode
+from tests.helpers import encode
 
 CLASSES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil"]
-BCCD_FIELDS = SHARED_DATA / "labs" / "bccd_fields"
 MAX_PIXELS = 400_000  # above a 640x480 field, below the 700x700 image of the oversized test
 
 
@@ -209,13 +208,6 @@ def test_two_fields_in_one_call_are_refused_with_a_line_saying_so(version):
     data = encode(np.full((40, 60, 3), 200, np.uint8), "PNG")
     with pytest.raises(tf.errors.InvalidArgumentError, match="serving_fields takes one encoded field a call"):
         signature(field=tf.constant([data, data]))
-
-
-@pytest.fixture(scope="module")
-def bccd_fields():
-    if not (BCCD_FIELDS / "boxes.tsv").is_file():
-        pytest.skip(f"BCCD fields not found at {BCCD_FIELDS}")
-    return BCCD_FIELDS
 
 
 @pytest.mark.e2e
