@@ -729,6 +729,12 @@ class AugmentConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    read_test: bool = Field(
+        default=True,
+        description="false: the test split is drawn but not read, and the version is published without "
+        "test figures; for runs that choose a recipe on validation figures (benchmarks/labs.py "
+        "--leave-one-out), so the test split is read once, by the recipe reported",
+    )
     tta: Literal["none", "flip", "d4"] = Field(
         default="none",
         description="test-time augmentation averaged inside the evaluated and exported model: "
@@ -864,6 +870,11 @@ class Config(_Strict):
             raise ValueError(
                 "eval.calibration fits its temperature on the validation split, and data.val_fraction = 0 "
                 "draws none; set eval.calibration=none"
+            )
+        if not self.eval.read_test and self.output.publish_if_better:
+            raise ValueError(
+                "output.publish_if_better compares test accuracies, and eval.read_test = false reads no "
+                "test split; drop publish_if_better (or set eval.read_test=true)"
             )
         if "test" in undrawn and self.output.publish_if_better:
             raise ValueError(

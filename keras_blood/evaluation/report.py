@@ -31,6 +31,10 @@ NO_TEST_SPLIT = (
     "No held-out test split (data.test_fraction 0: every image trained the model), so no test figures; "
     "score the version on other labelled images: python -m keras_blood.evaluate VERSION --data DIR"
 )
+TEST_NOT_READ = (
+    "The test split is held out and not read (eval.read_test false), so no test figures; "
+    "score the recipe chosen with eval.read_test=true"
+)
 
 
 def best_epoch_summary(history: dict[str, list[float]], key: str | None = "val_loss") -> dict[str, Any]:
@@ -134,7 +138,9 @@ def score_test_split(
     model_for_test = with_tta(model, config.eval.tta)
     key = config.selection_key if len(data.splits.get("val", ())) else None
     if not len(data.splits.get("test", ())):
-        return model_for_test, untested_metrics(model, histories, data, key), {}
+        return model_for_test, untested_metrics(model, histories, data, key, NO_TEST_SPLIT), {}
+    if not config.eval.read_test:
+        return model_for_test, untested_metrics(model, histories, data, key, TEST_NOT_READ), {}
     how = [f"an ensemble of {len(members)}"] if len(members) > 1 else []
     how += [] if config.eval.tta == "none" else [f"{config.eval.tta} test-time augmentation"]
     print(f"Evaluating on the test split{' with ' + ' and '.join(how) if how else ''} ...", flush=True)
@@ -206,11 +212,13 @@ def ensemble_summary(
 
 
 def untested_metrics(
-    model: keras.Model, histories: list[dict[str, list[float]]], data: DataBundle, key: str | None
+    model: keras.Model, histories: list[dict[str, list[float]]], data: DataBundle, key: str | None, why: str
 ) -> dict[str, Any]:
-    """A run without a test split (data.test_fraction 0): its record, without test figures."""
-    print(NO_TEST_SPLIT, flush=True)
-    metrics: dict[str, Any] = {"split": None, "class_names": list(data.class_names), "held_out": "none"}
+    """A run without test figures (no test split, or eval.read_test false): its record; ``why``
+    is printed."""
+    print(why, flush=True)
+    held_out = "none" if why == NO_TEST_SPLIT else "not read"
+    metrics: dict[str, Any] = {"split": None, "class_names": list(data.class_names), "held_out": held_out}
     summaries = [best_epoch_summary(history, key) for history in histories]
     if len(histories) == 1:
         metrics.update(summaries[0])

@@ -324,7 +324,7 @@ class Trainer:
         """The test report (:func:`keras_blood.evaluation.report.write_report`), the test
         scalars for TensorBoard and the learning curves."""
         config, run, data = self.task.config, self.run, self.task.data
-        if metrics["split"] is None:  # no test split (data.test_fraction 0): no test figures to report
+        if metrics["split"] is None:  # no test split, or not read (eval.read_test): no test figures to report
             (run.path / "metrics.json").write_text(json.dumps(metrics, indent=2))
             plot_learning_curves(histories, run.path / "learning_curves.png", config.name)
             print(f"Trained {metrics['epochs_run']} epochs in {metrics['train_seconds']:.0f} s; run folder {run.path}")

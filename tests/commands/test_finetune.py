@@ -120,6 +120,34 @@ def test_nothing_held_out_trains_every_image_keeps_the_last_epoch_and_publishes(
     assert json.loads((version / "assets.extra" / "metrics.json").read_text())["held_out"] == "none"
 
 
+@pytest.mark.slow
+def test_a_test_split_not_read_is_drawn_and_kept_out_of_the_record(tmp_path, command, write_config):
+    """eval.read_test false (a recipe being chosen): the test split is drawn as usual, the run
+    has no test figures and says so in one line, and the version records it as not read."""
+    root = png_folder(tmp_path / "lab", {"a": 10, "b": 10})
+    config = write_config(
+        {
+            "name": "tiny_test_unread",
+            "data": {"name": "image_folder", "root": str(root), "image_size": 12},
+            "model": {"name": "fnn", "hidden_units": 4},
+            "train": {"epochs": 1, "batch_size": 4},
+            "eval": {"read_test": False},
+            "output": {"runs_dir": str(tmp_path / "runs"), "publish_dir": str(tmp_path / "saved_models")},
+        }
+    )
+    result = command("keras_blood.train", str(config))
+    assert result.returncode == 0, result.stderr
+    run = next((tmp_path / "runs" / "tiny_test_unread").iterdir())
+    split = json.loads((run / "data_split.json").read_text())["data"]
+    assert "test" in {row[2] for row in split["rows"]}
+    assert [line for line in result.stdout.splitlines() if line.startswith("The test split is held out and not read")]
+    assert "Evaluating on the test split" not in result.stdout
+    metrics = json.loads(
+        (tmp_path / "saved_models" / "tiny_test_unread" / "1" / "assets.extra" / "metrics.json").read_text()
+    )
+    assert metrics["split"] is None and metrics["held_out"] == "not read" and "accuracy" not in metrics
+
+
 # ----------------------------------------------------------------------------- the real few-shot config
 
 

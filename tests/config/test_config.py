@@ -95,6 +95,7 @@ def test_override_creates_missing_sections():
         (["output.name=../other"], ["output.name = '../other'", "folder name"]),
         (["output.name=.hidden"], ["output.name", "starting with a letter"]),
         (["output.publish=sometimes"], ["output.publish", "'auto'", "'never'"]),
+        (["eval.read_test=false", "output.publish_if_better=true"], ["eval.read_test = false", "publish_if_better"]),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(write_config, overrides, expected):
