@@ -675,6 +675,11 @@ class AugmentConfig(_Strict):
     )
     contrast: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(default=0.0, description="max factor change")
     saturation: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(default=0.0, description="max factor change")
+    hue: Annotated[float, Field(ge=0.0, le=0.5)] = Field(
+        default=0.0,
+        description="max turn of each image's hues, as a fraction of the colour circle (0.1: 36 degrees): "
+        "a stain bluer or redder than the training labs'",
+    )
     channel_gain: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
         default=0.0, description="max factor change of each of R, G, B on its own (another stain's tint)"
     )
@@ -716,6 +721,7 @@ class AugmentConfig(_Strict):
                 self.brightness,
                 self.contrast,
                 self.saturation,
+                self.hue,
                 self.channel_gain,
                 self.stain,
                 self.background_tint,

@@ -38,6 +38,11 @@ def random_rot90(images: tf.Tensor) -> tf.Tensor:
 
 
 def color_jitter(images: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
+    if cfg.hue:  # each image's hues turned by one random angle: a stain bluer or redder than the training labs'
+        hsv = tf.image.rgb_to_hsv(images / 255.0)
+        turn = _per_sample(images, [1, 1, 1], -cfg.hue, cfg.hue)
+        hue = tf.math.floormod(hsv[..., :1] + turn, 1.0)
+        images = 255.0 * tf.image.hsv_to_rgb(tf.concat([hue, hsv[..., 1:]], axis=-1))
     if cfg.saturation:
         grey = tf.reduce_mean(images, axis=-1, keepdims=True)
         factor = _per_sample(images, [1, 1, 1], 1 - cfg.saturation, 1 + cfg.saturation)

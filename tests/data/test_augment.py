@@ -73,6 +73,20 @@ def test_mixup_blends_images_and_labels_alike():
     np.testing.assert_allclose(mixed.numpy()[:, 0, 0, 0], soft @ np.arange(8), rtol=1e-5)
 
 
+def test_hue_turns_colours_and_leaves_greys_and_brightness():
+    tf.random.set_seed(0)
+    blue = tf.constant(np.tile([60.0, 60.0, 200.0], (200, 4, 4, 1)), tf.float32)
+    turned = color_jitter(blue, AugmentConfig(hue=0.1)).numpy()[:, 0, 0]
+    np.testing.assert_allclose(turned.max(axis=1), 200.0, rtol=1e-4)  # value kept
+    np.testing.assert_allclose(turned.min(axis=1), 60.0, rtol=1e-4)  # saturation kept
+    hues = tf.image.rgb_to_hsv(turned / 255.0).numpy()[:, 0]
+    turns = (hues - 2 / 3 + 0.5) % 1.0 - 0.5
+    assert np.abs(turns).max() <= 0.1 + 1e-4 and turns.min() < -0.05 and turns.max() > 0.05
+    grey = tf.fill([8, 4, 4, 3], 120.0)
+    np.testing.assert_allclose(color_jitter(grey, AugmentConfig(hue=0.5)).numpy(), 120.0, rtol=1e-5)
+    assert make_augment(AugmentConfig(hue=0.1)) is not None
+
+
 def test_channel_gain_tints_and_grayscale_greys_some_images():
     tf.random.set_seed(0)
     images = tf.fill([200, 4, 4, 3], 100.0)
