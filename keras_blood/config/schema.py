@@ -310,11 +310,13 @@ class DataConfig(_Strict):
     color: ColorConfig = Field(
         default=ColorConfig(), description="Colour extraction's thresholds (the data.color table below)."
     )
-    stain_normalize: Literal["none", "channels", "grey", "macenko"] = Field(
+    stain_normalize: Literal["none", "channels", "white_balance", "grey", "macenko"] = Field(
         default="none",
         description="After the cell crop, before colour extraction: channels standardises each "
-        "image's R, G and B to one mean and spread; grey does so for its luma and repeats it in "
-        "all three channels (stain colour gone, shapes and texture kept); macenko finds each image's "
+        "image's R, G and B to one mean and spread; white_balance each to one mean, with one spread "
+        "for the three (a faint channel is not stretched, the stain's saturation stays); grey "
+        "standardises its luma and repeats it in all three channels (stain colour gone, shapes and "
+        "texture kept); macenko finds each image's "
         "haematoxylin and eosin colours and redraws it with one reference pair (Macenko et al. 2009). "
         "Each makes another lab's stain and lamp look more alike; in tf.data and in the exported serving graph.",
     )

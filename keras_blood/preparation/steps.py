@@ -21,15 +21,19 @@ def normalize_stain(images: tf.Tensor, mode: str = "channels") -> tf.Tensor:
     """uint8 ``[N, H, W, 3]`` -> uint8: each image standardised to one mean and spread
     (NORMAL_MEAN, NORMAL_STD), so that a pinker stain or a brighter lamp look alike while
     the contrasts inside the cell stay. ``channels``: R, G and B each; ``grey``: the luma
-    (ITU-R BT.601 weights), repeated in the three channels; ``macenko``: each image's own two
-    stains found and redrawn as one reference pair (:mod:`keras_blood.preparation.stain_vectors`)."""
+    (ITU-R BT.601 weights), repeated in the three channels; ``white_balance``: each channel
+    to one mean, but one spread for the three together, so that a faint channel is not
+    stretched to the others' contrast (the stain's own hue and saturation stay); ``macenko``:
+    each image's own two stains found and redrawn as one reference pair
+    (:mod:`keras_blood.preparation.stain_vectors`)."""
     if mode == "macenko":
         return normalize_macenko(images)
     x = tf.cast(images, tf.float32)
     if mode == "grey":
         x = tf.tile(tf.reduce_sum(x * [0.299, 0.587, 0.114], axis=-1, keepdims=True), [1, 1, 1, 3])
     mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
-    std = tf.sqrt(tf.reduce_mean(tf.square(x - mean), axis=[1, 2], keepdims=True))
+    spread_axes = [1, 2, 3] if mode == "white_balance" else [1, 2]
+    std = tf.sqrt(tf.reduce_mean(tf.square(x - mean), axis=spread_axes, keepdims=True))
     x = NORMAL_MEAN + NORMAL_STD * (x - mean) / tf.maximum(std, 1.0)
     return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
 

@@ -51,6 +51,21 @@ def test_stain_normalisation_removes_a_colour_cast():
     np.testing.assert_allclose(out[0].mean(axis=(0, 1)), 160, atol=4)
 
 
+def test_white_balance_takes_out_the_lamp_and_keeps_the_stain_saturation():
+    image = cell_at((20, 15), radius=8).astype(np.float32)
+    lamp = np.clip(image + [30, 10, -20], 0, 255).round()  # a warmer lamp: each channel shifted
+    out = normalize_stain(np.stack([image, lamp]).astype(np.uint8), "white_balance").numpy().astype(int)
+    assert np.abs(out[0] - out[1]).max() <= 2
+    np.testing.assert_allclose(out[0].mean(axis=(0, 1)), 160, atol=4)
+    # A faint channel stays faint: its spread relative to the others is the image's own,
+    # where channels stretches every channel to one spread.
+    faint = np.full((40, 60, 3), 200, np.uint8)
+    faint[cell_at((20, 15), radius=8)[..., 0] == 110] = (100, 100, 170)  # blue 30 below the field, red and green 100
+    spread = normalize_stain(faint[None], "white_balance").numpy()[0].std(axis=(0, 1))
+    stretched = normalize_stain(faint[None]).numpy()[0].std(axis=(0, 1))
+    assert spread[2] < 0.4 * spread[0] and stretched[2] > 0.9 * stretched[0]
+
+
 def test_preprocess_normalises_the_crop():
     data = DataConfig(
         name="blood_cell_images", image_size=[120, 160], stain_normalize="grey", cell_crop={"fit": "extent", "size": 32}
