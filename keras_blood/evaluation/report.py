@@ -35,6 +35,8 @@ TEST_NOT_READ = (
     "The test split is held out and not read (eval.read_test false), so no test figures; "
     "score the recipe chosen with eval.read_test=true"
 )
+# A run without test figures, by what was held out (metrics.json's "held_out"): what it prints.
+UNTESTED = {"none": NO_TEST_SPLIT, "not read": TEST_NOT_READ}
 
 
 def best_epoch_summary(history: dict[str, list[float]], key: str | None = "val_loss") -> dict[str, Any]:
@@ -138,9 +140,9 @@ def score_test_split(
     model_for_test = with_tta(model, config.eval.tta)
     key = config.selection_key if len(data.splits.get("val", ())) else None
     if not len(data.splits.get("test", ())):
-        return model_for_test, untested_metrics(model, histories, data, key, NO_TEST_SPLIT), {}
+        return model_for_test, untested_metrics(model, histories, data, key, held_out="none"), {}
     if not config.eval.read_test:
-        return model_for_test, untested_metrics(model, histories, data, key, TEST_NOT_READ), {}
+        return model_for_test, untested_metrics(model, histories, data, key, held_out="not read"), {}
     how = [f"an ensemble of {len(members)}"] if len(members) > 1 else []
     how += [] if config.eval.tta == "none" else [f"{config.eval.tta} test-time augmentation"]
     print(f"Evaluating on the test split{' with ' + ' and '.join(how) if how else ''} ...", flush=True)
@@ -212,12 +214,11 @@ def ensemble_summary(
 
 
 def untested_metrics(
-    model: keras.Model, histories: list[dict[str, list[float]]], data: DataBundle, key: str | None, why: str
+    model: keras.Model, histories: list[dict[str, list[float]]], data: DataBundle, key: str | None, held_out: str
 ) -> dict[str, Any]:
-    """A run without test figures (no test split, or eval.read_test false): its record; ``why``
-    is printed."""
-    print(why, flush=True)
-    held_out = "none" if why == NO_TEST_SPLIT else "not read"
+    """A run without test figures: its record. ``held_out``: ``none`` (no test split) or ``not
+    read`` (eval.read_test false)."""
+    print(UNTESTED[held_out], flush=True)
     metrics: dict[str, Any] = {"split": None, "class_names": list(data.class_names), "held_out": held_out}
     summaries = [best_epoch_summary(history, key) for history in histories]
     if len(histories) == 1:
