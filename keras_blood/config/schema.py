@@ -310,14 +310,15 @@ class DataConfig(_Strict):
     color: ColorConfig = Field(
         default=ColorConfig(), description="Colour extraction's thresholds (the data.color table below)."
     )
-    stain_normalize: Literal["none", "channels", "white_balance", "grey", "macenko"] = Field(
+    stain_normalize: Literal["none", "channels", "white_balance", "grey", "macenko", "reinhard"] = Field(
         default="none",
         description="After the cell crop, before colour extraction: channels standardises each "
         "image's R, G and B to one mean and spread; white_balance each to one mean, with one spread "
         "for the three (a faint channel is not stretched, the stain's saturation stays); grey "
         "standardises its luma and repeats it in all three channels (stain colour gone, shapes and "
         "texture kept); macenko finds each image's "
-        "haematoxylin and eosin colours and redraws it with one reference pair (Macenko et al. 2009). "
+        "haematoxylin and eosin colours and redraws it with one reference pair (Macenko et al. 2009); "
+        "reinhard moves each image's mean and spread in Reinhard's l-alpha-beta space to a reference lab's. "
         "Each makes another lab's stain and lamp look more alike; in tf.data and in the exported serving graph.",
     )
     cell_crop: CellCropConfig | None = Field(
@@ -712,7 +713,22 @@ class AugmentConfig(_Strict):
         description="max zoom change about the centre (1 - scale to 1 + scale; past the edge, the "
         "image's border colour): cells a little larger or smaller than the crop makes them",
     )
+    noise: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.0,
+        description="max standard deviation of Gaussian pixel noise, as a fraction of 255 (each image "
+        "draws its own, from 0 up to this): a noisier camera than the training labs'",
+    )
+    jpeg: Annotated[int, Field(ge=0, le=95)] = Field(
+        default=0,
+        description="lowest JPEG quality each image is re-encoded at (its own, from this up to 95); "
+        "0 disables: another lab's compressed captures",
+    )
     mixup_alpha: Annotated[float, Field(ge=0.0)] = Field(default=0.0, description="0 disables MixUp")
+    cutmix: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.0,
+        description="CutMix (keras.layers.CutMix's factor): a patch of another image of the batch pasted "
+        "in, labels mixed by area; 0 disables",
+    )
 
     @property
     def enabled(self) -> bool:
@@ -731,7 +747,10 @@ class AugmentConfig(_Strict):
                 self.sharpen,
                 self.blur,
                 self.scale,
+                self.noise,
+                self.jpeg,
                 self.mixup_alpha,
+                self.cutmix,
             )
         )
 

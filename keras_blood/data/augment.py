@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -117,6 +118,26 @@ def random_scale(images: tf.Tensor, amount: float) -> tf.Tensor:
     return tf.where(zoomed < 0.0, border, zoomed)
 
 
+def random_noise(images: tf.Tensor, amount: float) -> tf.Tensor:
+    """Gaussian pixel noise, each image's standard deviation drawn from [0, ``amount`` x 255]."""
+    sigma = 255.0 * _per_sample(images, [1, 1, 1], 0.0, amount)
+    return tf.clip_by_value(images + sigma * tf.random.normal(tf.shape(images)), 0.0, 255.0)
+
+
+def random_jpeg(images: tf.Tensor, lowest_quality: int) -> tf.Tensor:
+    """Each image re-encoded as a JPEG at its own quality in [``lowest_quality``, 95]
+    (tf.image encodes one image at a time). Not above 95: at 100, libjpeg clips the finest
+    detail's coefficients, and a one-pixel pattern comes back worse than at 50."""
+    quality = tf.random.uniform(tf.shape(images)[:1], lowest_quality, 96, dtype=tf.int32)
+
+    def encode(image_and_quality):
+        image, image_quality = image_and_quality
+        return tf.image.adjust_jpeg_quality(tf.cast(tf.round(image), tf.uint8), image_quality)
+
+    encoded = tf.map_fn(encode, (images, quality), fn_output_signature=tf.uint8)
+    return tf.ensure_shape(tf.cast(encoded, tf.float32), images.shape)
+
+
 def mixup(images: tf.Tensor, labels: tf.Tensor, alpha: float) -> Batch:
     """MixUp (Zhang et al. 2018): blend each example with a random partner, labels too."""
     gamma_1 = tf.random.gamma(tf.shape(images)[:1], alpha)
@@ -133,6 +154,7 @@ def make_augment(cfg: AugmentConfig) -> Callable[[tf.Tensor, tf.Tensor], Batch] 
     """The batch map function for ``cfg``, or None when every technique is off."""
     if not cfg.enabled:
         return None
+    cutmix = keras.layers.CutMix(factor=cfg.cutmix) if cfg.cutmix else None
 
     def augment(images: tf.Tensor, labels: tf.Tensor) -> Batch:
         if cfg.flip:
@@ -148,8 +170,15 @@ def make_augment(cfg: AugmentConfig) -> Callable[[tf.Tensor, tf.Tensor], Batch] 
         images = color_jitter(images, cfg)
         if cfg.sharpen or cfg.blur:
             images = random_sharpen(images, cfg.sharpen, cfg.blur)
+        if cfg.noise:
+            images = random_noise(images, cfg.noise)
+        if cfg.jpeg:
+            images = random_jpeg(images, cfg.jpeg)
         if cfg.mixup_alpha:
             images, labels = mixup(images, labels, cfg.mixup_alpha)
+        if cutmix is not None:
+            mixed = cutmix({"images": images, "labels": labels}, training=True)
+            images, labels = mixed["images"], mixed["labels"]
         return images, labels
 
     return augment

@@ -11,6 +11,8 @@ from keras_blood.data.augment import (
     mixup,
     random_background_tint,
     random_flips,
+    random_jpeg,
+    random_noise,
     random_rot90,
     random_scale,
     random_sharpen,
@@ -163,3 +165,37 @@ def test_background_tint_moves_the_background_and_leaves_the_cell():
     np.testing.assert_allclose(out[:, 0, 0], out[:, 20, 20], atol=1e-3)
     assert np.ptp(shift[:, 0]) > 20 and np.ptp(shift[:, 0] - shift[:, 2]) > 20  # hues differ between images
     assert make_augment(AugmentConfig(background_tint=0.1)) is not None
+
+
+def test_noise_is_zero_mean_and_each_image_draws_its_own_spread():
+    tf.random.set_seed(0)
+    images = tf.fill([64, 16, 16, 3], 128.0)
+    out = random_noise(images, 0.1).numpy() - 128.0
+    spreads = out.std(axis=(1, 2, 3))
+    assert abs(out.mean()) < 0.5
+    assert spreads.max() <= 0.1 * 255 * 1.15 and spreads.min() < 5 < spreads.max()
+
+
+def test_jpeg_smears_fine_detail_at_each_images_own_quality():
+    tf.random.set_seed(0)
+    checks = np.where((np.indices((32, 32)).sum(0) % 2)[..., None], 220.0, 30.0) * np.ones(3, "float32")
+    images = tf.constant(np.stack([checks] * 32))
+    error = np.abs(random_jpeg(images, 10).numpy() - checks).mean(axis=(1, 2, 3))
+    assert error.max() > 15 and error.max() - error.min() > 10  # low qualities smear, each image its own
+    near_lossless = random_jpeg(images[:4], 95).numpy()  # quality 95 only
+    assert near_lossless.shape == (4, 32, 32, 3) and near_lossless.dtype == np.float32
+    assert np.abs(near_lossless - checks).mean() < 3
+
+
+def test_cutmix_pastes_a_patch_and_mixes_labels_by_its_area():
+    tf.random.set_seed(0)
+    images = tf.constant(np.arange(8, dtype="float32")[:, None, None, None] * np.ones((8, 64, 64, 3), "float32"))
+    labels = tf.one_hot(tf.range(8), 8)
+    mixed, soft = make_augment(AugmentConfig(cutmix=1.0))(images, labels)
+    mixed, soft = mixed.numpy(), soft.numpy()
+    np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-5)
+    for i in range(8):
+        kept = (mixed[i, ..., 0] == i).mean()  # the share of the image's own pixels
+        # keras weighs by the box's area before it meets the pixel grid: a pixel's row or column off
+        np.testing.assert_allclose(soft[i, i], kept, atol=4 / 64)
+    assert (soft.max(1) < 1).any()

@@ -4,7 +4,13 @@ import numpy as np
 
 from keras_blood.config.schema import CellCropConfig, ColorConfig, DataConfig
 from keras_blood.preparation.cell_crop import crop_to_cell, crop_to_cell_extent
-from keras_blood.preparation.steps import make_preprocess, normalize_stain
+from keras_blood.preparation.steps import (
+    LOG_LMS_TO_LAB,
+    REINHARD_MEAN,
+    RGB_TO_LMS,
+    make_preprocess,
+    normalize_stain,
+)
 from tests.helpers import cell_at
 
 PURPLE = (110, 60, 200)
@@ -64,6 +70,18 @@ def test_white_balance_takes_out_the_lamp_and_keeps_the_stain_saturation():
     spread = normalize_stain(faint[None], "white_balance").numpy()[0].std(axis=(0, 1))
     stretched = normalize_stain(faint[None]).numpy()[0].std(axis=(0, 1))
     assert spread[2] < 0.4 * spread[0] and stretched[2] > 0.9 * stretched[0]
+
+
+def test_reinhard_moves_each_image_to_the_reference_statistics():
+    image = cell_at((20, 15), radius=8).astype(np.float32)
+    dimmer = (0.7 * image).round()  # a dimmer lamp: every cone response scaled alike, l shifted in log
+    out = normalize_stain(np.stack([image, dimmer]).astype(np.uint8), "reinhard").numpy()
+    assert out.shape == (2, 40, 60, 3) and out.dtype == np.uint8
+    assert np.abs(out[0].astype(int) - out[1]).max() <= 3
+    # Both land on the reference's mean in l-alpha-beta (rounding to uint8 aside).
+    rgb = np.maximum(out.astype(np.float64), 1.0) / 255.0
+    lab = np.log10(rgb @ RGB_TO_LMS.T) @ LOG_LMS_TO_LAB.T
+    np.testing.assert_allclose(lab.mean(axis=(1, 2)), np.stack([REINHARD_MEAN] * 2), atol=0.01)
 
 
 def test_preprocess_normalises_the_crop():
