@@ -796,6 +796,11 @@ class TrainConfig(_Strict):
     warmup_epochs: Annotated[int, Field(ge=0)] = Field(
         default=0, description="cosine: epochs of linear warm-up from 0 to learning_rate."
     )
+    class_weight: Literal["none", "balanced"] = Field(
+        default="none",
+        description="balanced: each class's loss weighted by n / (classes x its training images, after "
+        "source weights), so that a class few sources have is not drowned (Keras's fit(class_weight=...))",
+    )
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
         default=0.0, description="Of the cross-entropy loss's one-hot targets (0: none)."
     )

@@ -21,6 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from sklearn.utils.class_weight import compute_class_weight
 
 from keras_blood.config.schema import Config
 from keras_blood.data import DataBundle, load_data
@@ -126,14 +127,23 @@ def compile_for_training(
         )
 
 
+def balanced_class_weight(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """scikit-learn's "balanced" weights for the classes ``labels`` has, n / (k x count);
+    1 for a class it lacks (no example of it carries a weight, and Keras wants every class)."""
+    present = np.unique(labels)
+    weights = dict(zip(present.tolist(), compute_class_weight("balanced", classes=present, y=labels).tolist()))
+    return {cls: weights.get(cls, 1.0) for cls in range(num_classes)}
+
+
 @dataclass
 class TrainingInputs:
-    """What ``fit`` takes for one member: the data, its steps per epoch (None: one pass)
-    and the validation data."""
+    """What ``fit`` takes for one member: the data, its steps per epoch (None: one pass),
+    the validation data and the class weights (None: every class alike)."""
 
     data: Any
     steps: int | None
     validation: Any
+    class_weight: dict[int, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -228,9 +238,14 @@ class Task:
         own shard, repeated, the same number of steps on all (keras_blood.training.distribute)."""
         seed = self.seeds[member]
         validation = self.build_inputs("val") if self.has_split("val") else None
-        if not distribute.is_multi_worker(self.strategy):
-            return TrainingInputs(self.build_inputs("train", training=True, seed=seed), None, validation)
         train = self.data.splits["train"]
+        class_weight = (
+            balanced_class_weight(train.labels, self.data.num_classes)
+            if self.config.train.class_weight == "balanced"
+            else None
+        )
+        if not distribute.is_multi_worker(self.strategy):
+            return TrainingInputs(self.build_inputs("train", training=True, seed=seed), None, validation, class_weight)
 
         def make_shard(shard: int, num_shards: int, batch: int):
             own = train.take(distribute.shard_indices(len(train), shard, num_shards))
@@ -241,6 +256,7 @@ class Task:
             distribute.distribute_training_data(self.strategy, make_shard, global_batch),
             distribute.steps_per_epoch(len(train), global_batch),
             None if validation is None else distribute.shard_validation_data(validation),
+            class_weight,
         )
 
     # ------------------------------------------------------------------ model

@@ -286,6 +286,7 @@ class Trainer:
                     initial_epoch=backup.initial_epoch or len(history.get("loss", [])),
                     epochs=stage.epochs,
                     callbacks=callbacks,
+                    class_weight=training.class_weight,
                     # One line per epoch in logs and CI; a live bar in a terminal.
                     verbose=1 if sys.stdout.isatty() else 2,
                     shuffle=False,  # the tf.data pipeline already shuffles, seeded

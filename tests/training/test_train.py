@@ -78,3 +78,18 @@ def test_a_member_whose_record_ends_its_schedule_is_not_trained_again(synthetic)
     assert train_module.schedule_done({"val_loss": [0.5, 0.6, 0.7]}, config)  # patience used up
     assert train_module.schedule_done({"val_loss": [0.9, 0.8, 0.7]}, config)  # all epochs run
     assert not train_module.schedule_done({"val_loss": [0.9, 0.8]}, config)
+
+
+def test_balanced_class_weight_lifts_the_rare_classes_and_covers_the_missing_ones():
+    labels = np.array([0] * 6 + [1] * 2 + [3] * 4, np.int32)  # class 2 absent
+    weights = task_module.balanced_class_weight(labels, 4)
+    assert weights == pytest.approx({0: 12 / 18, 1: 12 / 6, 2: 1.0, 3: 12 / 12})
+    assert sum(weights[int(cls)] for cls in labels) == pytest.approx(len(labels))  # each present class weighs alike
+
+
+def test_class_weight_balanced_reaches_fit(synthetic):
+    task = task_module.Task.from_config(synthetic(train={"class_weight": "balanced"}))
+    inputs = task.build_training_inputs(0)
+    labels = task.data.splits["train"].labels
+    assert inputs.class_weight == task_module.balanced_class_weight(labels, task.data.num_classes)
+    assert task_module.Task.from_config(synthetic()).build_training_inputs(0).class_weight is None
