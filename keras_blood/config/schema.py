@@ -162,6 +162,12 @@ class CellCropConfig(_Strict):
         "capture cropped tight around its cell is zoomed out to the scale of the other labs' cells, the "
         "window's part past the image's edge taking `extent_fill`.",
     )
+    extent_reach: Annotated[float, Field(ge=0.25, le=2.0)] = Field(
+        default=0.8,
+        description="extent: the stained area is counted within a square of this side (a multiple of the "
+        "image's shorter side) around the cell's centre: wide enough for a cell that fills the capture, "
+        "narrow enough that a second cell at the far edge of a field counts little.",
+    )
     extent_fill: Literal["background", "border", "field"] = Field(
         default="background",
         description="extent: what a window takes past the image's edge: data.color.background, or the "

@@ -88,22 +88,16 @@ def _resize_weights(side: int, size: int) -> np.ndarray:
         return resized.numpy().reshape(size, side)
 
 
-# The stained area that sizes an extent crop is counted within this fraction of the shorter
-# side around the cell's centre: wide enough for a cell that fills most of the frame, narrow
-# enough that a second cell at the far edge of a Kaggle image counts little.
-EXTENT_REACH = 0.8
-
-
 # An extent window stays within these fractions of the shorter side, whatever the mask says
 # (an image with almost no stain, or one stained all over).
 EXTENT_LIMITS = (0.25, 1.0)
 
 
-def _near_mask(images, centres, mask):
-    """float32 ``[N, H, W]``: the colour ``mask``, bool ``[N, H, W]``, within the square of side ``EXTENT_REACH`` of
+def _near_mask(images, centres, mask, reach: float):
+    """float32 ``[N, H, W]``: the colour ``mask``, bool ``[N, H, W]``, within the square of side ``reach`` x
     the shorter side around each centre, and the row and column offsets from the centre."""
     height, width = images.shape[1], images.shape[2]
-    half = EXTENT_REACH * min(height, width) / 2
+    half = reach * min(height, width) / 2
     rows = tf.cast(tf.range(height)[None, :, None] - centres[:, 0, None, None], tf.float32)
     cols = tf.cast(tf.range(width)[None, None, :] - centres[:, 1, None, None], tf.float32)
     near = tf.logical_and(tf.abs(rows) <= half, tf.abs(cols) <= half)
@@ -118,15 +112,16 @@ def extent_sides(
     aspect: bool = False,
     mask=None,
     largest: float = EXTENT_LIMITS[1],
+    reach: float = 0.8,
 ):
     """float32 ``[N, 2]``: each window's height and width, ``scale`` x sqrt(stained pixels
-    in the square of side ``EXTENT_REACH`` of the shorter side around each centre), clipped
+    in the square of side ``reach`` x the shorter side around each centre), clipped
     to ``EXTENT_LIMITS`` (the upper one ``largest``). With ``aspect``, the window takes the stain's own aspect ratio
     (the ratio of its spreads along rows and columns, within 2:3 and 3:2) at the same area,
     so an image squeezed or stretched on its way in is cut back to round cells. ``mask``:
     :func:`color_mask` of ``images`` where the caller has it already."""
     height, width = images.shape[1], images.shape[2]
-    mask, rows, cols = _near_mask(images, centres, color_mask(images, color) if mask is None else mask)
+    mask, rows, cols = _near_mask(images, centres, color_mask(images, color) if mask is None else mask, reach)
     area = tf.reduce_sum(mask, axis=[1, 2])
     low, high = (limit * min(height, width) for limit in (EXTENT_LIMITS[0], largest))
     side = tf.clip_by_value(scale * tf.sqrt(area), low, high)
@@ -150,7 +145,9 @@ def crop_to_cell_extent(images: tf.Tensor, color: ColorConfig, crop: CellCropCon
     height, width = images.shape[1], images.shape[2]
     mask = color_mask(images, color)  # computed once, for the centre and the extent alike
     centres = cell_centres(images, color, crop.window_side(height, width), mask)
-    sides = extent_sides(images, centres, color, crop.extent_scale, crop.extent_aspect, mask, crop.extent_max)
+    sides = extent_sides(
+        images, centres, color, crop.extent_scale, crop.extent_aspect, mask, crop.extent_max, crop.extent_reach
+    )
     half = (sides - 1) / 2
     # Bilinear samples at size x size points spanning each window, as crop_and_resize takes
     # them, written as two matrix products per image ([size, H] x [H, W] x [W, size]): ops
